@@ -1,0 +1,401 @@
+"""The one N-dimensional ConvLSTM cell (spatial rank 0, 1, 2 or 3).
+
+Equations (Shi et al. 2015, gate order i, f, g, o as in ``torch.nn.LSTM``), with ``*`` the
+input-to-state convolution (stride, padding, dilation as given) or the state-to-state
+convolution (stride 1, "same"), and ``∘`` the Hadamard product::
+
+    i  = σ(W_xi * x_t + W_hi * h_{t-1} + w_ci ∘ c_{t-1} + b_i)
+    f  = σ(W_xf * x_t + W_hf * h_{t-1} + w_cf ∘ c_{t-1} + b_f)
+    g  = act(W_xg * x_t + W_hg * h_{t-1} + b_g)
+    c_t = f ∘ c_{t-1} + i ∘ g
+    o  = σ(W_xo * x_t + W_ho * h_{t-1} + w_co ∘ c_t + b_o)
+    h_t = o ∘ out_act(c_t)                [rank 0 with proj_size: h_t = W_hr (o ∘ out_act(c_t))]
+
+``σ`` is ``recurrent_activation``, ``act`` is ``activation`` and ``out_act`` is
+``output_activation`` (defaults to ``activation``). The peephole terms exist only with
+``peephole=True``. At rank 0 the convolutions are matrix products and the cell equals
+``torch.nn.LSTMCell``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .functional import (
+    Activation,
+    Initializer,
+    PaddingArg,
+    activation_name,
+    conv_nd,
+    conv_output_size,
+    expand,
+    get_activation,
+    get_initializer,
+    normalize_padding,
+    resolve_pads,
+)
+from .layout import describe_frame
+
+State = tuple[Tensor, Tensor]
+
+
+class ConvLSTMCell(nn.Module):
+    """One ConvLSTM step at spatial rank ``spatial_dims`` (0 = plain LSTM cell).
+
+    Args:
+        in_channels: channels ``C`` of the input frame.
+        hidden_channels: channels ``H`` of the hidden and cell state.
+        kernel_size: input-to-state kernel (int or one int per spatial dim).
+        spatial_dims: 0, 1, 2 or 3.
+        stride, padding, dilation: of the input-to-state convolution (Keras semantics).
+            ``padding`` is "valid", "same" (TF rule, also for even kernels and strides),
+            an int, one int per dim, or explicit ``(lo, hi)`` pairs per dim.
+        recurrent_kernel_size: state-to-state kernel (default: ``kernel_size``); always stride
+            1, dilation 1, "same" padding.
+        bias: learn ``bias_ih`` and ``bias_hh``.
+        activation: candidate activation (name or callable).
+        recurrent_activation: gate activation.
+        output_activation: applied to ``c_t`` before the output gate (default ``activation``).
+        unit_forget_bias: initialise the forget-gate part of ``bias_ih`` to 1.
+        peephole: add the Hadamard peephole terms ``w_ci, w_cf, w_co``. Their shape is
+            ``(H, *peephole_size)`` when ``peephole_size`` is given (Shi et al.: one weight per
+            state element), else ``(H, 1, ...)`` (one weight per channel, any frame size).
+        dropout: input dropout probability; one mask per sequence, training mode only.
+        recurrent_dropout: dropout on ``h_{t-1}`` before the state-to-state convolution;
+            one mask per sequence, training mode only.
+        proj_size: rank 0 only: project ``h`` to this size with ``weight_hr`` (as torch.nn.LSTM).
+        kernel_initializer, recurrent_initializer, bias_initializer, peephole_initializer:
+            names (``glorot_uniform``, ``orthogonal``, ``zeros``, ``lstm_uniform``, ...) or
+            callables that fill a tensor in place.
+
+    Shapes (channels-first; ``data_format="channels_last"`` moves ``C``/``H`` last):
+        x: ``(B, C, *spatial)`` or unbatched ``(C, *spatial)``.
+        state: ``(h, c)`` each ``(B, H, *spatial_out)``; ``None`` means zeros.
+        returns ``(h, c)`` with ``spatial_out`` the input convolution's output size.
+
+    Dropout masks are drawn at the first step after :meth:`reset_dropout_masks` and reused
+    until the next reset; :class:`ConvLSTM` resets them at the start of every sequence.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        kernel_size: int | Sequence[int] = 3,
+        *,
+        spatial_dims: int = 2,
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = "same",
+        dilation: int | Sequence[int] = 1,
+        recurrent_kernel_size: int | Sequence[int] | None = None,
+        bias: bool = True,
+        activation: Activation = "tanh",
+        recurrent_activation: Activation = "sigmoid",
+        output_activation: Activation | None = None,
+        unit_forget_bias: bool = True,
+        peephole: bool = False,
+        peephole_size: Sequence[int] | None = None,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        proj_size: int = 0,
+        data_format: str = "channels_first",
+        kernel_initializer: Initializer = "glorot_uniform",
+        recurrent_initializer: Initializer = "orthogonal",
+        bias_initializer: Initializer = "zeros",
+        peephole_initializer: Initializer = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (0, 1, 2, 3):
+            raise ValueError(f"spatial_dims: expected 0, 1, 2 or 3, got {spatial_dims!r}")
+        for what, v in (("in_channels", in_channels), ("hidden_channels", hidden_channels)):
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{what}: expected a positive int, got {v!r}")
+        if not isinstance(proj_size, int) or proj_size < 0:
+            raise ValueError(f"proj_size: expected an int >= 0, got {proj_size!r}")
+        if proj_size and spatial_dims != 0:
+            raise ValueError("proj_size: only supported at spatial_dims=0 (as in torch.nn.LSTM)")
+        if proj_size >= hidden_channels and proj_size:
+            raise ValueError(f"proj_size: must be smaller than hidden_channels={hidden_channels}, got {proj_size}")
+        for what, p in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+            if not 0.0 <= float(p) < 1.0:
+                raise ValueError(f"{what}: expected a probability in [0, 1), got {p!r}")
+        if data_format not in ("channels_first", "channels_last"):
+            raise ValueError(f"data_format: expected 'channels_first' or 'channels_last', got {data_format!r}")
+        n = spatial_dims
+        factory = {"device": device, "dtype": dtype}
+        self.in_channels = in_channels
+        self.hidden_channels = hidden_channels
+        self.spatial_dims = n
+        self.kernel_size = expand(kernel_size, n, "kernel_size") if n else ()
+        self.stride = expand(stride, n, "stride") if n else ()
+        self.dilation = expand(dilation, n, "dilation") if n else ()
+        self.padding = normalize_padding(padding, n) if n else "valid"
+        rk = kernel_size if recurrent_kernel_size is None else recurrent_kernel_size
+        self.recurrent_kernel_size = expand(rk, n, "recurrent_kernel_size") if n else ()
+        # state-to-state: stride 1, dilation 1, "same" (the pads do not depend on the frame size)
+        self._hh_pads = tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in self.recurrent_kernel_size)
+        self.use_bias = bias
+        self.activation = activation
+        self.recurrent_activation = recurrent_activation
+        self.output_activation = output_activation
+        self._act = get_activation(activation, "activation")
+        self._rec_act = get_activation(recurrent_activation, "recurrent_activation")
+        self._out_act = get_activation(activation if output_activation is None else output_activation, "output_activation")
+        self.unit_forget_bias = unit_forget_bias
+        self.peephole = peephole
+        self.dropout = float(dropout)
+        self.recurrent_dropout = float(recurrent_dropout)
+        self.proj_size = proj_size
+        self.data_format = data_format
+        self.out_channels = proj_size or hidden_channels
+
+        g = 4 * hidden_channels
+        self.weight_ih = nn.Parameter(torch.empty(g, in_channels, *self.kernel_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(g, self.out_channels, *self.recurrent_kernel_size, **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(g, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(g, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        if peephole:
+            if peephole_size is not None:
+                pshape = tuple(expand(tuple(peephole_size), n, "peephole_size")) if n else ()
+            else:
+                pshape = (1,) * n
+            self.peephole_size = pshape
+            self.weight_ci = nn.Parameter(torch.empty(hidden_channels, *pshape, **factory))
+            self.weight_cf = nn.Parameter(torch.empty(hidden_channels, *pshape, **factory))
+            self.weight_co = nn.Parameter(torch.empty(hidden_channels, *pshape, **factory))
+        else:
+            self.peephole_size = None
+        if proj_size:
+            self.weight_hr = nn.Parameter(torch.empty(proj_size, hidden_channels, **factory))
+        self._init = {
+            "kernel": get_initializer(kernel_initializer, "kernel_initializer"),
+            "recurrent": get_initializer(recurrent_initializer, "recurrent_initializer"),
+            "bias": get_initializer(bias_initializer, "bias_initializer"),
+            "peephole": get_initializer(peephole_initializer, "peephole_initializer"),
+        }
+        self._input_mask: Tensor | None = None
+        self._recurrent_mask: Tensor | None = None
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ parameters
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self._init["kernel"](self.weight_ih)
+        self._init["recurrent"](self.weight_hh)
+        if self.proj_size:
+            self._init["kernel"](self.weight_hr)
+        if self.bias_ih is not None:
+            self._init["bias"](self.bias_ih)
+            self._init["bias"](self.bias_hh)
+            if self.unit_forget_bias:
+                h = self.hidden_channels
+                self.bias_ih[h : 2 * h].fill_(1.0)
+                self.bias_hh[h : 2 * h].fill_(0.0)
+        if self.peephole:
+            for w in (self.weight_ci, self.weight_cf, self.weight_co):
+                self._init["peephole"](w)
+
+    def is_plain_lstm(self) -> bool:
+        """True when the cell computes exactly ``torch.nn.LSTM``'s equations (rank 0 fast path)."""
+        return (
+            self.spatial_dims == 0
+            and activation_name(self.activation) == "tanh"
+            and activation_name(self.recurrent_activation) == "sigmoid"
+            and (self.output_activation is None or activation_name(self.output_activation) == "tanh")
+            and not self.peephole
+            and self.dropout == 0.0
+            and self.recurrent_dropout == 0.0
+        )
+
+    def flat_weights(self) -> list[Tensor]:
+        """Weights in ``torch.lstm``'s order: w_ih, w_hh, [b_ih, b_hh], [w_hr]."""
+        ws = [self.weight_ih, self.weight_hh]
+        if self.bias_ih is not None:
+            ws += [self.bias_ih, self.bias_hh]
+        if self.proj_size:
+            ws.append(self.weight_hr)
+        return ws
+
+    # ------------------------------------------------------------------ shapes
+    def output_spatial_size(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        """Spatial size of the state for an input of spatial size ``spatial``."""
+        pads = resolve_pads(self.padding, spatial, self.kernel_size, self.stride, self.dilation)
+        out = tuple(
+            conv_output_size(s, p, k, st, d)
+            for s, p, k, st, d in zip(spatial, pads, self.kernel_size, self.stride, self.dilation)
+        )
+        if any(o <= 0 for o in out):
+            raise ValueError(
+                f"kernel_size={self.kernel_size} with dilation={self.dilation} and padding="
+                f"{self.padding!r} is larger than the input's spatial size {tuple(spatial)}"
+            )
+        if self.peephole and any(v != 1 for v in self.peephole_size) and out != self.peephole_size:
+            raise ValueError(
+                f"peephole_size={self.peephole_size} must equal the state's spatial size {out} "
+                f"for an input of spatial size {tuple(spatial)}"
+            )
+        return out
+
+    def initial_state(
+        self, batch: int, spatial_out: Sequence[int], device=None, dtype=None
+    ) -> State:
+        """Zero state ``(h, c)`` for ``batch`` sequences, internal channels-first layout."""
+        h = torch.zeros(batch, self.out_channels, *spatial_out, device=device, dtype=dtype)
+        c = torch.zeros(batch, self.hidden_channels, *spatial_out, device=device, dtype=dtype)
+        return h, c
+
+    # ------------------------------------------------------------------ dropout masks
+    def reset_dropout_masks(self) -> None:
+        """Forget the current dropout masks; the next step draws new ones."""
+        self._input_mask = None
+        self._recurrent_mask = None
+
+    def _mask(self, current: Tensor | None, like: Tensor, p: float) -> Tensor:
+        if current is not None and current.shape == like.shape and current.device == like.device:
+            return current
+        return F.dropout(torch.ones_like(like), p, training=True)
+
+    # ------------------------------------------------------------------ computation
+    def input_transform(self, x: Tensor) -> Tensor:
+        """Input-to-state convolution of a whole sequence at once, biases included.
+
+        Args:
+            x: ``(B, T, C, *spatial)`` internal layout.
+        Returns:
+            ``(B, T, 4H, *spatial_out)``.
+        """
+        b, t = x.shape[:2]
+        if self.training and self.dropout > 0:
+            self._input_mask = self._mask(self._input_mask, x[:, 0], self.dropout)
+            x = x * self._input_mask.unsqueeze(1)
+        bias = None
+        if self.bias_ih is not None:
+            bias = self.bias_ih + self.bias_hh
+        flat = x.reshape(b * t, *x.shape[2:])
+        if self.spatial_dims == 0:
+            out = F.linear(flat, self.weight_ih, bias)
+        else:
+            pads = resolve_pads(self.padding, x.shape[3:], self.kernel_size, self.stride, self.dilation)
+            out = conv_nd(flat, self.weight_ih, bias, pads, self.stride, self.dilation)
+        return out.reshape(b, t, *out.shape[1:])
+
+    def recurrent_step(self, xg: Tensor, state: State) -> State:
+        """One step given the precomputed input term ``xg`` ``(B, 4H, *spatial_out)``."""
+        h, c = state
+        if self.training and self.recurrent_dropout > 0:
+            self._recurrent_mask = self._mask(self._recurrent_mask, h, self.recurrent_dropout)
+            h = h * self._recurrent_mask
+        if self.spatial_dims == 0:
+            gates = torch.addmm(xg, h, self.weight_hh.t()) if xg.dim() == 2 else xg + F.linear(h, self.weight_hh)
+        else:
+            gates = xg + conv_nd(h, self.weight_hh, None, self._hh_pads)
+        i, f, g, o = gates.chunk(4, dim=1)
+        if self.peephole:
+            i = i + self.weight_ci * c
+            f = f + self.weight_cf * c
+        i = self._rec_act(i)
+        f = self._rec_act(f)
+        g = self._act(g)
+        c = f * c + i * g
+        if self.peephole:
+            o = o + self.weight_co * c
+        h = self._rec_act(o) * self._out_act(c)
+        if self.proj_size:
+            h = F.linear(h, self.weight_hr)
+        return h, c
+
+    def forward(self, x: Tensor, state: State | None = None) -> State:
+        """One time step.
+
+        Args:
+            x: ``(B, C, *spatial)`` (or ``(B, *spatial, C)`` with channels_last), or unbatched.
+            state: ``(h, c)`` in the same layout, or ``None`` for zeros.
+        Returns:
+            ``(h, c)`` in the same layout as ``x``.
+        """
+        from .layout import frame_from_internal, frame_to_internal
+
+        n = self.spatial_dims
+        if not isinstance(x, Tensor):
+            raise TypeError(f"ConvLSTMCell expects a torch.Tensor input, got {type(x).__name__}")
+        expected = describe_frame(n, self.data_format, channel=f"C={self.in_channels}")
+        if x.dim() not in (n + 1, n + 2):
+            raise ValueError(
+                f"ConvLSTMCell(spatial_dims={n}, data_format={self.data_format!r}) expects input "
+                f"{expected} or unbatched {describe_frame(n, self.data_format, batched=False, channel='C')}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        unbatched = x.dim() == n + 1
+        if unbatched:
+            x = x.unsqueeze(0)
+            if state is not None:
+                state = (state[0].unsqueeze(0), state[1].unsqueeze(0))
+        x = frame_to_internal(x, n, self.data_format)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"ConvLSTMCell expects input {expected} with C={self.in_channels} channels "
+                f"(data_format={self.data_format!r}), got shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"ConvLSTMCell expects a floating-point input, got dtype {x.dtype}")
+        spatial_out = self.output_spatial_size(x.shape[2:])
+        if state is None:
+            hc = self.initial_state(x.shape[0], spatial_out, x.device, x.dtype)
+        else:
+            hc = (frame_to_internal(state[0], n, self.data_format), frame_to_internal(state[1], n, self.data_format))
+            want_h = (x.shape[0], self.out_channels, *spatial_out)
+            want_c = (x.shape[0], self.hidden_channels, *spatial_out)
+            if tuple(hc[0].shape) != want_h or tuple(hc[1].shape) != want_c:
+                raise ValueError(
+                    f"ConvLSTMCell expects state (h, c) with h {want_h} and c {want_c} "
+                    f"(channels-first order; data_format={self.data_format!r}), got "
+                    f"{tuple(state[0].shape)} and {tuple(state[1].shape)}"
+                )
+        xg = self.input_transform(x.unsqueeze(1))[:, 0]
+        h, c = self.recurrent_step(xg, hc)
+        h = frame_from_internal(h, n, self.data_format)
+        c = frame_from_internal(c, n, self.data_format)
+        if unbatched:
+            h, c = h.squeeze(0), c.squeeze(0)
+        return h, c
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.hidden_channels}"
+        if self.spatial_dims:
+            s += f", kernel_size={self.kernel_size}"
+        s += f", spatial_dims={self.spatial_dims}"
+        if self.spatial_dims:
+            if any(v != 1 for v in self.stride):
+                s += f", stride={self.stride}"
+            s += f", padding={self.padding!r}"
+            if any(v != 1 for v in self.dilation):
+                s += f", dilation={self.dilation}"
+        if not self.use_bias:
+            s += ", bias=False"
+        if activation_name(self.activation) != "tanh":
+            s += f", activation={activation_name(self.activation)!r}"
+        if activation_name(self.recurrent_activation) != "sigmoid":
+            s += f", recurrent_activation={activation_name(self.recurrent_activation)!r}"
+        if self.output_activation is not None:
+            s += f", output_activation={activation_name(self.output_activation)!r}"
+        if self.peephole:
+            s += f", peephole=True, peephole_size={self.peephole_size}"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.recurrent_dropout:
+            s += f", recurrent_dropout={self.recurrent_dropout}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        if self.data_format != "channels_first":
+            s += f", data_format={self.data_format!r}"
+        return s

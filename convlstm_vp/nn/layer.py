@@ -1,0 +1,510 @@
+"""``ConvLSTM``: the sequence layer over :class:`ConvLSTMCell` (stacks, directions, layouts)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .cell import ConvLSTMCell
+from .layout import (
+    check_data_format,
+    describe_sequence,
+    sequence_from_internal,
+    sequence_to_internal,
+)
+
+StateArg = Union[tuple[Tensor, Tensor], tuple[Sequence[Tensor], Sequence[Tensor]], None]
+
+
+def _per_layer(value: Any, num_layers: int, what: str) -> list[Any]:
+    """A ``list`` gives one value per layer; anything else (int, tuple, str) is shared."""
+    if isinstance(value, list):
+        if len(value) != num_layers:
+            raise ValueError(f"{what}: a list gives one value per layer; expected {num_layers} values, got {len(value)}")
+        return list(value)
+    return [value] * num_layers
+
+
+def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse ``(B, T, ...)`` along time, each sequence within its own length."""
+    if lengths is None:
+        return x.flip(1)
+    b, t = x.shape[:2]
+    steps = torch.arange(t, device=x.device).unsqueeze(0)
+    lens = lengths.to(x.device).unsqueeze(1)
+    idx = torch.where(steps < lens, lens - 1 - steps, steps)
+    return x[torch.arange(b, device=x.device).unsqueeze(1), idx]
+
+
+class ConvLSTM(nn.Module):
+    """A stack of ConvLSTM layers run over a sequence, shaped like ``torch.nn.LSTM``.
+
+    Args:
+        in_channels: input channels ``C``.
+        hidden_channels: hidden channels ``H``; a list gives one value per layer.
+        kernel_size: input-to-state kernel; a list gives one kernel per layer (a tuple is
+            one size per spatial dimension). The same rule holds for ``stride``, ``padding``,
+            ``dilation`` and ``recurrent_kernel_size``.
+        num_layers: number of stacked layers (taken from a list ``hidden_channels`` if given).
+        spatial_dims: 0 (plain LSTM), 1, 2 or 3.
+        batch_first: ``(B, T, ...)`` if True, else ``(T, B, ...)``.
+        data_format: "channels_first" ``(B, T, C, *spatial)`` or "channels_last"
+            ``(B, T, *spatial, C)``; states follow the same channel position.
+        bidirectional: run a second, backward direction; outputs are concatenated on channels.
+        proj_size: rank 0 only, as in ``torch.nn.LSTM``.
+        dropout: dropout on the outputs of every layer but the last (as ``torch.nn.LSTM``).
+        input_dropout, recurrent_dropout: the cell's per-sequence dropout masks (Keras
+            ``dropout`` / ``recurrent_dropout``).
+        return_sequences: return every step (True) or only the last valid one.
+        return_all_layers: return a list with the output sequence of every layer.
+        stateful: carry the final state into the next call (detached); ``reset_state()``
+            forgets it.
+        go_backwards: process the sequence backwards and return the reversed sequence (Keras).
+        fused: at rank 0, run layers whose cells compute plain LSTM equations with the fused
+            ``torch.lstm`` kernel (oneDNN / cuDNN). Numerically equal to the step loop.
+        name: optional layer name, shown in ``repr``.
+        **cell_kwargs: passed to every :class:`ConvLSTMCell` (``activation``, ``peephole``,
+            ``bias``, ``unit_forget_bias``, initializers, ...).
+
+    Call ``layer(x, state=None, lengths=None)`` → ``output, (h_n, c_n)``:
+        x: ``(B, T, C, *spatial)`` in the configured layout, unbatched ``(T, C, *spatial)``, or
+            at rank 0 a ``PackedSequence``.
+        state: ``(h_0, c_0)`` each ``(num_layers * num_directions, B, H, *spatial_out)``.
+        lengths: ``(B,)`` valid lengths; steps past a length give zero outputs and do not
+            change the state.
+        output: ``(B, T, num_directions * H_out, *spatial_out)`` (or the last step
+            ``(B, num_directions * H_out, *spatial_out)`` with ``return_sequences=False``).
+        h_n, c_n: ``(num_layers * num_directions, B, H, *spatial_out)``; when layers differ in
+            hidden size or spatial size they are lists with one ``(B, H_l, *spatial_l)`` each.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int | list[int],
+        kernel_size: int | Sequence[int] | list = 3,
+        num_layers: int | None = None,
+        *,
+        spatial_dims: int = 2,
+        batch_first: bool = True,
+        data_format: str = "channels_first",
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        return_sequences: bool = True,
+        return_all_layers: bool = False,
+        stateful: bool = False,
+        go_backwards: bool = False,
+        stride: Any = 1,
+        padding: Any = "same",
+        dilation: Any = 1,
+        recurrent_kernel_size: Any = None,
+        fused: bool = True,
+        name: str | None = None,
+        **cell_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if isinstance(hidden_channels, list):
+            if num_layers is not None and num_layers != len(hidden_channels):
+                raise ValueError(
+                    f"num_layers={num_layers} disagrees with hidden_channels={hidden_channels} "
+                    f"({len(hidden_channels)} layers)"
+                )
+            num_layers = len(hidden_channels)
+        num_layers = 1 if num_layers is None else num_layers
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"num_layers: expected an int >= 1, got {num_layers!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
+        if "dropout" in cell_kwargs or "data_format" in cell_kwargs:
+            raise TypeError("pass the cell's input dropout as input_dropout=; data_format is the layer's own argument")
+        self.in_channels = in_channels
+        self.num_layers = num_layers
+        self.spatial_dims = spatial_dims
+        self.batch_first = batch_first
+        self.data_format = check_data_format(data_format)
+        self.bidirectional = bidirectional
+        self.num_directions = 2 if bidirectional else 1
+        self.proj_size = proj_size
+        self.dropout = float(dropout)
+        self.return_sequences = return_sequences
+        self.return_all_layers = return_all_layers
+        self.stateful = stateful
+        self.go_backwards = go_backwards
+        self.fused = fused
+        self.name = name
+        hidden = _per_layer(hidden_channels, num_layers, "hidden_channels")
+        kernels = _per_layer(kernel_size, num_layers, "kernel_size")
+        strides = _per_layer(stride, num_layers, "stride")
+        paddings = _per_layer(padding, num_layers, "padding")
+        dilations = _per_layer(dilation, num_layers, "dilation")
+        rkernels = _per_layer(recurrent_kernel_size, num_layers, "recurrent_kernel_size")
+        self.hidden_channels = hidden
+        cells = []
+        layer_in = in_channels
+        for l in range(num_layers):
+            for _ in range(self.num_directions):
+                cells.append(
+                    ConvLSTMCell(
+                        layer_in,
+                        hidden[l],
+                        kernels[l],
+                        spatial_dims=spatial_dims,
+                        stride=strides[l],
+                        padding=paddings[l],
+                        dilation=dilations[l],
+                        recurrent_kernel_size=rkernels[l],
+                        dropout=input_dropout,
+                        recurrent_dropout=recurrent_dropout,
+                        proj_size=proj_size,
+                        **cell_kwargs,
+                    )
+                )
+            layer_in = (proj_size or hidden[l]) * self.num_directions
+        self.cells = nn.ModuleList(cells)
+        self.out_channels = layer_in
+        self._state: tuple[Any, Any] | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_torch_lstm(cls, lstm: nn.LSTM) -> "ConvLSTM":
+        """The rank-0 layer that computes exactly what ``lstm`` computes (weights copied)."""
+        if not isinstance(lstm, nn.LSTM):
+            raise TypeError(f"from_torch_lstm expects a torch.nn.LSTM, got {type(lstm).__name__}")
+        p = next(lstm.parameters())
+        layer = cls(
+            lstm.input_size,
+            lstm.hidden_size,
+            num_layers=lstm.num_layers,
+            spatial_dims=0,
+            batch_first=lstm.batch_first,
+            bidirectional=lstm.bidirectional,
+            proj_size=lstm.proj_size,
+            dropout=lstm.dropout,
+            bias=lstm.bias,
+            device=p.device,
+            dtype=p.dtype,
+        )
+        layer.load_torch_lstm_weights(lstm)
+        return layer
+
+    @torch.no_grad()
+    def load_torch_lstm_weights(self, lstm: nn.LSTM) -> None:
+        """Copy the weights of a ``torch.nn.LSTM`` of matching shape into this rank-0 layer."""
+        if self.spatial_dims != 0:
+            raise ValueError("load_torch_lstm_weights needs spatial_dims=0")
+        for l in range(self.num_layers):
+            for d in range(self.num_directions):
+                sfx = f"_l{l}" + ("_reverse" if d else "")
+                cell = self.cells[l * self.num_directions + d]
+                names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if lstm.bias else [])
+                names += ["weight_hr"] if lstm.proj_size else []
+                for n in names:
+                    src = getattr(lstm, n + sfx)
+                    dst = getattr(cell, n)
+                    if src.shape != dst.shape:
+                        raise ValueError(f"{n}{sfx}: expected shape {tuple(dst.shape)}, got {tuple(src.shape)}")
+                    dst.copy_(src)
+
+    # ------------------------------------------------------------------ state
+    def reset_state(self) -> None:
+        """Forget the state carried between calls by a stateful layer."""
+        self._state = None
+
+    def reset_parameters(self) -> None:
+        for cell in self.cells:
+            cell.reset_parameters()
+
+    # ------------------------------------------------------------------ forward
+    def _expected(self, batched: bool = True) -> str:
+        return describe_sequence(self.spatial_dims, self.batch_first, self.data_format, batched)
+
+    def _layout_msg(self) -> str:
+        return (
+            f"ConvLSTM(spatial_dims={self.spatial_dims}, batch_first={self.batch_first}, "
+            f"data_format={self.data_format!r})"
+        )
+
+    def _input_to_internal(self, x: Tensor) -> tuple[Tensor, bool]:
+        n = self.spatial_dims
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{self._layout_msg()} expects a torch.Tensor, got {type(x).__name__}")
+        if x.dim() not in (n + 2, n + 3):
+            raise ValueError(
+                f"{self._layout_msg()} expects input {self._expected()} or unbatched "
+                f"{self._expected(False)} with C={self.in_channels}, got shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"{self._layout_msg()} expects a floating-point input, got dtype {x.dtype}")
+        unbatched = x.dim() == n + 2
+        if unbatched:
+            x = x.unsqueeze(0 if self.batch_first else 1)
+        x = sequence_to_internal(x, n, self.batch_first, self.data_format)
+        if x.shape[2] != self.in_channels:
+            raise ValueError(
+                f"{self._layout_msg()} expects input {self._expected()} with C={self.in_channels} "
+                f"channels, got shape {tuple(x.shape if not unbatched else x.shape[1:])} "
+                f"(in the internal (B, T, C, ...) order: {tuple(x.shape)})"
+            )
+        if x.shape[1] == 0:
+            raise ValueError(f"{self._layout_msg()} got an empty sequence (T=0)")
+        return x, unbatched
+
+    def _state_to_internal(self, t: Tensor) -> Tensor:
+        """``(N, B, *spatial, H)`` → ``(N, B, H, *spatial)`` for channels_last states."""
+        if self.data_format == "channels_first" or self.spatial_dims == 0:
+            return t
+        return t.movedim(-1, 2)
+
+    def _state_from_internal(self, t: Tensor) -> Tensor:
+        if self.data_format == "channels_first" or self.spatial_dims == 0:
+            return t
+        return t.movedim(2, -1)
+
+    def _initial_states(self, state: StateArg, x: Tensor, unbatched: bool) -> list[tuple[Tensor, Tensor] | None]:
+        """One ``(h, c)`` (internal layout) or None per cell."""
+        n_cells = len(self.cells)
+        if state is None:
+            if self.stateful and self._state is not None:
+                hs, cs = self._state
+                if hs[0].shape[0] != x.shape[0]:
+                    raise ValueError(
+                        f"stateful ConvLSTM carries a state for batch size {hs[0].shape[0]}, got a batch "
+                        f"of {x.shape[0]}; call reset_state() to start new sequences"
+                    )
+                return list(zip(hs, cs))
+            return [None] * n_cells
+        if not (isinstance(state, (tuple, list)) and len(state) == 2):
+            raise ValueError("state: expected a tuple (h_0, c_0)")
+        h0, c0 = state
+        if isinstance(h0, Tensor):
+            if unbatched:
+                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+            h_list = list(self._state_to_internal(h0).unbind(0))
+            c_list = list(self._state_to_internal(c0).unbind(0))
+        else:
+            h_list = [self._state_to_internal(h.unsqueeze(0))[0] for h in h0]
+            c_list = [self._state_to_internal(c.unsqueeze(0))[0] for c in c0]
+            if unbatched:
+                h_list = [h.unsqueeze(0) for h in h_list]
+                c_list = [c.unsqueeze(0) for c in c_list]
+        if len(h_list) != n_cells or len(c_list) != n_cells:
+            raise ValueError(
+                f"state: expected h_0 and c_0 with num_layers * num_directions = {n_cells} entries "
+                f"on the first axis, got {len(h_list)} and {len(c_list)}"
+            )
+        # check shapes against what each cell will produce
+        spatial = x.shape[3:]
+        out = []
+        for l in range(self.num_layers):
+            cell = self.cells[l * self.num_directions]
+            spatial = cell.output_spatial_size(spatial) if self.spatial_dims else ()
+            for d in range(self.num_directions):
+                k = l * self.num_directions + d
+                h, c = h_list[k], c_list[k]
+                want_h = (x.shape[0], cell.out_channels, *spatial)
+                want_c = (x.shape[0], cell.hidden_channels, *spatial)
+                if tuple(h.shape) != want_h or tuple(c.shape) != want_c:
+                    fmt = "channels-first" if self.data_format == "channels_first" else "channels-last"
+                    raise ValueError(
+                        f"state of layer {l} direction {d}: expected h {want_h} and c {want_c} "
+                        f"(B, H, *spatial_out, listed channels-first; the state tensors are {fmt}), got "
+                        f"{tuple(h.shape)} and {tuple(c.shape)} after moving channels first"
+                    )
+                out.append((h, c))
+        return out
+
+    def forward(
+        self,
+        x: Tensor | PackedSequence,
+        state: StateArg = None,
+        lengths: Tensor | Sequence[int] | None = None,
+    ) -> tuple[Any, tuple[Any, Any]]:
+        packed_info = None
+        if isinstance(x, PackedSequence):
+            if self.spatial_dims != 0:
+                raise ValueError("PackedSequence input is supported at spatial_dims=0 only; use lengths=")
+            packed_info = x
+            x, lengths = pad_packed_sequence(x, batch_first=self.batch_first)
+        x, unbatched = self._input_to_internal(x)
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, dtype=torch.long)
+            if lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
+                raise ValueError(f"lengths: expected shape ({x.shape[0]},), got {tuple(lengths.shape)}")
+            if (lengths < 1).any() or (lengths > x.shape[1]).any():
+                raise ValueError(f"lengths: every length must be in [1, T={x.shape[1]}], got {lengths.tolist()}")
+            if bool((lengths == x.shape[1]).all()):
+                lengths = None
+        init = self._initial_states(state, x, unbatched)
+        if self.go_backwards:
+            x = reverse_padded(x, lengths)
+
+        layer_input = x
+        layer_outputs: list[Tensor] = []
+        hs: list[Tensor] = []
+        cs: list[Tensor] = []
+        for l in range(self.num_layers):
+            cells = self.cells[l * self.num_directions : (l + 1) * self.num_directions]
+            layer_init = init[l * self.num_directions : (l + 1) * self.num_directions]
+            out, h_l, c_l = self._run_layer(cells, layer_input, layer_init, lengths)
+            hs += h_l
+            cs += c_l
+            layer_outputs.append(out)
+            if l < self.num_layers - 1 and self.dropout > 0 and self.training:
+                out = F.dropout(out, self.dropout, training=True)
+            layer_input = out
+
+        if self.stateful:
+            self._state = ([h.detach() for h in hs], [c.detach() for c in cs])
+
+        h_n, c_n = self._pack_states(hs, cs, unbatched)
+        output: Any
+        if self.return_all_layers:
+            output = [self._format_output(o, lengths, unbatched, None) for o in layer_outputs]
+        else:
+            output = self._format_output(layer_outputs[-1], lengths, unbatched, packed_info)
+        return output, (h_n, c_n)
+
+    def _format_output(self, out: Tensor, lengths: Tensor | None, unbatched: bool, packed: PackedSequence | None) -> Any:
+        n = self.spatial_dims
+        if not self.return_sequences:
+            if lengths is None:
+                last = out[:, -1]
+            else:
+                last = out[torch.arange(out.shape[0], device=out.device), lengths.to(out.device) - 1]
+            if self.bidirectional:
+                # the backward direction ends at the first step
+                hsize = out.shape[2] // 2
+                last = torch.cat([last[:, :hsize], out[:, 0, hsize:]], dim=1)
+            if self.data_format == "channels_last" and n:
+                last = last.movedim(1, -1)
+            return last.squeeze(0) if unbatched else last
+        if packed is not None:
+            padded = sequence_from_internal(out, n, self.batch_first, self.data_format)
+            lens = lengths if lengths is not None else torch.full((out.shape[0],), out.shape[1])
+            return pack_padded_sequence(padded, lens.cpu(), batch_first=self.batch_first, enforce_sorted=False)
+        y = sequence_from_internal(out, n, self.batch_first, self.data_format)
+        return y.squeeze(0 if self.batch_first else 1) if unbatched else y
+
+    def _pack_states(self, hs: list[Tensor], cs: list[Tensor], unbatched: bool) -> tuple[Any, Any]:
+        def fmt(t: Tensor) -> Tensor:
+            t = self._state_from_internal(t.unsqueeze(0))[0]
+            return t.squeeze(0) if unbatched else t
+
+        if len({tuple(h.shape) for h in hs}) == 1 and len({tuple(c.shape) for c in cs}) == 1:
+            h_n = self._state_from_internal(torch.stack(hs))
+            c_n = self._state_from_internal(torch.stack(cs))
+            if unbatched:
+                h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+            return h_n, c_n
+        return [fmt(h) for h in hs], [fmt(c) for c in cs]
+
+    # ------------------------------------------------------------------ one layer
+    def _run_layer(
+        self,
+        cells: Sequence[ConvLSTMCell],
+        x: Tensor,
+        init: Sequence[tuple[Tensor, Tensor] | None],
+        lengths: Tensor | None,
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Run the directions of one layer over ``x`` ``(B, T, C, *spatial)``."""
+        if self.fused and all(c.is_plain_lstm() for c in cells):
+            return self._run_fused(cells, x, init, lengths)
+        outs, hs, cs = [], [], []
+        for d, cell in enumerate(cells):
+            seq = x if d == 0 else reverse_padded(x, lengths)
+            out, (h, c) = self._run_cell(cell, seq, init[d], lengths)
+            outs.append(out if d == 0 else reverse_padded(out, lengths))
+            hs.append(h)
+            cs.append(c)
+        return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), hs, cs
+
+    @staticmethod
+    def _run_cell(
+        cell: ConvLSTMCell, x: Tensor, state: tuple[Tensor, Tensor] | None, lengths: Tensor | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        cell.reset_dropout_masks()
+        xg = cell.input_transform(x)
+        b, t = xg.shape[:2]
+        if state is None:
+            state = cell.initial_state(b, xg.shape[3:], xg.device, xg.dtype)
+        h, c = state
+        outs = []
+        valid = None
+        if lengths is not None:
+            view = (b,) + (1,) * (h.dim() - 1)
+            valid = (torch.arange(t, device=xg.device).unsqueeze(1) < lengths.to(xg.device).unsqueeze(0))
+            valid = valid.reshape(t, *view)
+        for step in range(t):
+            h_new, c_new = cell.recurrent_step(xg[:, step], (h, c))
+            if valid is None:
+                h, c = h_new, c_new
+                outs.append(h)
+            else:
+                m = valid[step]
+                h = torch.where(m, h_new, h)
+                c = torch.where(m, c_new, c)
+                outs.append(h_new * m)
+        return torch.stack(outs, dim=1), (h, c)
+
+    def _run_fused(
+        self,
+        cells: Sequence[ConvLSTMCell],
+        x: Tensor,
+        init: Sequence[tuple[Tensor, Tensor] | None],
+        lengths: Tensor | None,
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Rank-0 layer through the fused ``torch.lstm`` kernel (one layer, 1 or 2 directions)."""
+        b, t = x.shape[:2]
+        cell0 = cells[0]
+        if any(s is None for s in init):
+            h0 = x.new_zeros(len(cells), b, cell0.out_channels)
+            c0 = x.new_zeros(len(cells), b, cell0.hidden_channels)
+        else:
+            h0 = torch.stack([s[0] for s in init])  # type: ignore[index]
+            c0 = torch.stack([s[1] for s in init])  # type: ignore[index]
+        weights = [w for cell in cells for w in cell.flat_weights()]
+        has_bias = cell0.bias_ih is not None
+        bidir = len(cells) == 2
+        if lengths is None:
+            out, h, c = torch.lstm(x, (h0, c0), weights, has_bias, 1, 0.0, self.training, bidir, True)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            idx = packed.sorted_indices
+            out_data, h, c = torch.lstm(
+                packed.data, packed.batch_sizes, (h0[:, idx], c0[:, idx]), weights, has_bias, 1, 0.0, self.training, bidir
+            )
+            out, _ = pad_packed_sequence(
+                PackedSequence(out_data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),
+                batch_first=True,
+                total_length=t,
+            )
+            h, c = h[:, packed.unsorted_indices], c[:, packed.unsorted_indices]
+        return out, list(h.unbind(0)), list(c.unbind(0))
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.hidden_channels if len(set(self.hidden_channels)) > 1 else self.hidden_channels[0]}"
+        s += f", num_layers={self.num_layers}, spatial_dims={self.spatial_dims}"
+        if self.name:
+            s = f"name={self.name!r}, " + s
+        if not self.batch_first:
+            s += ", batch_first=False"
+        if self.data_format != "channels_first":
+            s += f", data_format={self.data_format!r}"
+        for flag in ("bidirectional", "stateful", "go_backwards", "return_all_layers"):
+            if getattr(self, flag):
+                s += f", {flag}=True"
+        if not self.return_sequences:
+            s += ", return_sequences=False"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        return s
