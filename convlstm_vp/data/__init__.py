@@ -1,0 +1,6 @@
+"""Datasets for convlstm_vp: MNIST digit sources, Moving MNIST, MNIST patch sequences, sensors."""
+
+from .digits import DigitSet, load_digits
+from .mnist_patches import MNISTPatchSequences, patchify, unpatchify
+from .moving_mnist import MovingMNIST, moving_mnist_batch, render_moving_mnist
+from .sensors import BasicMotions, Daphnet, Opportunity, Standardizer, sliding_windows
