@@ -332,19 +332,34 @@ class ConvLSTMCell(nn.Module):
         if x.dim() not in (n + 1, n + 2):
             raise ValueError(
                 f"ConvLSTMCell(spatial_dims={n}, data_format={self.data_format!r}) expects input "
-                f"{expected} or unbatched {describe_frame(n, self.data_format, batched=False, channel='C')}, "
+                f"{expected} or unbatched "
+                f"{describe_frame(n, self.data_format, batched=False, channel=f'C={self.in_channels}')}, "
                 f"got shape {tuple(x.shape)}"
             )
         unbatched = x.dim() == n + 1
+        given = tuple(x.shape)
+        state_layout = describe_frame(n, self.data_format, batched=not unbatched, channel="hidden")
+        if state is not None:
+            if not (
+                isinstance(state, (tuple, list))
+                and len(state) == 2
+                and all(isinstance(t, Tensor) and t.dim() == x.dim() for t in state)
+            ):
+                got = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in state]
+                raise ValueError(
+                    f"ConvLSTMCell expects state (h, c), each {state_layout} "
+                    f"(data_format={self.data_format!r}), got {got}"
+                )
         if unbatched:
             x = x.unsqueeze(0)
             if state is not None:
                 state = (state[0].unsqueeze(0), state[1].unsqueeze(0))
         x = frame_to_internal(x, n, self.data_format)
         if x.shape[1] != self.in_channels:
+            unb = describe_frame(n, self.data_format, batched=False, channel=f"C={self.in_channels}")
             raise ValueError(
-                f"ConvLSTMCell expects input {expected} with C={self.in_channels} channels "
-                f"(data_format={self.data_format!r}), got shape {tuple(x.shape)}"
+                f"ConvLSTMCell expects input {expected} or unbatched {unb} "
+                f"(data_format={self.data_format!r}), got shape {given} with {x.shape[1]} channels"
             )
         if not x.is_floating_point():
             raise TypeError(f"ConvLSTMCell expects a floating-point input, got dtype {x.dtype}")
@@ -356,10 +371,16 @@ class ConvLSTMCell(nn.Module):
             want_h = (x.shape[0], self.out_channels, *spatial_out)
             want_c = (x.shape[0], self.hidden_channels, *spatial_out)
             if tuple(hc[0].shape) != want_h or tuple(hc[1].shape) != want_c:
+
+                def user(shape: tuple[int, ...]) -> tuple[int, ...]:
+                    if self.data_format == "channels_last" and n:
+                        shape = (shape[0], *shape[2:], shape[1])
+                    return shape[1:] if unbatched else shape
+
                 raise ValueError(
-                    f"ConvLSTMCell expects state (h, c) with h {want_h} and c {want_c} "
-                    f"(channels-first order; data_format={self.data_format!r}), got "
-                    f"{tuple(state[0].shape)} and {tuple(state[1].shape)}"
+                    f"ConvLSTMCell expects state (h, c), each {state_layout}, with h {user(want_h)} and "
+                    f"c {user(want_c)} (data_format={self.data_format!r}), got "
+                    f"{user(tuple(hc[0].shape))} and {user(tuple(hc[1].shape))}"
                 )
         xg = self.input_transform(x.unsqueeze(1))[:, 0]
         h, c = self.recurrent_step(xg, hc)

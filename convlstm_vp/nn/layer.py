@@ -244,14 +244,15 @@ class ConvLSTM(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"{self._layout_msg()} expects a floating-point input, got dtype {x.dtype}")
         unbatched = x.dim() == n + 2
+        given = tuple(x.shape)
         if unbatched:
             x = x.unsqueeze(0 if self.batch_first else 1)
         x = sequence_to_internal(x, n, self.batch_first, self.data_format)
         if x.shape[2] != self.in_channels:
+            expected = self._expected(not unbatched)
             raise ValueError(
-                f"{self._layout_msg()} expects input {self._expected()} with C={self.in_channels} "
-                f"channels, got shape {tuple(x.shape if not unbatched else x.shape[1:])} "
-                f"(in the internal (B, T, C, ...) order: {tuple(x.shape)})"
+                f"{self._layout_msg()} expects input {expected} with C={self.in_channels} "
+                f"channels, got shape {given} (C={x.shape[2]} in that layout)"
             )
         if x.shape[1] == 0:
             raise ValueError(f"{self._layout_msg()} got an empty sequence (T=0)")
@@ -267,6 +268,20 @@ class ConvLSTM(nn.Module):
         if self.data_format == "channels_first" or self.spatial_dims == 0:
             return t
         return t.movedim(2, -1)
+
+    def _state_layout(self, unbatched: bool, per_cell: bool = False) -> str:
+        """Human-readable state layout, e.g. ``"(num_layers * num_directions, B, H, H_out, W_out)"``."""
+        names = {0: [], 1: ["L_out"], 2: ["H_out", "W_out"], 3: ["D_out", "H_out", "W_out"]}[self.spatial_dims]
+        feat = ["hidden", *names] if self.data_format == "channels_first" else [*names, "hidden"]
+        lead = ([] if per_cell else ["num_layers * num_directions"]) + ([] if unbatched else ["B"])
+        return "(" + ", ".join(lead + feat) + ")"
+
+    def _user_shape(self, internal: tuple[int, ...], unbatched: bool) -> tuple[int, ...]:
+        """A per-cell state shape ``(B, H, *spatial)`` written in the user's layout."""
+        shape = list(internal)
+        if self.data_format == "channels_last" and self.spatial_dims:
+            shape = [shape[0], *shape[2:], shape[1]]
+        return tuple(shape[1:] if unbatched else shape)
 
     def _initial_states(self, state: StateArg, x: Tensor, unbatched: bool) -> list[tuple[Tensor, Tensor] | None]:
         """One ``(h, c)`` (internal layout) or None per cell."""
@@ -284,21 +299,36 @@ class ConvLSTM(nn.Module):
         if not (isinstance(state, (tuple, list)) and len(state) == 2):
             raise ValueError("state: expected a tuple (h_0, c_0)")
         h0, c0 = state
-        if isinstance(h0, Tensor):
+        state_dims = self.spatial_dims + (2 if unbatched else 3)  # (N, [B,] H, *spatial)
+        state_layout = self._state_layout(unbatched)
+        if isinstance(h0, Tensor) and isinstance(c0, Tensor):
+            if h0.dim() != state_dims or c0.dim() != state_dims:
+                raise ValueError(
+                    f"state: expected h_0 and c_0 of shape {state_layout} "
+                    f"(data_format={self.data_format!r}), got {tuple(h0.shape)} and {tuple(c0.shape)}"
+                )
             if unbatched:
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
             h_list = list(self._state_to_internal(h0).unbind(0))
             c_list = list(self._state_to_internal(c0).unbind(0))
-        else:
+        elif isinstance(h0, Sequence) and isinstance(c0, Sequence):
+            if any(not isinstance(t, Tensor) or t.dim() != state_dims - 1 for t in [*h0, *c0]):
+                raise ValueError(
+                    f"state: expected h_0 and c_0 as tensors {state_layout} or as lists with one "
+                    f"{self._state_layout(unbatched, per_cell=True)} per layer and direction "
+                    f"(data_format={self.data_format!r})"
+                )
             h_list = [self._state_to_internal(h.unsqueeze(0))[0] for h in h0]
             c_list = [self._state_to_internal(c.unsqueeze(0))[0] for c in c0]
             if unbatched:
                 h_list = [h.unsqueeze(0) for h in h_list]
                 c_list = [c.unsqueeze(0) for c in c_list]
+        else:
+            raise ValueError(f"state: expected a tuple (h_0, c_0) of tensors {state_layout}")
         if len(h_list) != n_cells or len(c_list) != n_cells:
             raise ValueError(
-                f"state: expected h_0 and c_0 with num_layers * num_directions = {n_cells} entries "
-                f"on the first axis, got {len(h_list)} and {len(c_list)}"
+                f"state: expected h_0 and c_0 {state_layout} with num_layers * num_directions = {n_cells} "
+                f"entries on the first axis, got {len(h_list)} and {len(c_list)}"
             )
         # check shapes against what each cell will produce
         spatial = x.shape[3:]
@@ -312,11 +342,12 @@ class ConvLSTM(nn.Module):
                 want_h = (x.shape[0], cell.out_channels, *spatial)
                 want_c = (x.shape[0], cell.hidden_channels, *spatial)
                 if tuple(h.shape) != want_h or tuple(c.shape) != want_c:
-                    fmt = "channels-first" if self.data_format == "channels_first" else "channels-last"
                     raise ValueError(
-                        f"state of layer {l} direction {d}: expected h {want_h} and c {want_c} "
-                        f"(B, H, *spatial_out, listed channels-first; the state tensors are {fmt}), got "
-                        f"{tuple(h.shape)} and {tuple(c.shape)} after moving channels first"
+                        f"state of layer {l} direction {d}: expected h {self._user_shape(want_h, unbatched)} and "
+                        f"c {self._user_shape(want_c, unbatched)} in the layout "
+                        f"{self._state_layout(unbatched, per_cell=True)} (data_format={self.data_format!r}), "
+                        f"got {self._user_shape(tuple(h.shape), unbatched)} and "
+                        f"{self._user_shape(tuple(c.shape), unbatched)}"
                     )
                 out.append((h, c))
         return out
@@ -387,9 +418,12 @@ class ConvLSTM(nn.Module):
                 last = last.movedim(1, -1)
             return last.squeeze(0) if unbatched else last
         if packed is not None:
-            padded = sequence_from_internal(out, n, self.batch_first, self.data_format)
-            lens = lengths if lengths is not None else torch.full((out.shape[0],), out.shape[1])
-            return pack_padded_sequence(padded, lens.cpu(), batch_first=self.batch_first, enforce_sorted=False)
+            # keep the input's batch order so that ``output.data`` lines up with ``x.data``
+            lens = lengths.cpu() if lengths is not None else torch.full((out.shape[0],), out.shape[1])
+            if packed.sorted_indices is not None:
+                out, lens = out[packed.sorted_indices.to(out.device)], lens[packed.sorted_indices.cpu()]
+            p = pack_padded_sequence(out, lens, batch_first=True, enforce_sorted=True)
+            return PackedSequence(p.data, p.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
         y = sequence_from_internal(out, n, self.batch_first, self.data_format)
         return y.squeeze(0 if self.batch_first else 1) if unbatched else y
 
