@@ -1,0 +1,173 @@
+"""Stacked ConvLSTM encoder-forecaster for frame prediction (Shi et al. 2015).
+
+Reads top to bottom:
+
+1. ``patchify``: space-to-depth with einops, ``(B, T, C, H, W) → (B, T, C·p·p, H/p, W/p)``.
+2. Encoder: a :class:`~convlstm_vp.nn.ConvLSTM` stack reads the ``input_frames`` frames; its
+   final ``(h, c)`` per layer initialise the forecaster (the "copy" of Shi et al.).
+3. Forecaster: a second stack of cells steps ``output_frames`` times. Its input at each step is
+   the previous frame: the last observed one first, then its own prediction — or, in training
+   with scheduled sampling, the true frame with probability ``eta`` (the model keeps the
+   schedule; callers only pass ``targets``).
+4. Head: the hidden states of all forecaster layers are concatenated and mixed by a 1x1
+   convolution into one patched frame, then ``unpatchify`` and the output activation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from ..nn import ConvLSTM
+from ..nn.layout import check_data_format, describe_sequence, sequence_from_internal, sequence_to_internal
+from ..nn.functional import get_activation
+
+
+def patchify(x: Tensor, patch_size: int) -> Tensor:
+    """``(B, T, C, H, W) → (B, T, C·p·p, H/p, W/p)`` (space-to-depth)."""
+    if patch_size == 1:
+        return x
+    return rearrange(x, "b t c (h p1) (w p2) -> b t (c p1 p2) h w", p1=patch_size, p2=patch_size)
+
+
+def unpatchify(x: Tensor, patch_size: int) -> Tensor:
+    """``(B, T, C·p·p, H/p, W/p) → (B, T, C, H, W)`` (depth-to-space)."""
+    if patch_size == 1:
+        return x
+    return rearrange(x, "b t (c p1 p2) h w -> b t c (h p1) (w p2)", p1=patch_size, p2=patch_size)
+
+
+class EncoderForecaster(nn.Module):
+    """ConvLSTM encoder-forecaster.
+
+    Args:
+        in_channels: channels of a frame (1 for Moving MNIST).
+        hidden_channels: hidden channels per layer (list; its length is the number of layers).
+        kernel_size: kernel per layer (int for all, or a list).
+        patch_size: space-to-depth factor (4 turns 64x64x1 into 16x16x16).
+        input_frames, output_frames: frames observed and frames predicted.
+        data_format: "channels_first" ``(B, T, C, H, W)`` or "channels_last" ``(B, T, H, W, C)``.
+        output_activation: applied to the predicted frames ("sigmoid" for [0, 1] frames,
+            "linear"/"identity" for none).
+        scheduled_sampling: ``(start, end, steps)``: in training, the probability of feeding the
+            true previous frame decays linearly from ``start`` to ``end`` over ``steps``
+            training calls; ``None`` always feeds the model's own prediction.
+        **cell_kwargs: passed to every cell (peephole, activations, initializers, ...).
+
+    ``forward(frames, targets=None) -> predictions``:
+        frames: ``(B, input_frames, C, H, W)`` in ``data_format``; H and W divisible by patch_size.
+        targets: ``(B, output_frames, C, H, W)``, used only for scheduled sampling in training.
+        predictions: ``(B, output_frames, C, H, W)`` in ``data_format``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        hidden_channels: Sequence[int] = (64, 64, 64),
+        kernel_size: int | list[int] = 5,
+        *,
+        patch_size: int = 4,
+        input_frames: int = 10,
+        output_frames: int = 10,
+        data_format: str = "channels_first",
+        output_activation: str = "sigmoid",
+        scheduled_sampling: Sequence[float] | None = None,
+        **cell_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        hidden = list(hidden_channels)
+        if not hidden or any((not isinstance(h, int)) or h <= 0 for h in hidden):
+            raise ValueError(f"hidden_channels: expected a non-empty list of positive ints, got {hidden_channels!r}")
+        for what, v in (("patch_size", patch_size), ("input_frames", input_frames), ("output_frames", output_frames), ("in_channels", in_channels)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{what}: expected a positive int, got {v!r}")
+        if scheduled_sampling is not None:
+            if len(scheduled_sampling) != 3:
+                raise ValueError(f"scheduled_sampling: expected (start, end, steps), got {scheduled_sampling!r}")
+            start, end, steps = scheduled_sampling
+            if not (0 <= end <= 1 and 0 <= start <= 1 and steps > 0):
+                raise ValueError(f"scheduled_sampling: probabilities in [0, 1] and steps > 0, got {scheduled_sampling!r}")
+        self.in_channels = in_channels
+        self.hidden_channels = hidden
+        self.patch_size = patch_size
+        self.input_frames = input_frames
+        self.output_frames = output_frames
+        self.data_format = check_data_format(data_format)
+        self.output_activation = output_activation
+        self._out_act = get_activation(output_activation, "output_activation")
+        self.scheduled_sampling = tuple(scheduled_sampling) if scheduled_sampling is not None else None
+        kernels = kernel_size if isinstance(kernel_size, list) else [kernel_size] * len(hidden)
+        c = in_channels * patch_size * patch_size
+        self.encoder = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="encoder", **cell_kwargs)
+        self.forecaster = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="forecaster", **cell_kwargs)
+        self.head = nn.Conv2d(sum(hidden), c, kernel_size=1)
+        # number of training calls seen, drives the scheduled-sampling probability
+        self.register_buffer("sampling_updates", torch.zeros((), dtype=torch.long))
+
+    def teacher_forcing_probability(self) -> float:
+        """Current probability of feeding the true previous frame in training (0 if disabled)."""
+        if self.scheduled_sampling is None:
+            return 0.0
+        start, end, steps = self.scheduled_sampling
+        frac = min(float(self.sampling_updates.item()) / float(steps), 1.0)
+        return start + (end - start) * frac
+
+    def _check(self, x: Tensor, frames: int, what: str) -> Tensor:
+        expected = describe_sequence(2, True, self.data_format)
+        if not isinstance(x, Tensor) or x.dim() != 5:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{what}: expected {expected} with T={frames}, C={self.in_channels} (data_format={self.data_format!r}), got {shape}")
+        x = sequence_to_internal(x, 2, True, self.data_format)
+        b, t, c, h, w = x.shape
+        if t != frames or c != self.in_channels or h % self.patch_size or w % self.patch_size:
+            raise ValueError(
+                f"{what}: expected {expected} with T={frames}, C={self.in_channels} and H, W divisible by "
+                f"patch_size={self.patch_size} (data_format={self.data_format!r}), got {tuple(sequence_from_internal(x, 2, True, self.data_format).shape)}"
+            )
+        return x
+
+    def forward(self, frames: Tensor, targets: Tensor | None = None) -> Tensor:
+        x = self._check(frames, self.input_frames, "frames")
+        p = self.patch_size
+        xp = patchify(x, p)
+        _, (h_n, c_n) = self.encoder(xp)
+        hs = list(h_n.unbind(0)) if isinstance(h_n, Tensor) else list(h_n)
+        cs = list(c_n.unbind(0)) if isinstance(c_n, Tensor) else list(c_n)
+
+        eta = 0.0
+        tp = None
+        if self.training and targets is not None and self.scheduled_sampling is not None:
+            tp = patchify(self._check(targets, self.output_frames, "targets"), p)
+            eta = self.teacher_forcing_probability()
+            self.sampling_updates += 1
+
+        cells = self.forecaster.cells
+        for cell in cells:
+            cell.reset_dropout_masks()
+        frame = xp[:, -1]
+        outputs = []
+        for step in range(self.output_frames):
+            inp = frame
+            for layer, cell in enumerate(cells):
+                xg = cell.input_transform(inp.unsqueeze(1))[:, 0]
+                hs[layer], cs[layer] = cell.recurrent_step(xg, (hs[layer], cs[layer]))
+                inp = hs[layer]
+            pred = self._out_act(self.head(torch.cat(hs, dim=1)))
+            outputs.append(pred)
+            frame = pred
+            if tp is not None and eta > 0 and step + 1 < self.output_frames:
+                use_true = (torch.rand(pred.shape[0], 1, 1, 1, device=pred.device) < eta).to(pred.dtype)
+                frame = use_true * tp[:, step] + (1 - use_true) * pred
+        y = unpatchify(torch.stack(outputs, dim=1), p)
+        return sequence_from_internal(y, 2, True, self.data_format)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, hidden_channels={self.hidden_channels}, patch_size={self.patch_size}, "
+            f"input_frames={self.input_frames}, output_frames={self.output_frames}, "
+            f"output_activation={self.output_activation!r}, scheduled_sampling={self.scheduled_sampling}"
+        )

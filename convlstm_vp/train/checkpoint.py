@@ -1,0 +1,115 @@
+"""Crash-safe checkpoints: atomic writes, safe loading, complete RNG state.
+
+A checkpoint is a plain dict of tensors and Python primitives, written with ``torch.save`` to a
+temporary file in the same folder, flushed and fsync'ed, then renamed over the old file (an
+atomic replace on POSIX). Loading uses ``torch.load(weights_only=True)``, which never executes
+code from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "convlstm_vp.checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupted or not a convlstm_vp checkpoint."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (tmp file + fsync + rename + fsync of the folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` that never leaves a half-written file at ``path``."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """RNG states of torch (CPU and CUDA), numpy's global generator and Python's ``random``."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Atomically save ``payload`` (model/optimizer/... state dicts, step, config) with RNG states."""
+    payload = dict(payload)
+    payload["format"] = FORMAT
+    payload.setdefault("rng", capture_rng_state())
+    atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely; raise :class:`CheckpointError` with the reason if it is bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle, unsafe global, ...
+        raise CheckpointError(
+            f"could not read checkpoint {path}: it is truncated, corrupted or holds objects other than "
+            f"tensors and plain data ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from exc
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a convlstm_vp checkpoint (expected a dict with format={FORMAT!r})"
+        )
+    for key in ("model", "step", "config"):
+        if key not in obj:
+            raise CheckpointError(f"checkpoint {path} lacks the key {key!r}")
+    return obj

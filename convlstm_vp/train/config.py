@@ -1,0 +1,146 @@
+"""Configs are plain data: nested dicts loaded from YAML, checked against a task's defaults.
+
+Every key a config may hold appears in the defaults; an unknown key, a value of the wrong type or
+a bad ``--set`` override fails fast with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or holds a value of the wrong kind."""
+
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "steps": 1000,  # optimizer steps
+    "batch_size": 16,  # per process
+    "optimizer": "adamw",  # adamw | adam | sgd
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "schedule": "onecycle",  # onecycle | cosine | constant
+    "warmup_fraction": 0.1,
+    "grad_clip": 1.0,  # 0 disables
+    "precision": "fp32",  # fp32 | bf16 | fp16 (fp16 on CUDA only)
+    "log_every": 10,
+    "eval_every": 200,
+    "checkpoint_every": 50,
+    "nan_policy": "stop",  # stop | skip
+    "num_threads": 0,  # torch intra-op threads; 0 = torch's default
+    "deterministic": True,
+    "progress": True,
+    "device": "auto",  # auto | cpu | cuda
+}
+
+_CHOICES = {
+    ("train", "optimizer"): ("adamw", "adam", "sgd"),
+    ("train", "schedule"): ("onecycle", "cosine", "constant"),
+    ("train", "precision"): ("fp32", "bf16", "fp16"),
+    ("train", "nan_policy"): ("stop", "skip"),
+    ("train", "device"): ("auto", "cpu", "cuda"),
+}
+_POSITIVE = {("train", k) for k in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every")}
+_NON_NEGATIVE = {("train", k) for k in ("lr", "weight_decay", "grad_clip", "num_threads", "warmup_fraction")}
+
+
+def _check_value(path: tuple[str, ...], value: Any, default: Any) -> Any:
+    key = ".".join(path)
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {key!r}: expected true/false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
+    elif isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+        value = list(value)
+    if path[-2:] in _CHOICES or path in _CHOICES:
+        choices = _CHOICES.get(path) or _CHOICES[path[-2:]]
+        if value not in choices:
+            raise ConfigError(f"config key {key!r}: expected one of {choices}, got {value!r}")
+    if path in _POSITIVE and value <= 0:
+        raise ConfigError(f"config key {key!r}: expected a positive value, got {value!r}")
+    if path in _NON_NEGATIVE and value < 0:
+        raise ConfigError(f"config key {key!r}: expected a value >= 0, got {value!r}")
+    return value
+
+
+def merge(defaults: Mapping[str, Any], overrides: Mapping[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Recursively merge ``overrides`` into a copy of ``defaults``; unknown keys are errors."""
+    out = copy.deepcopy(dict(defaults))
+    for key, value in overrides.items():
+        here = path + (str(key),)
+        if key not in defaults:
+            known = ", ".join(sorted(defaults))
+            raise ConfigError(f"unknown config key {'.'.join(here)!r} (known keys here: {known})")
+        if isinstance(defaults[key], Mapping):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key {'.'.join(here)!r}: expected a mapping, got {value!r}")
+            out[key] = merge(defaults[key], value, here)
+        else:
+            out[key] = _check_value(here, value, defaults[key])
+    return out
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["train.lr=1e-3", "model.hidden_channels=[32,32]"]`` → nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from exc
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None, defaults: Mapping[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Load a YAML config, merge it over ``defaults``, then apply ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ConfigError(f"config file {p}: expected a mapping at the top level")
+        data = dict(loaded or {})
+        data.setdefault("name", p.stem)
+    cfg = merge(defaults, data)
+    return merge(defaults, _deep_update(cfg, parse_overrides(overrides)))
+
+
+def _deep_update(base: dict[str, Any], upd: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in upd.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_update(out[k], v)
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,282 @@
+"""The one training loop every script uses.
+
+A *task* supplies the model, the batches and the evaluation; :func:`fit` does the rest:
+optimizer and schedule, mixed precision, gradient clipping, regularization losses, NaN
+handling, TensorBoard, a tqdm bar, atomic ``last``/``best`` checkpoints, exact resume, signal
+handling and DistributedDataParallel when launched by ``torchrun``.
+
+Exact resume: batch ``k`` is a pure function of ``(seed, k, rank)`` (the task builds it from a
+generator seeded with those numbers), and every other random draw (dropout, scheduled
+sampling) comes from the torch/numpy/python RNGs whose states are in the checkpoint. So a run
+killed at any moment and resumed from its last checkpoint ends with the same weights as an
+uninterrupted run (bit-exact on CPU with the same thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, restore_rng_state, save_checkpoint
+from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, unwrap
+from .tb import TBLogger
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/Inf loss or gradient and ``nan_policy`` is "stop"."""
+
+
+class Task(Protocol):
+    """What a training script hands to :func:`fit`."""
+
+    best_metric: str  # key of evaluate()'s result used to pick the best checkpoint
+    best_mode: str  # "min" or "max"
+
+    def build_model(self) -> nn.Module: ...
+
+    def train_batch(self, step: int, rank: int, world: int) -> Any: ...
+
+    def training_step(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict]: ...
+
+    def evaluate(self, model: nn.Module, logger: TBLogger | None, step: int) -> dict: ...
+
+
+def _regularization(model: nn.Module) -> Tensor | None:
+    from .. import nn as cnn
+
+    fn = getattr(cnn, "regularization_loss", None)
+    return fn(model) if fn is not None else None
+
+
+def build_optimizer(model: nn.Module, tc: dict) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if tc["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"])
+    if tc["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=tc["lr"], weight_decay=tc["weight_decay"])
+    return torch.optim.SGD(params, lr=tc["lr"], momentum=0.9, weight_decay=tc["weight_decay"])
+
+
+def build_scheduler(opt: torch.optim.Optimizer, tc: dict) -> torch.optim.lr_scheduler.LRScheduler:
+    steps = tc["steps"]
+    warm = max(int(tc["warmup_fraction"] * steps), 0)
+    if tc["schedule"] == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc["lr"], total_steps=steps, pct_start=max(tc["warmup_fraction"], 1e-3))
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if tc["schedule"] == "constant":
+            return 1.0
+        progress = (step - warm) / max(steps - warm, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _device(tc: dict, dist: DistInfo) -> torch.device:
+    if tc["device"] == "cuda" or (tc["device"] == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError("config key 'train.device' is 'cuda' but no CUDA device is available")
+        return torch.device("cuda", dist.local_rank)
+    return torch.device("cpu")
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dict:
+    """Train ``task`` as configured by ``cfg`` (``cfg["train"]`` holds the loop's settings).
+
+    Writes under ``run_dir``: TensorBoard event files, ``config.yaml``,
+    ``checkpoints/last.pt`` and ``checkpoints/best.pt``, and ``metrics.json`` with the final
+    evaluation. Returns the final evaluation metrics.
+    """
+    tc = cfg["train"]
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    dist = init_distributed(tc["device"])
+    is_main = dist.rank == 0
+    try:
+        if tc["num_threads"]:
+            torch.set_num_threads(tc["num_threads"])
+        seed = int(cfg.get("seed", 0))
+        torch.manual_seed(seed)
+        import random
+
+        import numpy as np
+
+        random.seed(seed)
+        np.random.seed(seed)
+        device = _device(tc, dist)
+
+        model = task.build_model().to(device)
+        optimizer = build_optimizer(model, tc)
+        scheduler = build_scheduler(optimizer, tc)
+        use_cuda_amp = device.type == "cuda" and tc["precision"] == "fp16"
+        if tc["precision"] == "fp16" and device.type != "cuda":
+            raise ValueError("config key 'train.precision': fp16 needs a CUDA device; use bf16 on CPU")
+        scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp)
+
+        start_step, best_score, skipped = 0, None, 0
+        if resume:
+            if not last_path.is_file():
+                raise CheckpointError(f"--resume: no checkpoint to resume from at {last_path}")
+            ck = load_checkpoint(last_path)
+            model.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            scheduler.load_state_dict(ck["scheduler"])
+            if "scaler" in ck:
+                scaler.load_state_dict(ck["scaler"])
+            start_step, best_score, skipped = int(ck["step"]), ck.get("best_score"), int(ck.get("skipped", 0))
+            restore_rng_state(ck["rng"])
+        if dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+        if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
+        logger = TBLogger(run_dir, enabled=is_main, purge_step=start_step if resume else None)
+
+        def checkpoint(path: Path, step: int) -> None:
+            if not is_main:
+                return
+            save_checkpoint(
+                path,
+                {
+                    "model": unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "step": step,
+                    "best_score": best_score,
+                    "skipped": skipped,
+                    "config": cfg,
+                },
+            )
+
+        def better(score: float) -> bool:
+            if best_score is None:
+                return True
+            return score < best_score if task.best_mode == "min" else score > best_score
+
+        autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16 if tc["precision"] == "bf16" else torch.float16)
+            if tc["precision"] != "fp32"
+            else nullcontext()
+        )
+        steps = tc["steps"]
+        metrics: dict = {}
+        bar = None
+        if tc["progress"] and is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, initial=start_step, desc=cfg.get("name", "train"), dynamic_ncols=True)
+        t0 = time.time()
+        with _StopFlag() as stop:
+            model.train()
+            for step in range(start_step, steps):
+                batch = task.train_batch(step, dist.rank, dist.world_size)
+                with autocast:
+                    loss, logs = task.training_step(model, batch)
+                reg = _regularization(unwrap(model))
+                total = loss.float() + (reg if reg is not None else 0.0)
+                optimizer.zero_grad(set_to_none=True)
+                finite = bool(torch.isfinite(total))
+                if finite:
+                    scaler.scale(total).backward()
+                    scaler.unscale_(optimizer)
+                    params = [p for p in model.parameters() if p.grad is not None]
+                    norm = torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"] if tc["grad_clip"] > 0 else float("inf"))
+                    finite = bool(torch.isfinite(norm)) or use_cuda_amp
+                if not finite:
+                    if tc["nan_policy"] == "stop":
+                        raise NonFiniteLossError(
+                            f"non-finite loss or gradient at step {step} (loss={float(total)}); stopping. "
+                            f"The last good checkpoint is kept at {last_path}; lower train.lr or set "
+                            f"train.nan_policy=skip"
+                        )
+                    skipped += 1
+                    optimizer.zero_grad(set_to_none=True)
+                else:
+                    scaler.step(optimizer)
+                    scaler.update()
+                scheduler.step()
+                done = step + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+                if done % tc["log_every"] == 0 or done == steps:
+                    logger.scalar("train/loss", float(loss.detach()), done)
+                    logger.scalar("train/lr", optimizer.param_groups[0]["lr"], done)
+                    if reg is not None:
+                        logger.scalar("train/regularization", float(reg), done)
+                    logger.scalars(logs, done, prefix="train/")
+                    logger.scalar("train/sequences_per_second", (done - start_step) * tc["batch_size"] * dist.world_size / max(time.time() - t0, 1e-9), done)
+                if done % tc["eval_every"] == 0 or done == steps:
+                    if is_main:
+                        metrics = task.evaluate(unwrap(model), logger, done)
+                        logger.scalars(metrics, done, prefix="eval/")
+                        if task.best_metric in metrics and better(metrics[task.best_metric]):
+                            best_score = metrics[task.best_metric]
+                            checkpoint(best_path, done)
+                        if bar is not None:
+                            bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+                    barrier(dist)
+                    model.train()
+                if done % tc["checkpoint_every"] == 0 or done == steps:
+                    checkpoint(last_path, done)
+                if stop.signum is not None:
+                    checkpoint(last_path, done)
+                    logger.flush()
+                    raise SystemExit(128 + stop.signum)
+        if bar is not None:
+            bar.close()
+        logger.flush()
+        if is_main:
+            result = dict(metrics)
+            result["step"] = steps
+            result["skipped_steps"] = skipped
+            result["train_seconds"] = round(time.time() - t0, 1)
+            atomic_write_bytes(run_dir / "metrics.json", json.dumps(result, indent=2).encode())
+        logger.close()
+        return metrics
+    finally:
+        cleanup_distributed(dist)
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,0 +1,156 @@
+"""Moving MNIST frame prediction with the ConvLSTM encoder-forecaster."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...data import MovingMNIST, load_digits, moving_mnist_batch
+from ...models.encoder_forecaster import EncoderForecaster
+from ..config import TRAIN_DEFAULTS
+from ..metrics import FrameMetrics, frame_mse
+from ..tb import TBLogger, prediction_strip, side_by_side
+
+DEFAULTS: dict[str, Any] = {
+    "name": "moving_mnist",
+    "seed": 0,
+    "loss": "bce",  # bce | mse | l1 | l1+mse
+    "model": {
+        "hidden_channels": [64, 64, 64],
+        "kernel_size": 3,
+        "patch_size": 4,
+        "input_frames": 10,
+        "output_frames": 10,
+        "peephole": False,
+        "scheduled_sampling": None,  # [start, end, steps] or null
+    },
+    "data": {
+        "root": "datasets",
+        "source": "auto",  # auto | mnist | embedded
+        "num_digits": 2,
+        "eval_sequences": 1000,  # size of the fixed test set evaluated during training
+        "eval_batch_size": 50,
+        "test_seed": 0,
+    },
+    "log": {"examples": 4, "fps": 4.0},
+    "train": dict(TRAIN_DEFAULTS, lr=2e-3, precision="bf16", eval_every=200),
+}
+
+LOSSES = ("bce", "mse", "l1", "l1+mse")
+
+
+def frame_loss(kind: str, pred: Tensor, target: Tensor) -> Tensor:
+    """Training loss on frames in [0, 1] (mean over pixels)."""
+    pred, target = pred.float(), target.float()
+    if kind == "bce":
+        return F.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), target)
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    if kind == "l1":
+        return F.l1_loss(pred, target)
+    if kind == "l1+mse":
+        return F.l1_loss(pred, target) + F.mse_loss(pred, target)
+    raise ValueError(f"config key 'loss': expected one of {LOSSES}, got {kind!r}")
+
+
+def build_model(cfg: dict) -> EncoderForecaster:
+    m = cfg["model"]
+    ss = m["scheduled_sampling"]
+    return EncoderForecaster(
+        1,
+        list(m["hidden_channels"]),
+        m["kernel_size"],
+        patch_size=m["patch_size"],
+        input_frames=m["input_frames"],
+        output_frames=m["output_frames"],
+        scheduled_sampling=tuple(ss) if ss is not None else None,
+        peephole=m["peephole"],
+    )
+
+
+class MovingMNISTTask:
+    """Batches are generated on the fly from the train digit pool, seeded by (seed, step, rank)."""
+
+    best_metric = "mse"
+    best_mode = "min"
+
+    def __init__(self, cfg: dict) -> None:
+        if cfg["loss"] not in LOSSES:
+            raise ValueError(f"config key 'loss': expected one of {LOSSES}, got {cfg['loss']!r}")
+        self.cfg = cfg
+        d = cfg["data"]
+        self.frames = cfg["model"]["input_frames"] + cfg["model"]["output_frames"]
+        self.train_digits = load_digits(d["root"], "train", d["source"])
+        self._eval: Tensor | None = None
+
+    def build_model(self) -> nn.Module:
+        return build_model(self.cfg)
+
+    def eval_set(self) -> Tensor:
+        """The fixed test sequences ``(N, T, 1, 64, 64)`` used for evaluation during training."""
+        if self._eval is None:
+            d = self.cfg["data"]
+            ds = MovingMNIST(d["root"], "test", num_digits=d["num_digits"], num_frames=self.frames,
+                             length=d["eval_sequences"], seed=d["test_seed"], source=d["source"])
+            self._eval = torch.stack([ds[i] for i in range(len(ds))])
+        return self._eval
+
+    def train_batch(self, step: int, rank: int, world: int) -> Tensor:
+        rng = np.random.default_rng([int(self.cfg["seed"]), step, rank])
+        return moving_mnist_batch(self.cfg["train"]["batch_size"], digits=self.train_digits,
+                                  num_digits=self.cfg["data"]["num_digits"], num_frames=self.frames, rng=rng)
+
+    def training_step(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict]:
+        batch = batch.to(next(model.parameters()).device)
+        t_in = self.cfg["model"]["input_frames"]
+        x, y = batch[:, :t_in], batch[:, t_in:]
+        pred = model(x, y)
+        loss = frame_loss(self.cfg["loss"], pred, y)
+        return loss, {"mse_per_frame": float(frame_mse(pred.detach(), y).mean())}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, logger: TBLogger | None, step: int) -> dict:
+        result = evaluate_frames(model, self.eval_set(), self.cfg, logger, step)
+        return {k: v for k, v in result.items() if k != "per_frame"}
+
+
+@torch.no_grad()
+def predict(model: EncoderForecaster, frames: Tensor, batch_size: int = 50, precision: str = "fp32") -> Tensor:
+    """Predict ``(N, output_frames, C, H, W)`` from ``(N, input_frames, C, H, W)`` in batches."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(device.type, enabled=False)
+    outs = []
+    with ctx:
+        for i in range(0, frames.shape[0], batch_size):
+            outs.append(model(frames[i : i + batch_size].to(device)).float().clamp(0, 1).cpu())
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+def evaluate_frames(model: nn.Module, sequences: Tensor, cfg: dict, logger: TBLogger | None = None, step: int = 0) -> dict:
+    """MSE/MAE/SSIM/PSNR of ``model`` on ``sequences`` ``(N, T, 1, H, W)``; logs examples if asked."""
+    t_in = cfg["model"]["input_frames"]
+    x, y = sequences[:, :t_in], sequences[:, t_in:]
+    pred = predict(model, x, cfg["data"]["eval_batch_size"], cfg["train"]["precision"])
+    fm = FrameMetrics()
+    fm.update(pred, y)
+    result = fm.compute()
+    if logger is not None:
+        for i in range(min(cfg["log"]["examples"], x.shape[0])):
+            logger.image(f"predictions/sequence_{i}", prediction_strip(x[i], y[i], pred[i]), step)
+            video = side_by_side(torch.cat([x[i], y[i]]), torch.cat([x[i], pred[i]]))
+            logger.gif(f"videos/sequence_{i}_truth_vs_prediction", video, step, fps=cfg["log"]["fps"])
+        for h, v in enumerate(result["per_frame"]["mse"]):
+            logger.scalar(f"eval_per_frame/mse_t{h + 1:02d}", v, step)
+    return result
+
+
+def default_config() -> dict:
+    return copy.deepcopy(DEFAULTS)

@@ -1,0 +1,126 @@
+"""TensorBoard logging: scalars, image grids, animated GIF "videos" and confusion matrices.
+
+Videos are written as animated GIFs inside TensorBoard image summaries, which is what
+``SummaryWriter.add_video`` produces too, but without needing moviepy: the Images tab plays them.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+from tensorboard.compat.proto.summary_pb2 import Summary
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+
+
+def to_uint8(x: Tensor | np.ndarray) -> np.ndarray:
+    """Float in [0, 1] (or uint8) → uint8 numpy array."""
+    if isinstance(x, Tensor):
+        x = x.detach().float().cpu().numpy()
+    if x.dtype != np.uint8:
+        x = (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return x
+
+
+def gif_bytes(frames: Tensor | np.ndarray, fps: float = 4.0) -> bytes:
+    """Encode ``(T, C, H, W)`` frames (C = 1 or 3, values in [0, 1]) as an animated GIF."""
+    arr = to_uint8(frames)
+    if arr.ndim != 4 or arr.shape[1] not in (1, 3):
+        raise ValueError(f"gif_bytes expects frames (T, C, H, W) with C 1 or 3, got {arr.shape}")
+    imgs = [Image.fromarray(f[0] if f.shape[0] == 1 else rearrange(f, "c h w -> h w c")) for f in arr]
+    buf = io.BytesIO()
+    imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
+    return buf.getvalue()
+
+
+def side_by_side(*sequences: Tensor, gap: int = 2) -> Tensor:
+    """Put ``(T, C, H, W)`` sequences side by side, separated by a white ``gap``: ``(T, C, H, W')``."""
+    parts = []
+    for i, s in enumerate(sequences):
+        if i:
+            parts.append(torch.ones(*s.shape[:-1], gap, dtype=s.dtype, device=s.device))
+        parts.append(s)
+    return torch.cat(parts, dim=-1)
+
+
+def prediction_strip(inputs: Tensor, truth: Tensor, pred: Tensor, gap: int = 2) -> Tensor:
+    """One picture per sequence: row 1 inputs then truth, row 2 inputs then prediction.
+
+    Args: ``(T_in, C, H, W)``, ``(T_out, C, H, W)``, ``(T_out, C, H, W)``. Returns ``(C, H', W')``.
+    """
+    def row(seq: Tensor) -> Tensor:
+        frames = list(seq)
+        return side_by_side(*[f.unsqueeze(0) for f in frames], gap=gap)[0]
+
+    top = row(torch.cat([inputs, truth]))
+    bottom = row(torch.cat([inputs, pred]))
+    sep = torch.ones(top.shape[0], gap, top.shape[2], dtype=top.dtype, device=top.device)
+    return torch.cat([top, sep, bottom], dim=1)
+
+
+def confusion_matrix_image(cm: Tensor | np.ndarray, class_names: Sequence[str] | None = None, cell: int = 36) -> np.ndarray:
+    """Render a confusion matrix (rows = true) as an RGB uint8 image ``(H, W, 3)`` with counts."""
+    cm = np.asarray(cm.cpu() if isinstance(cm, Tensor) else cm)
+    n = cm.shape[0]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
+    margin = 8 * max(len(s) for s in names) + 16
+    img = np.full((margin + n * cell + 4, margin + n * cell + 4, 3), 255, np.uint8)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    for r in range(n):
+        cv2.putText(img, names[r][:12], (2, margin + r * cell + cell // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+        cv2.putText(img, names[r][:4], (margin + r * cell + 2, margin - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+        for c in range(n):
+            shade = int(255 - 200 * norm[r, c])
+            y0, x0 = margin + r * cell, margin + c * cell
+            img[y0 : y0 + cell - 1, x0 : x0 + cell - 1] = (shade, shade, 255) if r != c else (shade, 255, shade)
+            cv2.putText(img, str(int(cm[r, c])), (x0 + 3, y0 + cell // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+    return img
+
+
+class TBLogger:
+    """A thin wrapper over ``SummaryWriter``; disabled loggers (non-zero ranks) do nothing."""
+
+    def __init__(self, log_dir: str | Path, enabled: bool = True, purge_step: int | None = None) -> None:
+        self.enabled = enabled
+        self.log_dir = Path(log_dir)
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step) if enabled else None
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, float(value), step)
+
+    def scalars(self, values: dict, step: int, prefix: str = "") -> None:
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.scalar(f"{prefix}{k}", v, step)
+
+    def image(self, tag: str, img: Tensor | np.ndarray, step: int, dataformats: str = "CHW") -> None:
+        if self.writer is not None:
+            self.writer.add_image(tag, to_uint8(img), step, dataformats=dataformats)
+
+    def gif(self, tag: str, frames: Tensor, step: int, fps: float = 4.0) -> None:
+        """Log ``(T, C, H, W)`` frames in [0, 1] as an animated GIF the Images tab plays."""
+        if self.writer is None:
+            return
+        t, c, h, w = frames.shape
+        img = Summary.Image(height=h, width=w, colorspace=c, encoded_image_string=gif_bytes(frames, fps))
+        self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=img)]), step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, text, step)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
