@@ -1,1 +1,2 @@
 
+from .deepconvlstm import DeepConvLSTM
