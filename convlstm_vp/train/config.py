@@ -21,7 +21,8 @@ class ConfigError(ValueError):
 TRAIN_DEFAULTS: dict[str, Any] = {
     "steps": 1000,  # optimizer steps
     "batch_size": 16,  # per process
-    "optimizer": "adamw",  # adamw | adam | sgd
+    "optimizer": "adamw",  # adamw | adam | sgd | rmsprop
+    "rmsprop_alpha": 0.99,  # RMSprop's decay of the squared-gradient average
     "lr": 1e-3,
     "weight_decay": 0.0,
     "schedule": "onecycle",  # onecycle | cosine | constant
@@ -39,7 +40,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 _CHOICES = {
-    ("train", "optimizer"): ("adamw", "adam", "sgd"),
+    ("train", "optimizer"): ("adamw", "adam", "sgd", "rmsprop"),
     ("train", "schedule"): ("onecycle", "cosine", "constant"),
     ("train", "precision"): ("fp32", "bf16", "fp16"),
     ("train", "nan_policy"): ("stop", "skip"),

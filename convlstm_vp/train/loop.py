@@ -64,6 +64,8 @@ def build_optimizer(model: nn.Module, tc: dict) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=tc["lr"], weight_decay=tc["weight_decay"])
     if tc["optimizer"] == "adam":
         return torch.optim.Adam(params, lr=tc["lr"], weight_decay=tc["weight_decay"])
+    if tc["optimizer"] == "rmsprop":
+        return torch.optim.RMSprop(params, lr=tc["lr"], alpha=tc["rmsprop_alpha"], weight_decay=tc["weight_decay"])
     return torch.optim.SGD(params, lr=tc["lr"], momentum=0.9, weight_decay=tc["weight_decay"])
 
 
