@@ -1,8 +1,8 @@
 """convlstm_vp: spatiotemporal sequence learning with one N-dimensional ConvLSTM cell."""
 
-from .nn import ConvLSTM, ConvLSTMCell
+from .nn import L1, L2, L1L2, ConvLSTM, ConvLSTMCell, Regularizer, regularization_loss
 from .models import DeepConvLSTM
 
 __version__ = "0.1.0"
 
-__all__ = ["ConvLSTM", "ConvLSTMCell", "__version__"]
+__all__ = ["ConvLSTM", "ConvLSTMCell", "regularization_loss", "Regularizer", "L1", "L2", "L1L2", "__version__"]

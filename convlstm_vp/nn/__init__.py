@@ -1,6 +1,18 @@
-"""Neural-network building blocks: the N-d ConvLSTM cell, the sequence layer, layout helpers."""
+"""Neural-network building blocks: the N-d ConvLSTM cell, the sequence layer, layout helpers,
+and the layer training controls (regularizers, freezing, stored gradients, gradient scale)."""
 
 from .cell import ConvLSTMCell
+from .controls import L1, L2, L1L2, LayerControls, Regularizer, regularization_loss, scale_gradient
 from .layer import ConvLSTM
 
-__all__ = ["ConvLSTMCell", "ConvLSTM"]
+__all__ = [
+    "ConvLSTMCell",
+    "ConvLSTM",
+    "LayerControls",
+    "Regularizer",
+    "L1",
+    "L2",
+    "L1L2",
+    "regularization_loss",
+    "scale_gradient",
+]

@@ -38,12 +38,13 @@ from .functional import (
     normalize_padding,
     resolve_pads,
 )
+from .controls import LayerControls, RegularizerArg, get_regularizer
 from .layout import describe_frame
 
 State = tuple[Tensor, Tensor]
 
 
-class ConvLSTMCell(nn.Module):
+class ConvLSTMCell(LayerControls, nn.Module):
     """One ConvLSTM step at spatial rank ``spatial_dims`` (0 = plain LSTM cell).
 
     Args:
@@ -71,6 +72,16 @@ class ConvLSTMCell(nn.Module):
         kernel_initializer, recurrent_initializer, bias_initializer, peephole_initializer:
             names (``glorot_uniform``, ``orthogonal``, ``zeros``, ``lstm_uniform``, ...) or
             callables that fill a tensor in place.
+        kernel_regularizer, recurrent_regularizer, bias_regularizer: weight penalties on
+            ``weight_ih`` (and ``weight_hr``), ``weight_hh``, and each of ``bias_ih`` /
+            ``bias_hh``: ``L1``/``L2``/``L1L2`` objects, "l1"/"l2"/"l1_l2" (factor 0.01),
+            ``{"l1": a, "l2": b}`` or a callable ``weight -> scalar``; summed by
+            :func:`convlstm_vp.regularization_loss`.
+        name: optional name, shown in ``repr`` and used by :meth:`tag` for TensorBoard tags.
+        trainable: False creates the cell frozen (see :meth:`freeze`).
+        store_gradients: keep the last backward's gradients for :meth:`get_gradients`.
+        grad_scale: multiplies the gradient sent back to ``x`` (-1 reverses it); identity
+            forward, the cell's own weight gradients are unchanged.
 
     Shapes (channels-first; ``data_format="channels_last"`` moves ``C``/``H`` last):
         x: ``(B, C, *spatial)`` or unbatched ``(C, *spatial)``.
@@ -107,6 +118,13 @@ class ConvLSTMCell(nn.Module):
         recurrent_initializer: Initializer = "orthogonal",
         bias_initializer: Initializer = "zeros",
         peephole_initializer: Initializer = "zeros",
+        kernel_regularizer: RegularizerArg = None,
+        recurrent_regularizer: RegularizerArg = None,
+        bias_regularizer: RegularizerArg = None,
+        name: str | None = None,
+        trainable: bool = True,
+        store_gradients: bool = False,
+        grad_scale: float = 1.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -186,6 +204,17 @@ class ConvLSTMCell(nn.Module):
         self._input_mask: Tensor | None = None
         self._recurrent_mask: Tensor | None = None
         self.reset_parameters()
+        self.kernel_regularizer = get_regularizer(kernel_regularizer, "kernel_regularizer")
+        self.recurrent_regularizer = get_regularizer(recurrent_regularizer, "recurrent_regularizer")
+        self.bias_regularizer = get_regularizer(bias_regularizer, "bias_regularizer")
+        regs = {"weight_ih": self.kernel_regularizer, "weight_hh": self.recurrent_regularizer}
+        if proj_size:
+            regs["weight_hr"] = self.kernel_regularizer
+        if bias:
+            regs.update(bias_ih=self.bias_regularizer, bias_hh=self.bias_regularizer)
+        self._init_controls(
+            name=name, trainable=trainable, store_gradients=store_gradients, grad_scale=grad_scale, regularizers=regs
+        )
 
     # ------------------------------------------------------------------ parameters
     @torch.no_grad()
@@ -363,6 +392,7 @@ class ConvLSTMCell(nn.Module):
             )
         if not x.is_floating_point():
             raise TypeError(f"ConvLSTMCell expects a floating-point input, got dtype {x.dtype}")
+        x = self._controls_before_forward(x)
         spatial_out = self.output_spatial_size(x.shape[2:])
         if state is None:
             hc = self.initial_state(x.shape[0], spatial_out, x.device, x.dtype)
@@ -392,6 +422,8 @@ class ConvLSTMCell(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.hidden_channels}"
+        if self.name:
+            s = f"name={self.name!r}, " + s
         if self.spatial_dims:
             s += f", kernel_size={self.kernel_size}"
         s += f", spatial_dims={self.spatial_dims}"
@@ -419,4 +451,9 @@ class ConvLSTMCell(nn.Module):
             s += f", proj_size={self.proj_size}"
         if self.data_format != "channels_first":
             s += f", data_format={self.data_format!r}"
-        return s
+        for what in ("kernel", "recurrent", "bias"):
+            reg = getattr(self, f"{what}_regularizer")
+            if reg is not None:
+                s += f", {what}_regularizer={reg!r}"
+        controls = self._controls_repr()
+        return s + (", " + controls if controls else "")

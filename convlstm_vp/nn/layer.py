@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .cell import ConvLSTMCell
+from .controls import LayerControls
 from .layout import (
     check_data_format,
     describe_sequence,
@@ -41,7 +42,7 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     return x[torch.arange(b, device=x.device).unsqueeze(1), idx]
 
 
-class ConvLSTM(nn.Module):
+class ConvLSTM(LayerControls, nn.Module):
     """A stack of ConvLSTM layers run over a sequence, shaped like ``torch.nn.LSTM``.
 
     Args:
@@ -67,9 +68,25 @@ class ConvLSTM(nn.Module):
         go_backwards: process the sequence backwards and return the reversed sequence (Keras).
         fused: at rank 0, run layers whose cells compute plain LSTM equations with the fused
             ``torch.lstm`` kernel (oneDNN / cuDNN). Numerically equal to the step loop.
-        name: optional layer name, shown in ``repr``.
+        name: optional layer name, shown in ``repr``; :meth:`tag` builds TensorBoard tags
+            from it (``layer.tag("grad_norm")`` → ``"encoder/grad_norm"``).
+        trainable: False creates the layer frozen; :meth:`freeze` / :meth:`unfreeze` (or
+            assigning ``layer.trainable``) switch later. A frozen layer's weights get no
+            gradient and stay bit-identical under optimizer steps; gradients still flow
+            through it to earlier layers.
+        store_gradients: after every backward pass keep a copy of each parameter's gradient;
+            :meth:`get_gradients` returns them by parameter name (they survive
+            ``optimizer.zero_grad()``).
+        grad_scale: multiplies the gradient that the layer sends back to its input ``x``
+            (1 by default, -1 = gradient reversal); the forward pass and the layer's own
+            weight gradients are unchanged. Applies to the fused rank-0 path too.
         **cell_kwargs: passed to every :class:`ConvLSTMCell` (``activation``, ``peephole``,
-            ``bias``, ``unit_forget_bias``, initializers, ...).
+            ``bias``, ``unit_forget_bias``, initializers, ``kernel_regularizer``,
+            ``recurrent_regularizer``, ``bias_regularizer``, ...). Regularizers are summed by
+            :func:`convlstm_vp.regularization_loss` (or ``layer.regularization_loss()``).
+
+    Dropout (``dropout``, ``input_dropout``, ``recurrent_dropout``) is active only in training
+    mode: it follows ``module.train()`` / ``module.eval()``.
 
     Call ``layer(x, state=None, lengths=None)`` → ``output, (h_n, c_n)``:
         x: ``(B, T, C, *spatial)`` in the configured layout, unbatched ``(T, C, *spatial)``, or
@@ -108,6 +125,9 @@ class ConvLSTM(nn.Module):
         recurrent_kernel_size: Any = None,
         fused: bool = True,
         name: str | None = None,
+        trainable: bool = True,
+        store_gradients: bool = False,
+        grad_scale: float = 1.0,
         **cell_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -125,6 +145,8 @@ class ConvLSTM(nn.Module):
             raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
         if "dropout" in cell_kwargs or "data_format" in cell_kwargs:
             raise TypeError("pass the cell's input dropout as input_dropout=; data_format is the layer's own argument")
+        if spatial_dims not in (0, 1, 2, 3):
+            raise ValueError(f"spatial_dims: expected 0, 1, 2 or 3, got {spatial_dims!r}")
         self.in_channels = in_channels
         self.num_layers = num_layers
         self.spatial_dims = spatial_dims
@@ -139,7 +161,6 @@ class ConvLSTM(nn.Module):
         self.stateful = stateful
         self.go_backwards = go_backwards
         self.fused = fused
-        self.name = name
         hidden = _per_layer(hidden_channels, num_layers, "hidden_channels")
         kernels = _per_layer(kernel_size, num_layers, "kernel_size")
         strides = _per_layer(stride, num_layers, "stride")
@@ -171,6 +192,7 @@ class ConvLSTM(nn.Module):
         self.cells = nn.ModuleList(cells)
         self.out_channels = layer_in
         self._state: tuple[Any, Any] | None = None
+        self._init_controls(name=name, trainable=trainable, store_gradients=store_gradients, grad_scale=grad_scale)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -365,6 +387,7 @@ class ConvLSTM(nn.Module):
             packed_info = x
             x, lengths = pad_packed_sequence(x, batch_first=self.batch_first)
         x, unbatched = self._input_to_internal(x)
+        x = self._controls_before_forward(x)  # identity; scales the input gradient by grad_scale
         if lengths is not None:
             lengths = torch.as_tensor(lengths, dtype=torch.long)
             if lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
@@ -541,4 +564,5 @@ class ConvLSTM(nn.Module):
             s += f", proj_size={self.proj_size}"
         if self.dropout:
             s += f", dropout={self.dropout}"
-        return s
+        controls = self._controls_repr()
+        return s + (", " + controls if controls else "")
