@@ -27,6 +27,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from ..nn.controls import regularization_loss
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, restore_rng_state, save_checkpoint
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, unwrap
 from .tb import TBLogger
@@ -52,10 +53,10 @@ class Task(Protocol):
 
 
 def _regularization(model: nn.Module) -> Tensor | None:
-    from .. import nn as cnn
-
-    fn = getattr(cnn, "regularization_loss", None)
-    return fn(model) if fn is not None else None
+    """The model's regularization penalties (None when no layer declares any)."""
+    if not any(getattr(m, "regularizers", None) for m in model.modules()):
+        return None
+    return regularization_loss(model)
 
 
 def build_optimizer(model: nn.Module, tc: dict) -> torch.optim.Optimizer:

@@ -154,3 +154,19 @@ def evaluate_frames(model: nn.Module, sequences: Tensor, cfg: dict, logger: TBLo
 
 def default_config() -> dict:
     return copy.deepcopy(DEFAULTS)
+
+
+def load_trained(checkpoint: str, map_location: str = "cpu") -> tuple[EncoderForecaster, dict]:
+    """Rebuild the model stored in a training checkpoint (safe loading) and return it with its config."""
+    from ..checkpoint import CheckpointError, load_checkpoint
+    from ..config import merge
+
+    ck = load_checkpoint(checkpoint, map_location)
+    try:
+        cfg = merge(DEFAULTS, ck["config"])
+        model = build_model(cfg)
+        model.load_state_dict(ck["model"])
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{checkpoint} is not a Moving MNIST encoder-forecaster checkpoint: {exc}") from exc
+    model.eval()
+    return model, cfg

@@ -1,0 +1,80 @@
+"""Evaluate a Moving MNIST checkpoint on the fixed test set.
+
+    python scripts/evaluate.py --checkpoint runs/cpu-quick/checkpoints/best.pt [--digits 3] [--json out.json]
+
+Metrics (README, "Metrics"): MSE and MAE per frame summed over pixels and averaged over frames and
+sequences, SSIM (11x11 Gaussian window) and PSNR, plus per-horizon curves. The all-zeros and
+copy-last-frame baselines on the same sequences are printed for reference.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from convlstm_vp.data import MovingMNIST
+from convlstm_vp.train.checkpoint import CheckpointError, atomic_write_bytes
+from convlstm_vp.train.metrics import FrameMetrics
+from convlstm_vp.train.tasks.moving_mnist import load_trained, predict
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--digits", type=int, default=None, help="digits per sequence (default: as trained)")
+    p.add_argument("--sequences", type=int, default=1000, help="number of test sequences (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="test-set seed (generated test set only)")
+    p.add_argument("--root", default=None, help="data root (default: as trained)")
+    p.add_argument("--standard-file", choices=["auto", "yes", "no"], default="auto",
+                   help="use datasets/moving_mnist/mnist_test_seq.npy (auto: when present and 2 digits)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="default: as trained")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--json", help="write {mse, mae, ssim, psnr, per_frame, baselines} here")
+    args = p.parse_args(argv)
+    try:
+        model, cfg = load_trained(args.checkpoint)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    d = cfg["data"]
+    digits = args.digits or d["num_digits"]
+    t_in, t_out = cfg["model"]["input_frames"], cfg["model"]["output_frames"]
+    standard = {"auto": None if digits == 2 else False, "yes": True, "no": False}[args.standard_file]
+    ds = MovingMNIST(args.root or d["root"], "test", num_digits=digits, num_frames=t_in + t_out,
+                     length=args.sequences, seed=args.seed, source=d["source"], standard_file=standard)
+    seqs = torch.stack([ds[i] for i in range(len(ds))])
+    if seqs.shape[1] < t_in + t_out:
+        raise SystemExit(f"error: test sequences have {seqs.shape[1]} frames; the model needs {t_in + t_out}")
+    seqs = seqs[:, : t_in + t_out]
+    x, y = seqs[:, :t_in], seqs[:, t_in:]
+    pred = predict(model, x, args.batch_size, args.precision or cfg["train"]["precision"])
+    results = {}
+    for name, guess in (("model", pred), ("zeros", torch.zeros_like(y)), ("copy_last", x[:, -1:].expand_as(y))):
+        fm = FrameMetrics()
+        fm.update(guess, y)
+        results[name] = fm.compute()
+    out = dict(results["model"])
+    out["baselines"] = {k: {m: results[k][m] for m in FrameMetrics.names} for k in ("zeros", "copy_last")}
+    out["sequences"] = int(seqs.shape[0])
+    out["digits"] = digits
+    out["test_set"] = str(ds.standard_path) if ds.standard_path else f"generated (seed {args.seed}, test digits)"
+
+    print(f"test set: {out['test_set']}, {out['sequences']} sequences, {digits} digits")
+    print(f"{'':>10} {'MSE':>9} {'MAE':>9} {'SSIM':>7} {'PSNR':>7}")
+    for name in ("model", "zeros", "copy_last"):
+        r = results[name]
+        print(f"{name:>10} {r['mse']:9.2f} {r['mae']:9.2f} {r['ssim']:7.4f} {r['psnr']:7.2f}")
+    print("per frame (model):")
+    print(f"{'t':>4} {'MSE':>9} {'MAE':>9} {'SSIM':>7} {'PSNR':>7}")
+    pf = out["per_frame"]
+    for t in range(t_out):
+        print(f"{t + 1:>4} {pf['mse'][t]:9.2f} {pf['mae'][t]:9.2f} {pf['ssim'][t]:7.4f} {pf['psnr'][t]:7.2f}")
+    if args.json:
+        atomic_write_bytes(Path(args.json), json.dumps(out, indent=2).encode())
+    return out
+
+
+if __name__ == "__main__":
+    main()
