@@ -1,0 +1,17 @@
+"""Train DeepConvLSTM (Ordóñez & Roggen 2016) on sensor windows: BasicMotions or OPPORTUNITY.
+
+    python scripts/train_deepconvlstm.py --config configs/deepconvlstm-basicmotions.yaml [--set train.steps=100] [--resume]
+
+Writes ``runs/<name>/``: TensorBoard events (loss, accuracy, macro and weighted F1, confusion
+matrix image; ``tensorboard --logdir runs``), ``checkpoints/last.pt`` and ``best.pt`` (best test
+weighted F1), and ``metrics.json`` with the final model's test ``accuracy``, ``f1_macro`` and
+``f1_weighted``.
+"""
+
+import sys
+
+from convlstm_vp.train.cli import run_training
+from convlstm_vp.train.tasks.sensors import DEFAULTS, SensorTask
+
+if __name__ == "__main__":
+    run_training(sys.argv[1:], __doc__, DEFAULTS, SensorTask)
