@@ -18,16 +18,19 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as tdist
 import yaml
 from torch import Tensor, nn
 
 from ..nn.controls import regularization_loss
+from .config import ConfigError
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, restore_rng_state, save_checkpoint
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, unwrap
 from .tb import TBLogger
@@ -96,7 +99,13 @@ def _device(tc: dict, dist: DistInfo) -> torch.device:
 
 
 class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps.
+
+    Installed at the start of :func:`fit`, so a signal that arrives while the model is built
+    is not lost: the loop then saves ``last.pt`` at the step it has reached and exits with
+    ``SystemExit(128 + signum)``. Under ``torchrun`` the ranks agree on the flag (an
+    all-reduce per step) so that they all stop after the same step.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -118,12 +127,49 @@ class _StopFlag:
             signal.signal(s, h)
 
 
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _restore_training_state(path: Path, ck: dict, model: nn.Module, optimizer, scheduler, scaler, tc: dict) -> None:
+    """Load model/optimizer/scheduler/scaler states from checkpoint ``ck``; errors name ``path``."""
+    saved_steps = ck.get("config", {}).get("train", {}).get("steps")
+    if tc["schedule"] == "onecycle" and saved_steps is not None and saved_steps != tc["steps"]:
+        raise CheckpointError(
+            f"--resume: {path} was written by a run with train.steps={saved_steps}, this config has "
+            f"train.steps={tc['steps']}; the onecycle schedule cannot change length (use "
+            f"train.schedule=cosine or constant to extend a run)"
+        )
+    try:
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        if "scaler" in ck:
+            scaler.load_state_dict(ck["scaler"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"--resume: {path} does not match the model or optimizer of this config "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})"
+        ) from exc
+
+
 def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dict:
     """Train ``task`` as configured by ``cfg`` (``cfg["train"]`` holds the loop's settings).
 
     Writes under ``run_dir``: TensorBoard event files, ``config.yaml``,
     ``checkpoints/last.pt`` and ``checkpoints/best.pt``, and ``metrics.json`` with the final
     evaluation. Returns the final evaluation metrics.
+
+    ``resume=True`` continues from ``checkpoints/last.pt``: model, optimizer, scheduler, scaler,
+    RNG states, step, best score and skipped-step count are restored, so the run ends with the
+    weights an uninterrupted run would have. SIGINT/SIGTERM save ``last.pt`` and raise
+    ``SystemExit(128 + signum)``.
     """
     tc = cfg["train"]
     run_dir = Path(run_dir)
@@ -131,85 +177,96 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     dist = init_distributed(tc["device"])
     is_main = dist.rank == 0
-    try:
-        if tc["num_threads"]:
-            torch.set_num_threads(tc["num_threads"])
-        seed = int(cfg.get("seed", 0))
-        torch.manual_seed(seed)
-        import random
+    logger: TBLogger | None = None
+    prev_threads = torch.get_num_threads()
+    with _StopFlag() as stop, _deterministic(tc["deterministic"]):
+        try:
+            if tc["num_threads"]:
+                torch.set_num_threads(tc["num_threads"])
+            seed = int(cfg.get("seed", 0))
+            _seed_everything(seed)
+            device = _device(tc, dist)
 
-        import numpy as np
+            model = task.build_model().to(device)
+            optimizer = build_optimizer(model, tc)
+            scheduler = build_scheduler(optimizer, tc)
+            use_cuda_amp = device.type == "cuda" and tc["precision"] == "fp16"
+            if tc["precision"] == "fp16" and device.type != "cuda":
+                raise ConfigError("config key 'train.precision': fp16 needs a CUDA device; use bf16 on CPU")
+            scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp)
 
-        random.seed(seed)
-        np.random.seed(seed)
-        device = _device(tc, dist)
+            start_step, best_score, skipped = 0, None, 0
+            if resume:
+                if not last_path.is_file():
+                    raise CheckpointError(f"--resume: no checkpoint to resume from at {last_path}")
+                ck = load_checkpoint(last_path)
+                _restore_training_state(last_path, ck, model, optimizer, scheduler, scaler, tc)
+                start_step, best_score, skipped = int(ck["step"]), ck.get("best_score"), int(ck.get("skipped", 0))
+                restore_rng_state(ck["rng"])
+                del ck
+            if dist.world_size > 1:
+                from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = task.build_model().to(device)
-        optimizer = build_optimizer(model, tc)
-        scheduler = build_scheduler(optimizer, tc)
-        use_cuda_amp = device.type == "cuda" and tc["precision"] == "fp16"
-        if tc["precision"] == "fp16" and device.type != "cuda":
-            raise ValueError("config key 'train.precision': fp16 needs a CUDA device; use bf16 on CPU")
-        scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp)
+                model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-        start_step, best_score, skipped = 0, None, 0
-        if resume:
-            if not last_path.is_file():
-                raise CheckpointError(f"--resume: no checkpoint to resume from at {last_path}")
-            ck = load_checkpoint(last_path)
-            model.load_state_dict(ck["model"])
-            optimizer.load_state_dict(ck["optimizer"])
-            scheduler.load_state_dict(ck["scheduler"])
-            if "scaler" in ck:
-                scaler.load_state_dict(ck["scaler"])
-            start_step, best_score, skipped = int(ck["step"]), ck.get("best_score"), int(ck.get("skipped", 0))
-            restore_rng_state(ck["rng"])
-        if dist.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
+            if is_main:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
+            logger = TBLogger(run_dir, enabled=is_main, purge_step=start_step if resume else None)
 
-            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+            def checkpoint(path: Path, step: int) -> None:
+                if not is_main:
+                    return
+                save_checkpoint(
+                    path,
+                    {
+                        "model": unwrap(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "step": step,
+                        "best_score": best_score,
+                        "skipped": skipped,
+                        "config": cfg,
+                    },
+                )
 
-        if is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
-        logger = TBLogger(run_dir, enabled=is_main, purge_step=start_step if resume else None)
+            def stop_here(step: int) -> None:
+                """Save ``last.pt`` at ``step`` and exit if a rank received SIGINT/SIGTERM."""
+                signum = _agree_on_signal(stop.signum, dist)
+                if signum is None:
+                    return
+                checkpoint(last_path, step)
+                assert logger is not None
+                logger.flush()
+                if is_main:
+                    name = signal.Signals(signum).name
+                    print(
+                        f"{name}: saved checkpoint at step {step} to {last_path}; continue with --resume",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                raise SystemExit(128 + signum)
 
-        def checkpoint(path: Path, step: int) -> None:
-            if not is_main:
-                return
-            save_checkpoint(
-                path,
-                {
-                    "model": unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "step": step,
-                    "best_score": best_score,
-                    "skipped": skipped,
-                    "config": cfg,
-                },
+            def better(score: float) -> bool:
+                if best_score is None:
+                    return True
+                return score < best_score if task.best_mode == "min" else score > best_score
+
+            autocast = (
+                torch.autocast(device.type, dtype=torch.bfloat16 if tc["precision"] == "bf16" else torch.float16)
+                if tc["precision"] != "fp32"
+                else nullcontext()
             )
+            steps = tc["steps"]
+            metrics: dict = {}
+            bar = None
+            if tc["progress"] and is_main:
+                from tqdm import tqdm
 
-        def better(score: float) -> bool:
-            if best_score is None:
-                return True
-            return score < best_score if task.best_mode == "min" else score > best_score
-
-        autocast = (
-            torch.autocast(device.type, dtype=torch.bfloat16 if tc["precision"] == "bf16" else torch.float16)
-            if tc["precision"] != "fp32"
-            else nullcontext()
-        )
-        steps = tc["steps"]
-        metrics: dict = {}
-        bar = None
-        if tc["progress"] and is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=steps, initial=start_step, desc=cfg.get("name", "train"), dynamic_ncols=True)
-        t0 = time.time()
-        with _StopFlag() as stop:
+                bar = tqdm(total=steps, initial=start_step, desc=cfg.get("name", "train"), dynamic_ncols=True)
+            t0 = time.time()
+            stop_here(start_step)  # a signal during set-up
             model.train()
             for step in range(start_step, steps):
                 batch = task.train_batch(step, dist.rank, dist.world_size)
@@ -262,23 +319,55 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                     model.train()
                 if done % tc["checkpoint_every"] == 0 or done == steps:
                     checkpoint(last_path, done)
-                if stop.signum is not None:
-                    checkpoint(last_path, done)
-                    logger.flush()
-                    raise SystemExit(128 + stop.signum)
-        if bar is not None:
-            bar.close()
-        logger.flush()
-        if is_main:
-            result = dict(metrics)
-            result["step"] = steps
-            result["skipped_steps"] = skipped
-            result["train_seconds"] = round(time.time() - t0, 1)
-            atomic_write_bytes(run_dir / "metrics.json", json.dumps(result, indent=2).encode())
-        logger.close()
-        return metrics
-    finally:
-        cleanup_distributed(dist)
+                stop_here(done)
+            if bar is not None:
+                bar.close()
+            if is_main and not metrics:  # resumed from the final checkpoint: evaluate it again
+                metrics = task.evaluate(unwrap(model), logger, steps)
+            logger.flush()
+            if is_main:
+                result = dict(metrics)
+                result["step"] = steps
+                result["skipped_steps"] = skipped
+                result["train_seconds"] = round(time.time() - t0, 1)
+                atomic_write_bytes(run_dir / "metrics.json", json.dumps(result, indent=2).encode())
+            return metrics
+        finally:
+            if logger is not None:
+                logger.close()
+            torch.set_num_threads(prev_threads)
+            cleanup_distributed(dist)
+
+
+def _agree_on_signal(signum: int | None, dist: DistInfo) -> int | None:
+    """The signal any rank received (the largest number), so that all ranks stop together."""
+    if dist.world_size <= 1 or not tdist.is_initialized():
+        return signum
+    flag = torch.tensor([signum or 0], dtype=torch.int64, device=_collective_device(dist))
+    tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+    return int(flag.item()) or None
+
+
+def _collective_device(dist: DistInfo) -> torch.device:
+    if tdist.get_backend() == "nccl":
+        return torch.device("cuda", dist.local_rank)
+    return torch.device("cpu")
+
+
+class _deterministic:
+    """``train.deterministic``: deterministic cuDNN/cuBLAS kernels while :func:`fit` runs."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __enter__(self) -> None:
+        self._old = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+        if self.enabled:
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = self._old
 
 
 def env_world_size() -> int:
