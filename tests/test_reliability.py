@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from convlstm_vp.train.checkpoint import load_checkpoint
+from convlstm_vp.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_moving_mnist.py"
@@ -163,3 +163,155 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_bit_exact(tmp_path: Path) -> N
     assert not (run_dir / "metrics.json").exists()
 
     _resume_and_compare(run_dir, reference, tmp_path / "reference", overrides, steps)
+
+
+# ----------------------------------------------------------------------------- safe loading
+class _CreatesFile:
+    """A pickle payload that creates ``path`` when unpickled by an unsafe loader."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _good_checkpoint(path: Path, value: float = 1.0) -> None:
+    save_checkpoint(path, {"model": {"w": torch.full((3,), value)}, "step": 5, "config": {"name": "t"}})
+
+
+def test_load_checkpoint_round_trip(tmp_path: Path) -> None:
+    _good_checkpoint(tmp_path / "ok.pt", 2.5)
+    ck = load_checkpoint(tmp_path / "ok.pt")
+    assert ck["step"] == 5 and torch.equal(ck["model"]["w"], torch.full((3,), 2.5))
+    assert set(ck["rng"]) >= {"torch", "numpy", "python"}
+
+
+def test_truncated_and_random_files_give_checkpoint_errors(tmp_path: Path) -> None:
+    _good_checkpoint(tmp_path / "ok.pt")
+    data = (tmp_path / "ok.pt").read_bytes()
+    for name, content in [
+        ("truncated.pt", data[: len(data) // 2]),
+        ("cut_at_end.pt", data[:-10]),
+        ("empty.pt", b""),
+        ("random.pt", random.Random(0).randbytes(4096)),
+    ]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError, match=name):
+            load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_malicious_pickle_is_refused_without_running_it(tmp_path: Path, writer: str) -> None:
+    import pickle
+
+    # the payload is real: an ordinary unpickler creates the file
+    probe = tmp_path / "probe_created"
+    pickle.loads(pickle.dumps(_CreatesFile(probe))).close()
+    assert probe.exists()
+
+    target = tmp_path / "pwned"
+    payload = {"format": "convlstm_vp.checkpoint/1", "model": {}, "step": 0, "config": {}, "x": _CreatesFile(target)}
+    path = tmp_path / "evil.pt"
+    if writer == "pickle":
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(path)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"w": torch.zeros(2)},  # a bare state dict
+        torch.ones(3),  # a tensor
+        {"format": "someone-else/1", "model": {}, "step": 0, "config": {}},
+        {"format": "convlstm_vp.checkpoint/1", "model": {}},  # ours but incomplete
+    ],
+    ids=["state_dict", "tensor", "other_format", "missing_keys"],
+)
+def test_foreign_torch_files_give_checkpoint_errors(tmp_path: Path, content) -> None:
+    path = tmp_path / "foreign.pt"
+    torch.save(content, path)
+    with pytest.raises(CheckpointError, match="foreign.pt"):
+        load_checkpoint(path)
+
+
+def _failing(exc: type[BaseException]):
+    def fail(*args, **kwargs):
+        raise exc("simulated failure")
+
+    return fail
+
+
+@pytest.mark.parametrize(
+    "target, exc",
+    [
+        ("os.replace", OSError),  # the rename fails
+        ("os.fsync", OSError),  # the data is written to the temporary file, then the disk fails
+        ("torch.save", RuntimeError),  # serialization fails
+        ("os.replace", KeyboardInterrupt),  # interrupted at the worst moment
+    ],
+)
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch, target: str, exc) -> None:
+    path = tmp_path / "checkpoints" / "last.pt"
+    _good_checkpoint(path, 1.0)
+    before = path.read_bytes()
+    module, name = target.split(".")
+    monkeypatch.setattr({"os": os, "torch": torch}[module], name, _failing(exc))
+    with pytest.raises(exc, match="simulated"):
+        _good_checkpoint(path, 2.0)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_resume_from_a_corrupted_checkpoint_fails_with_a_clear_message(tmp_path: Path, capsys) -> None:
+    from convlstm_vp.train.cli import run_training
+    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, MovingMNISTTask
+
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 not really a zip")
+    argv = ["--config", str(CONFIG), "--run-dir", str(tmp_path / "run"), "--resume"]
+    for o in TINY:
+        argv += ["--set", o]
+    with pytest.raises(SystemExit) as info:
+        run_training(argv, "test", DEFAULTS, MovingMNISTTask)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "could not read checkpoint" in err and str(last) in err
+
+
+# ----------------------------------------------------------------------------- in-process runs
+def _tiny_config(*overrides: str) -> dict:
+    from convlstm_vp.train.config import load_config
+    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS
+
+    return load_config(CONFIG, DEFAULTS, TINY + list(overrides))
+
+
+def _fit(cfg: dict, run_dir: Path, resume: bool = False, task=None) -> dict:
+    from convlstm_vp.train.loop import fit
+    from convlstm_vp.train.tasks.moving_mnist import MovingMNISTTask
+
+    return fit(task or MovingMNISTTask(cfg), cfg, run_dir, resume=resume)
+
+
+def test_stale_temporaries_are_removed_and_a_mismatched_resume_names_the_file(tmp_path: Path) -> None:
+    stale = tmp_path / "checkpoints" / ".last.pt.k1l2d.tmp"  # what a kill during a save leaves
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a checkpoint")
+    _fit(_tiny_config("train.steps=2", "train.eval_every=2"), tmp_path)
+    assert not stale.exists()
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 2
+    with pytest.raises(CheckpointError, match=r"last\.pt does not match the model"):
+        _fit(_tiny_config("train.steps=4", "model.hidden_channels=[6]", "train.schedule=constant"), tmp_path, resume=True)
+    with pytest.raises(CheckpointError, match=r"train\.steps=2.*train\.steps=4.*onecycle"):
+        _fit(_tiny_config("train.steps=4"), tmp_path, resume=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files a killed :func:`atomic_write_bytes` left in ``folder``."""
+    removed = []
+    folder = Path(folder)
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -98,12 +110,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"could not read checkpoint {path}: the file is empty")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. a foreign pickle protocol; the error below says more
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, unsafe global, ...
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(
             f"could not read checkpoint {path}: it is truncated, corrupted or holds objects other than "
-            f"tensors and plain data ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            f"tensors and plain data ({type(exc).__name__}: {first_line})"
         ) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..nn.controls import regularization_loss
 from .config import ConfigError
-from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, remove_stale_temporaries, restore_rng_state, save_checkpoint
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, unwrap
 from .tb import TBLogger
 
@@ -211,6 +211,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
 
             if is_main:
                 run_dir.mkdir(parents=True, exist_ok=True)
+                remove_stale_temporaries(ckpt_dir)  # left by a run killed while saving
                 atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
             logger = TBLogger(run_dir, enabled=is_main, purge_step=start_step if resume else None)
 
