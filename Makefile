@@ -22,7 +22,8 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: $(VENV)/.installed
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/train_moving_mnist.py --config $(CONFIG)
+	$(BIN)/python scripts/evaluate.py --checkpoint runs/$(basename $(notdir $(CONFIG)))/checkpoints/best.pt --json runs/$(basename $(notdir $(CONFIG)))/evaluation.json
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -n 2 tests

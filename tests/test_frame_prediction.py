@@ -1,0 +1,188 @@
+"""Encoder-forecaster model, Moving MNIST training script, evaluate.py and predict.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from convlstm_vp import ConvLSTM
+from convlstm_vp.models.encoder_forecaster import EncoderForecaster, patchify, unpatchify
+from convlstm_vp.train.checkpoint import load_checkpoint
+from convlstm_vp.train.metrics import FrameMetrics, frame_mse, frame_ssim
+from convlstm_vp.train.tasks.moving_mnist import frame_loss, load_trained
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny-moving-mnist.yaml"
+
+
+def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    res = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def test_patchify_round_trip_and_shape():
+    x = torch.rand(2, 3, 1, 64, 64)
+    p = patchify(x, 4)
+    assert p.shape == (2, 3, 16, 16, 16)
+    assert torch.equal(unpatchify(p, 4), x)
+    # the pixel (y, x) = (5, 6) lands in patch (1, 1), channel 1*4 + 2
+    assert p[0, 0, 1 * 4 + 2, 1, 1] == x[0, 0, 0, 5, 6]
+
+
+def test_encoder_forecaster_shapes_and_layouts():
+    torch.manual_seed(0)
+    m = EncoderForecaster(1, [8, 6], [3, 5], patch_size=4, input_frames=5, output_frames=3)
+    assert isinstance(m.encoder, ConvLSTM) and isinstance(m.forecaster, ConvLSTM)
+    x = torch.rand(2, 5, 1, 32, 32)
+    y = m(x)
+    assert y.shape == (2, 3, 1, 32, 32)
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0  # sigmoid output
+    m_last = EncoderForecaster(1, [8, 6], [3, 5], patch_size=4, input_frames=5, output_frames=3, data_format="channels_last")
+    m_last.load_state_dict(m.state_dict())
+    y_last = m_last(x.permute(0, 1, 3, 4, 2))
+    assert y_last.shape == (2, 3, 32, 32, 1)
+    torch.testing.assert_close(y_last.permute(0, 1, 4, 2, 3), y)
+    # every parameter is used: all get a gradient
+    y.sum().backward()
+    unused = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert unused == []
+
+
+def test_encoder_forecaster_rejects_bad_input():
+    m = EncoderForecaster(1, [4], 3, patch_size=4, input_frames=5, output_frames=3)
+    with pytest.raises(ValueError, match=r"\(B, T, C, H, W\).*T=5"):
+        m(torch.rand(2, 4, 1, 32, 32))
+    with pytest.raises(ValueError, match="divisible by patch_size=4"):
+        m(torch.rand(2, 5, 1, 30, 32))
+
+
+def test_scheduled_sampling_is_driven_by_the_model():
+    torch.manual_seed(0)
+    m = EncoderForecaster(1, [4], 3, patch_size=4, input_frames=3, output_frames=4, scheduled_sampling=(1.0, 0.0, 4))
+    x, t = torch.rand(2, 3, 1, 16, 16), torch.rand(2, 4, 1, 16, 16)
+    assert m.teacher_forcing_probability() == 1.0
+    m.train()
+    with torch.no_grad():
+        y_tf = m(x, t)  # eta = 1: forecaster inputs are the true frames
+    assert int(m.sampling_updates) == 1 and m.teacher_forcing_probability() == pytest.approx(0.75)
+    # with eta = 1 the prediction at step k depends on the true frame k-1: changing it changes later outputs
+    t2 = t.clone()
+    t2[:, 0] = 0.0
+    m.sampling_updates.zero_()
+    with torch.no_grad():
+        y_tf2 = m(x, t2)
+    torch.testing.assert_close(y_tf[:, 0], y_tf2[:, 0])
+    assert not torch.allclose(y_tf[:, 1], y_tf2[:, 1])
+    # eval mode never looks at targets
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, t), m(x, t2))
+        torch.testing.assert_close(m(x, t), m(x))
+
+
+def test_few_training_steps_reduce_loss():
+    torch.manual_seed(0)
+    m = EncoderForecaster(1, [8], 3, patch_size=4, input_frames=3, output_frames=3)
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    from convlstm_vp.data import moving_mnist_batch
+
+    batch = moving_mnist_batch(4, source="embedded", num_frames=6, image_size=32, rng=0)
+    losses = []
+    for _ in range(15):
+        loss = frame_loss("bce", m(batch[:, :3]), batch[:, 3:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_frame_metrics_definitions():
+    zeros = torch.zeros(2, 3, 1, 16, 16)
+    ones = torch.ones(2, 3, 1, 16, 16)
+    assert torch.allclose(frame_mse(zeros, ones), torch.full((2, 3), 256.0))  # summed over pixels
+    assert torch.allclose(frame_ssim(ones * 0.5, ones * 0.5), torch.ones(2, 3))
+    fm = FrameMetrics()
+    fm.update(zeros, ones * 0.5)
+    r = fm.compute()
+    assert r["mse"] == pytest.approx(64.0) and r["mae"] == pytest.approx(128.0)
+    assert r["psnr"] == pytest.approx(10 * np.log10(1 / 0.25), rel=1e-4)
+    assert len(r["per_frame"]["mse"]) == 3
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    _run("scripts/train_moving_mnist.py", "--config", str(TINY), "--run-dir", str(run))
+    return run
+
+
+def test_training_script_writes_checkpoints_logs_and_metrics(tiny_run: Path):
+    for name in ("last.pt", "best.pt"):
+        ck = load_checkpoint(tiny_run / "checkpoints" / name)
+        assert {"model", "optimizer", "scheduler", "rng", "step", "config"} <= set(ck)
+    assert load_checkpoint(tiny_run / "checkpoints" / "last.pt")["step"] == 6
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert {"mse", "mae", "ssim", "psnr"} <= set(metrics)
+    # TensorBoard event files hold scalars, prediction images and GIF videos
+    ea = EventAccumulator(str(tiny_run), size_guidance={"images": 0, "scalars": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    assert {"train/loss", "train/lr", "eval/mse", "eval/ssim"} <= set(tags["scalars"])
+    assert [e.step for e in ea.Scalars("train/loss")] == [2, 4, 6]
+    assert "predictions/sequence_0" in tags["images"]
+    gif = ea.Images("videos/sequence_0_truth_vs_prediction")[-1]
+    assert gif.encoded_image_string[:6] in (b"GIF87a", b"GIF89a")
+    png = ea.Images("predictions/sequence_0")[-1]
+    assert png.encoded_image_string[:4] == b"\x89PNG"
+
+
+def test_checkpoint_round_trip(tiny_run: Path):
+    model, cfg = load_trained(str(tiny_run / "checkpoints" / "last.pt"))
+    ck = load_checkpoint(tiny_run / "checkpoints" / "last.pt")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ck["model"][k]), k
+    assert cfg["model"]["hidden_channels"] == [8, 8]
+
+
+def test_evaluate_and_predict_end_to_end(tiny_run: Path, tmp_path: Path):
+    out = tmp_path / "eval.json"
+    res = _run("scripts/evaluate.py", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"),
+               "--sequences", "6", "--json", str(out))
+    assert "copy_last" in res.stdout
+    data = json.loads(out.read_text())
+    assert {"mse", "mae", "ssim", "psnr", "per_frame"} <= set(data)
+    assert len(data["per_frame"]["mse"]) == 4
+    assert data["baselines"]["zeros"]["mse"] > 0
+    # --digits 3: out-of-domain sequences have more ink, so the all-zeros baseline grows
+    out3 = tmp_path / "eval3.json"
+    _run("scripts/evaluate.py", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"),
+         "--sequences", "6", "--digits", "3", "--json", str(out3))
+    assert json.loads(out3.read_text())["baselines"]["zeros"]["mse"] > data["baselines"]["zeros"]["mse"]
+
+    from convlstm_vp.data import moving_mnist_batch
+
+    clip = (moving_mnist_batch(1, source="embedded", split="test", num_frames=9, rng=3)[0, :, 0].numpy() * 255).astype(np.uint8)
+    np.save(tmp_path / "clip.npy", clip)
+    for name in ("pred.gif", "pred.mp4"):
+        _run("scripts/predict.py", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"),
+             "--input", str(tmp_path / "clip.npy"), "--output", str(tmp_path / name))
+        assert (tmp_path / name).stat().st_size > 1000
+    from PIL import Image
+
+    gif = Image.open(tmp_path / "pred.gif")
+    assert gif.n_frames == 8 and gif.size[0] > 2 * 64  # input+truth | input+prediction side by side
+    # a clip that is too short gives a clear error
+    np.save(tmp_path / "short.npy", clip[:2])
+    res = subprocess.run([sys.executable, "scripts/predict.py", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"),
+                          "--input", str(tmp_path / "short.npy"), "--output", str(tmp_path / "x.gif")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 2 and "needs 4 context frames" in res.stderr
