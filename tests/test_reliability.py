@@ -315,3 +315,94 @@ def test_stale_temporaries_are_removed_and_a_mismatched_resume_names_the_file(tm
         _fit(_tiny_config("train.steps=4", "model.hidden_channels=[6]", "train.schedule=constant"), tmp_path, resume=True)
     with pytest.raises(CheckpointError, match=r"train\.steps=2.*train\.steps=4.*onecycle"):
         _fit(_tiny_config("train.steps=4"), tmp_path, resume=True)
+
+
+# ----------------------------------------------------------------------------- NaN policy
+def _injecting_task(cfg: dict, at: int, kind: str):
+    """A Moving MNIST task that makes step ``at`` non-finite: in the loss, the gradient or the data.
+
+    It records, when step ``at`` starts, the bytes of last.pt and a copy of the weights.
+    """
+    from convlstm_vp.train.tasks.moving_mnist import MovingMNISTTask
+
+    class Injecting(MovingMNISTTask):
+        seen: dict = {}
+
+        def train_batch(self, step: int, rank: int, world: int):
+            batch = super().train_batch(step, rank, world)
+            self.step = step
+            if step == at and kind == "input":
+                batch[0, 0, 0, 0, 0] = float("nan")
+            return batch
+
+        def training_step(self, model, batch):
+            if self.step in (at, at + 1, at + 2) and torch.is_grad_enabled():
+                self.seen[self.step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if self.step == at:
+                    last = self.run_dir / "checkpoints" / "last.pt"
+                    self.seen["last.pt"] = last.read_bytes()
+            loss, logs = super().training_step(model, batch)
+            if self.step == at and kind == "loss":
+                loss = loss * float("nan")
+            if self.step == at and kind == "grad":  # finite loss, NaN gradient
+                w = next(model.parameters())
+                loss = loss + torch.where(torch.tensor(True), w.sum() * 0, torch.sqrt(w.sum() * 0 - 1))
+            return loss, logs
+
+    return Injecting(cfg)
+
+
+@pytest.mark.parametrize("kind", ["loss", "grad", "input"])
+def test_nan_stop_keeps_the_last_good_checkpoint(tmp_path: Path, kind: str) -> None:
+    from convlstm_vp.train.loop import NonFiniteLossError
+
+    cfg = _tiny_config("train.steps=8", "train.checkpoint_every=2", "train.eval_every=1000", "train.nan_policy=stop")
+    task = _injecting_task(cfg, 5, kind)
+    task.run_dir = tmp_path
+    with pytest.raises(NonFiniteLossError, match="at step 5") as info:
+        _fit(cfg, tmp_path, task=task)
+    if kind == "input":
+        assert "frames of shape" in str(info.value) and "1 NaN" in str(info.value)
+    last = tmp_path / "checkpoints" / "last.pt"
+    assert last.read_bytes() == task.seen["last.pt"]  # untouched since before the bad step
+    ck = load_checkpoint(last)
+    assert ck["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["loss", "grad", "input"])
+def test_nan_skip_leaves_the_weights_of_that_step_unchanged(tmp_path: Path, kind: str) -> None:
+    import json
+
+    cfg = _tiny_config("train.steps=8", "train.checkpoint_every=2", "train.eval_every=1000", "train.nan_policy=skip")
+    task = _injecting_task(cfg, 5, kind)
+    task.run_dir = tmp_path
+    _fit(cfg, tmp_path, task=task)
+    before, after, later = task.seen[5], task.seen[6], task.seen[7]
+    _assert_same_weights(before, after)  # the bad step changed nothing
+    assert any(not torch.equal(after[k], later[k]) for k in after)  # training went on
+    assert json.loads((tmp_path / "metrics.json").read_text())["skipped_steps"] == 1
+    ck = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert ck["step"] == 8 and ck["skipped"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_cli_exits_with_status_3_on_a_nan_loss(tmp_path: Path, capsys) -> None:
+    from convlstm_vp.train.cli import run_training
+    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS
+
+    def make_task(cfg: dict):
+        task = _injecting_task(cfg, 3, "loss")
+        task.run_dir = tmp_path
+        return task
+
+    argv = ["--config", str(CONFIG), "--run-dir", str(tmp_path)]
+    for o in TINY + ["train.steps=6", "train.checkpoint_every=2", "train.eval_every=1000"]:
+        argv += ["--set", o]
+    with pytest.raises(SystemExit) as info:
+        run_training(argv, "test", DEFAULTS, make_task)
+    assert info.value.code == 3
+    err = capsys.readouterr().err
+    assert "non-finite loss or gradient at step 3" in err and "nan_policy=skip" in err
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 2

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..nn import ConvLSTM
 from ..nn.layout import check_data_format, describe_sequence, sequence_from_internal, sequence_to_internal
-from ..nn.functional import get_activation
+from ..nn.functional import check_finite, get_activation
 
 
 def patchify(x: Tensor, patch_size: int) -> Tensor:
@@ -56,6 +56,8 @@ class EncoderForecaster(nn.Module):
         scheduled_sampling: ``(start, end, steps)``: in training, the probability of feeding the
             true previous frame decays linearly from ``start`` to ``end`` over ``steps``
             training calls; ``None`` always feeds the model's own prediction.
+        check_finite: raise :class:`~convlstm_vp.nn.NonFiniteInputError` (a ``ValueError``)
+            when ``frames`` or ``targets`` hold NaN/Inf (one ``isfinite().all()`` each).
         **cell_kwargs: passed to every cell (peephole, activations, initializers, ...).
 
     ``forward(frames, targets=None) -> predictions``:
@@ -76,6 +78,7 @@ class EncoderForecaster(nn.Module):
         data_format: str = "channels_first",
         output_activation: str = "sigmoid",
         scheduled_sampling: Sequence[float] | None = None,
+        check_finite: bool = True,
         **cell_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -100,10 +103,12 @@ class EncoderForecaster(nn.Module):
         self.output_activation = output_activation
         self._out_act = get_activation(output_activation, "output_activation")
         self.scheduled_sampling = tuple(scheduled_sampling) if scheduled_sampling is not None else None
+        self.check_finite = check_finite
         kernels = kernel_size if isinstance(kernel_size, list) else [kernel_size] * len(hidden)
         c = in_channels * patch_size * patch_size
-        self.encoder = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="encoder", **cell_kwargs)
-        self.forecaster = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="forecaster", **cell_kwargs)
+        # the frames are checked once here, not again by the inner layers
+        self.encoder = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="encoder", check_finite=False, **cell_kwargs)
+        self.forecaster = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="forecaster", check_finite=False, **cell_kwargs)
         self.head = nn.Conv2d(sum(hidden), c, kernel_size=1)
         # number of training calls seen, drives the scheduled-sampling probability
         self.register_buffer("sampling_updates", torch.zeros((), dtype=torch.long))
@@ -128,6 +133,10 @@ class EncoderForecaster(nn.Module):
                 f"{what}: expected {expected} with T={frames}, C={self.in_channels} and H, W divisible by "
                 f"patch_size={self.patch_size} (data_format={self.data_format!r}), got {tuple(sequence_from_internal(x, 2, True, self.data_format).shape)}"
             )
+        if not x.is_floating_point():
+            raise TypeError(f"EncoderForecaster: {what} must be a floating-point tensor, got dtype {x.dtype}")
+        if self.check_finite:
+            check_finite(x, what, "EncoderForecaster (check_finite=True)")
         return x
 
     def forward(self, frames: Tensor, targets: Tensor | None = None) -> Tensor:

@@ -3,12 +3,14 @@ and the layer training controls (regularizers, freezing, stored gradients, gradi
 
 from .cell import ConvLSTMCell
 from .controls import L1, L2, L1L2, LayerControls, Regularizer, regularization_loss, scale_gradient
+from .functional import NonFiniteInputError
 from .layer import ConvLSTM
 
 __all__ = [
     "ConvLSTMCell",
     "ConvLSTM",
     "LayerControls",
+    "NonFiniteInputError",
     "Regularizer",
     "L1",
     "L2",

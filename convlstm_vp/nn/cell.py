@@ -30,6 +30,7 @@ from .functional import (
     Initializer,
     PaddingArg,
     activation_name,
+    check_finite,
     conv_nd,
     conv_output_size,
     expand,
@@ -82,6 +83,9 @@ class ConvLSTMCell(LayerControls, nn.Module):
         store_gradients: keep the last backward's gradients for :meth:`get_gradients`.
         grad_scale: multiplies the gradient sent back to ``x`` (-1 reverses it); identity
             forward, the cell's own weight gradients are unchanged.
+        check_finite: raise :class:`~convlstm_vp.nn.NonFiniteInputError` (a ``ValueError``)
+            when ``x`` or ``state`` holds NaN/Inf (one ``isfinite().all()`` per call; False
+            skips it).
 
     Shapes (channels-first; ``data_format="channels_last"`` moves ``C``/``H`` last):
         x: ``(B, C, *spatial)`` or unbatched ``(C, *spatial)``.
@@ -125,6 +129,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
         trainable: bool = True,
         store_gradients: bool = False,
         grad_scale: float = 1.0,
+        check_finite: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -171,6 +176,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
         self.recurrent_dropout = float(recurrent_dropout)
         self.proj_size = proj_size
         self.data_format = data_format
+        self.check_finite = check_finite
         self.out_channels = proj_size or hidden_channels
 
         g = 4 * hidden_channels
@@ -392,6 +398,12 @@ class ConvLSTMCell(LayerControls, nn.Module):
             )
         if not x.is_floating_point():
             raise TypeError(f"ConvLSTMCell expects a floating-point input, got dtype {x.dtype}")
+        if self.check_finite:
+            owner = f"ConvLSTMCell(spatial_dims={n}) (check_finite=True)"
+            check_finite(x, "input x", owner)
+            if state is not None:
+                check_finite(state[0], "state h", owner)
+                check_finite(state[1], "state c", owner)
         x = self._controls_before_forward(x)
         spatial_out = self.output_spatial_size(x.shape[2:])
         if state is None:

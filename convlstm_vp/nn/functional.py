@@ -188,3 +188,23 @@ def conv_nd(
     for lo, hi in reversed(pads):  # F.pad takes the last dimension first
         flat += [lo, hi]
     return _CONV[n](F.pad(x, flat), weight, bias, stride, 0, dilation)
+
+
+class NonFiniteInputError(ValueError):
+    """An input tensor holds NaN or Inf values (raised when ``check_finite=True``)."""
+
+
+def check_finite(x: Tensor, what: str, owner: str) -> None:
+    """Raise :class:`NonFiniteInputError` naming ``what`` if ``x`` holds NaN or Inf.
+
+    One ``torch.isfinite(x).all()`` per call (a host sync on GPU); ``owner`` names the module
+    and how to switch the check off.
+    """
+    if x.is_floating_point() or x.is_complex():
+        if not bool(torch.isfinite(x).all()):
+            n_nan = int(torch.isnan(x).sum())
+            n_inf = int(torch.isinf(x).sum())
+            raise NonFiniteInputError(
+                f"{owner}: {what} of shape {tuple(x.shape)} holds {n_nan} NaN and {n_inf} Inf values; "
+                f"clean the data (or pass check_finite=False to skip this check)"
+            )

@@ -12,6 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .cell import ConvLSTMCell
 from .controls import LayerControls
+from .functional import check_finite
 from .layout import (
     check_data_format,
     describe_sequence,
@@ -80,6 +81,9 @@ class ConvLSTM(LayerControls, nn.Module):
         grad_scale: multiplies the gradient that the layer sends back to its input ``x``
             (1 by default, -1 = gradient reversal); the forward pass and the layer's own
             weight gradients are unchanged. Applies to the fused rank-0 path too.
+        check_finite: raise :class:`~convlstm_vp.nn.NonFiniteInputError` (a ``ValueError``)
+            when ``x`` or the given state holds NaN/Inf. Costs one ``isfinite().all()`` per call
+            (a host sync on GPU); pass False (or set ``layer.check_finite = False``) to skip it.
         **cell_kwargs: passed to every :class:`ConvLSTMCell` (``activation``, ``peephole``,
             ``bias``, ``unit_forget_bias``, initializers, ``kernel_regularizer``,
             ``recurrent_regularizer``, ``bias_regularizer``, ...). Regularizers are summed by
@@ -128,6 +132,7 @@ class ConvLSTM(LayerControls, nn.Module):
         trainable: bool = True,
         store_gradients: bool = False,
         grad_scale: float = 1.0,
+        check_finite: bool = True,
         **cell_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -161,6 +166,7 @@ class ConvLSTM(LayerControls, nn.Module):
         self.stateful = stateful
         self.go_backwards = go_backwards
         self.fused = fused
+        self.check_finite = check_finite
         hidden = _per_layer(hidden_channels, num_layers, "hidden_channels")
         kernels = _per_layer(kernel_size, num_layers, "kernel_size")
         strides = _per_layer(stride, num_layers, "stride")
@@ -280,6 +286,34 @@ class ConvLSTM(LayerControls, nn.Module):
             raise ValueError(f"{self._layout_msg()} got an empty sequence (T=0)")
         return x, unbatched
 
+    def output_spatial_sizes(self, spatial: Sequence[int]) -> list[tuple[int, ...]]:
+        """Spatial size of every layer's state for an input of spatial size ``spatial``.
+
+        Raises ``ValueError`` naming the layer, its kernel and the size it receives when a
+        kernel does not fit (e.g. larger than the input with ``padding="valid"``).
+        """
+        sizes = []
+        spatial = tuple(int(v) for v in spatial)
+        for l in range(self.num_layers):
+            if self.spatial_dims:
+                try:
+                    spatial = self.cells[l * self.num_directions].output_spatial_size(spatial)
+                except ValueError as exc:
+                    where = f"layer {l} (input spatial size {spatial}): " if self.num_layers > 1 else ""
+                    raise ValueError(f"{self._layout_msg()}: {where}{exc}") from None
+            sizes.append(spatial)
+        return sizes
+
+    def _check_finite(self, x: Tensor, state: StateArg) -> None:
+        owner = f"{self._layout_msg()} (check_finite=True)"
+        check_finite(x, "input x", owner)
+        if isinstance(state, (tuple, list)) and len(state) == 2:
+            for name, part in zip(("h_0", "c_0"), state):
+                parts = part if isinstance(part, (list, tuple)) else [part]
+                for i, t in enumerate(parts):
+                    if isinstance(t, Tensor):
+                        check_finite(t, f"state {name}" + (f"[{i}]" if len(parts) > 1 else ""), owner)
+
     def _state_to_internal(self, t: Tensor) -> Tensor:
         """``(N, B, *spatial, H)`` → ``(N, B, H, *spatial)`` for channels_last states."""
         if self.data_format == "channels_first" or self.spatial_dims == 0:
@@ -387,6 +421,9 @@ class ConvLSTM(LayerControls, nn.Module):
             packed_info = x
             x, lengths = pad_packed_sequence(x, batch_first=self.batch_first)
         x, unbatched = self._input_to_internal(x)
+        self.output_spatial_sizes(x.shape[3:])  # a kernel larger than a valid-padded input fails here
+        if self.check_finite:
+            self._check_finite(x, state)
         x = self._controls_before_forward(x)  # identity; scales the input gradient by grad_scale
         if lengths is not None:
             lengths = torch.as_tensor(lengths, dtype=torch.long)

@@ -47,7 +47,11 @@ _CHOICES = {
     ("train", "device"): ("auto", "cpu", "cuda"),
 }
 _POSITIVE = {("train", k) for k in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every")}
-_NON_NEGATIVE = {("train", k) for k in ("lr", "weight_decay", "grad_clip", "num_threads", "warmup_fraction")}
+_NON_NEGATIVE = {("train", k) for k in ("lr", "weight_decay", "grad_clip", "num_threads", "warmup_fraction")} | {("seed",)}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _check_value(path: tuple[str, ...], value: Any, default: Any) -> Any:
@@ -75,6 +79,11 @@ def _check_value(path: tuple[str, ...], value: Any, default: Any) -> Any:
         choices = _CHOICES.get(path) or _CHOICES[path[-2:]]
         if value not in choices:
             raise ConfigError(f"config key {key!r}: expected one of {choices}, got {value!r}")
+    if _is_int(default) and default > 0 and value < 0:  # counts and sizes
+        raise ConfigError(f"config key {key!r}: expected a size >= 0, got {value!r}")
+    if isinstance(default, list) and default and all(_is_int(v) and v > 0 for v in default):
+        if any(not _is_int(v) or v < 0 for v in value):
+            raise ConfigError(f"config key {key!r}: expected a list of sizes (integers >= 0), got {value!r}")
     if path in _POSITIVE and value <= 0:
         raise ConfigError(f"config key {key!r}: expected a positive value, got {value!r}")
     if path in _NON_NEGATIVE and value < 0:
@@ -145,3 +154,39 @@ def _deep_update(base: dict[str, Any], upd: Mapping[str, Any]) -> dict[str, Any]
         else:
             out[k] = v
     return out
+
+
+def keys_named_in(message: str, cfg: Mapping[str, Any], sections: Sequence[str] | None = None) -> list[str]:
+    """Dotted config keys (``"model.kernel_size"``) whose last part appears as a word in ``message``.
+
+    Errors from model constructors name their argument (``"hidden_channels: expected ..."``),
+    and configs use the same names, so this points such an error at the config key. Only the
+    given ``sections`` are searched (all by default).
+    """
+    import re
+
+    found = []
+    for section, values in cfg.items():
+        if isinstance(values, Mapping) and (sections is None or section in sections):
+            for key in values:
+                if re.search(rf"(?<![\w.]){re.escape(str(key))}(?!\w)", message):
+                    found.append(f"{section}.{key}")
+    return found
+
+
+def config_error(
+    exc: BaseException, cfg: Mapping[str, Any], context: str, sections: Sequence[str] | None = None
+) -> ConfigError:
+    """A :class:`ConfigError` for ``exc`` raised while ``context`` (e.g. "building the model"),
+    naming the keys of ``sections`` that the message mentions."""
+    text = str(exc).strip() or type(exc).__name__
+    if "config key" in text:  # the message already names its key
+        return ConfigError(text)
+    keys = keys_named_in(text, cfg, sections)
+    if len(keys) == 1:
+        where = f"config key {keys[0]!r}"
+    elif keys:
+        where = "config keys " + ", ".join(repr(k) for k in keys)
+    else:
+        where = "config"
+    return ConfigError(f"{where}: {context} failed: {text}")

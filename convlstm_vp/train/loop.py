@@ -30,8 +30,17 @@ import yaml
 from torch import Tensor, nn
 
 from ..nn.controls import regularization_loss
-from .config import ConfigError
-from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, remove_stale_temporaries, restore_rng_state, save_checkpoint
+from ..nn.functional import NonFiniteInputError
+from .config import ConfigError, config_error
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    capture_rng_state,
+    load_checkpoint,
+    remove_stale_temporaries,
+    restore_rng_state,
+    save_checkpoint,
+)
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, unwrap
 from .tb import TBLogger
 
@@ -187,7 +196,11 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
             _seed_everything(seed)
             device = _device(tc, dist)
 
-            model = task.build_model().to(device)
+            try:
+                model = task.build_model().to(device)
+            except (ValueError, TypeError) as exc:
+                raise config_error(exc, cfg, "building the model", ["model"]) from exc
+            _check_model_accepts_batches(task, model, cfg, dist)
             optimizer = build_optimizer(model, tc)
             scheduler = build_scheduler(optimizer, tc)
             use_cuda_amp = device.type == "cuda" and tc["precision"] == "fp16"
@@ -271,22 +284,31 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
             model.train()
             for step in range(start_step, steps):
                 batch = task.train_batch(step, dist.rank, dist.world_size)
-                with autocast:
-                    loss, logs = task.training_step(model, batch)
-                reg = _regularization(unwrap(model))
-                total = loss.float() + (reg if reg is not None else 0.0)
                 optimizer.zero_grad(set_to_none=True)
-                finite = bool(torch.isfinite(total))
-                if finite:
+                problem, loss, logs, reg = None, None, {}, None
+                try:
+                    with autocast:
+                        loss, logs = task.training_step(model, batch)
+                    reg = _regularization(unwrap(model))
+                    total = loss.float() + (reg if reg is not None else 0.0)
+                    if not bool(torch.isfinite(total)):
+                        problem = f"loss={float(total.detach())}"
+                except NonFiniteInputError as exc:  # NaN/Inf reached a layer that checks its input
+                    problem = str(exc)
+                # every rank skips (or stops) together, or DDP's gradient all-reduce would hang
+                if _any_rank(problem is not None, dist) and problem is None:
+                    problem = "non-finite loss on another rank"
+                if problem is None:
                     scaler.scale(total).backward()
                     scaler.unscale_(optimizer)
                     params = [p for p in model.parameters() if p.grad is not None]
                     norm = torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"] if tc["grad_clip"] > 0 else float("inf"))
-                    finite = bool(torch.isfinite(norm)) or use_cuda_amp
-                if not finite:
+                    if not (bool(torch.isfinite(norm)) or use_cuda_amp):  # same on all ranks (all-reduced)
+                        problem = f"gradient norm={float(norm)}"
+                if problem is not None:
                     if tc["nan_policy"] == "stop":
                         raise NonFiniteLossError(
-                            f"non-finite loss or gradient at step {step} (loss={float(total)}); stopping. "
+                            f"non-finite loss or gradient at step {step} ({problem}); stopping. "
                             f"The last good checkpoint is kept at {last_path}; lower train.lr or set "
                             f"train.nan_policy=skip"
                         )
@@ -297,11 +319,12 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                     scaler.update()
                 scheduler.step()
                 done = step + 1
+                loss_value = float(loss.detach()) if loss is not None else float("nan")
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+                    bar.set_postfix(loss=f"{loss_value:.4f}")
                 if done % tc["log_every"] == 0 or done == steps:
-                    logger.scalar("train/loss", float(loss.detach()), done)
+                    logger.scalar("train/loss", loss_value, done)
                     logger.scalar("train/lr", optimizer.param_groups[0]["lr"], done)
                     if reg is not None:
                         logger.scalar("train/regularization", float(reg), done)
@@ -338,6 +361,42 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 logger.close()
             torch.set_num_threads(prev_threads)
             cleanup_distributed(dist)
+
+
+def _check_model_accepts_batches(task: Task, model: nn.Module, cfg: dict, dist: DistInfo) -> None:
+    """Run training batch 0 through the model once (eval mode, no gradients) before training.
+
+    A config whose model does not fit the data (a kernel larger than the input with valid
+    padding, frames not divisible by the patch size, a window shorter than the convolutions
+    need, NaN in the data) fails here with a :class:`ConfigError`, before anything is written.
+    RNG states and buffers are restored, so the run is the same as without the check.
+    """
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    rng = capture_rng_state()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            task.training_step(model, task.train_batch(0, dist.rank, dist.world_size))
+    except torch.OutOfMemoryError:
+        raise
+    except (ValueError, TypeError, RuntimeError, IndexError) as exc:
+        raise config_error(exc, cfg, "running training batch 0 through the model", ["model", "data"]) from exc
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+        restore_rng_state(rng)
+
+
+def _any_rank(flag: bool, dist: DistInfo) -> bool:
+    """True if ``flag`` is set on any rank (an all-reduce under torchrun)."""
+    if dist.world_size <= 1 or not tdist.is_initialized():
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int64, device=_collective_device(dist))
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def _agree_on_signal(signum: int | None, dist: DistInfo) -> int | None:
