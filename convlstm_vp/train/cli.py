@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,6 +56,8 @@ def run_training(
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(3) from None
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports
+        return metrics
     print(f"run folder: {run_dir}")
     print("final evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     return metrics

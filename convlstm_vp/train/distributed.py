@@ -3,7 +3,13 @@
 ``torchrun --nproc_per_node N scripts/train_moving_mnist.py ...`` sets RANK, WORLD_SIZE,
 LOCAL_RANK and MASTER_ADDR/PORT; :func:`init_distributed` then joins the process group (gloo on
 CPU, nccl on CUDA). Only rank 0 writes logs and checkpoints; every rank draws its own batches
-(:func:`shard_indices` is a DistributedSampler shard for dataset tasks).
+(:func:`dataset_batch_indices` gives dataset tasks the batches of a DistributedSampler shard).
+
+What :func:`convlstm_vp.train.fit` adds on top: every rank starts from the same weights and has
+its own RNG stream (dropout, scheduled sampling); ``last.pt`` holds the RNG states of all ranks,
+so a resumed multi-process run is bit-exact too; the ranks agree (all-reduce) on skipping a
+non-finite step and on stopping after a signal; at the end each rank hashes its weights and
+``metrics.json`` lists the hashes (``weights_sha256``), which must be equal.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from .checkpoint import (
     remove_stale_temporaries,
     restore_rng_state,
     save_checkpoint,
+    weights_digest,
 )
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, unwrap
 from .tb import TBLogger
@@ -201,6 +202,8 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
             except (ValueError, TypeError) as exc:
                 raise config_error(exc, cfg, "building the model", ["model"]) from exc
             _check_model_accepts_batches(task, model, cfg, dist)
+            if dist.rank:  # same initial weights everywhere, then one dropout/sampling stream per rank
+                _seed_everything(_rank_seed(seed, dist.rank))
             optimizer = build_optimizer(model, tc)
             scheduler = build_scheduler(optimizer, tc)
             use_cuda_amp = device.type == "cuda" and tc["precision"] == "fp16"
@@ -215,7 +218,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 ck = load_checkpoint(last_path)
                 _restore_training_state(last_path, ck, model, optimizer, scheduler, scaler, tc)
                 start_step, best_score, skipped = int(ck["step"]), ck.get("best_score"), int(ck.get("skipped", 0))
-                restore_rng_state(ck["rng"])
+                _restore_rank_rng(ck, dist, seed, last_path)
                 del ck
             if dist.world_size > 1:
                 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -228,22 +231,25 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
             logger = TBLogger(run_dir, enabled=is_main, purge_step=start_step if resume else None)
 
-            def checkpoint(path: Path, step: int) -> None:
+            def checkpoint(path: Path, step: int, all_ranks: bool = True) -> None:
+                """Rank 0 writes ``path``; with ``all_ranks`` (every rank calls) it holds every rank's RNG."""
+                rng_ranks = _gather_rng_states(dist) if all_ranks else None
                 if not is_main:
                     return
-                save_checkpoint(
-                    path,
-                    {
-                        "model": unwrap(model).state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "step": step,
-                        "best_score": best_score,
-                        "skipped": skipped,
-                        "config": cfg,
-                    },
-                )
+                payload = {
+                    "model": unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "step": step,
+                    "best_score": best_score,
+                    "skipped": skipped,
+                    "config": cfg,
+                    "world_size": dist.world_size,
+                }
+                if rng_ranks is not None:
+                    payload["rng"], payload["rng_ranks"] = rng_ranks[0], rng_ranks
+                save_checkpoint(path, payload)
 
             def stop_here(step: int) -> None:
                 """Save ``last.pt`` at ``step`` and exit if a rank received SIGINT/SIGTERM."""
@@ -336,7 +342,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                         logger.scalars(metrics, done, prefix="eval/")
                         if task.best_metric in metrics and better(metrics[task.best_metric]):
                             best_score = metrics[task.best_metric]
-                            checkpoint(best_path, done)
+                            checkpoint(best_path, done, all_ranks=False)
                         if bar is not None:
                             bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
                     barrier(dist)
@@ -349,12 +355,17 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
             if is_main and not metrics:  # resumed from the final checkpoint: evaluate it again
                 metrics = task.evaluate(unwrap(model), logger, steps)
             logger.flush()
+            digests = _gather_objects(weights_digest(unwrap(model).state_dict()), dist)
             if is_main:
                 result = dict(metrics)
                 result["step"] = steps
                 result["skipped_steps"] = skipped
                 result["train_seconds"] = round(time.time() - t0, 1)
+                result["world_size"] = dist.world_size
+                result["weights_sha256"] = digests  # one per rank; DDP keeps them equal
                 atomic_write_bytes(run_dir / "metrics.json", json.dumps(result, indent=2).encode())
+            if len(set(digests)) > 1:
+                raise RuntimeError(f"the ranks ended with different weights (SHA-256 per rank: {digests})")
             return metrics
         finally:
             if logger is not None:
@@ -388,6 +399,52 @@ def _check_model_accepts_batches(task: Task, model: nn.Module, cfg: dict, dist: 
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])
         restore_rng_state(rng)
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s RNG stream (rank 0 keeps ``seed``)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0] % 2**63)
+
+
+def _gather_objects(obj: Any, dist: DistInfo) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` (``[obj]`` in a single process)."""
+    if dist.world_size <= 1 or not tdist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.world_size
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def _gather_rng_states(dist: DistInfo) -> list[dict] | None:
+    """Every rank's RNG states, gathered on all ranks (None in a single process)."""
+    if dist.world_size <= 1:
+        return None
+    return _gather_objects(capture_rng_state(), dist)
+
+
+def _restore_rank_rng(ck: dict, dist: DistInfo, seed: int, path: Path) -> None:
+    """Restore this rank's RNG states from checkpoint ``ck``.
+
+    A checkpoint written with the same number of processes holds every rank's states, so the
+    resumed run is exact. Otherwise rank 0 gets the saved states, the other ranks fresh streams
+    (the run goes on correctly but is not bit-identical to an uninterrupted one).
+    """
+    states = ck.get("rng_ranks")
+    if states is not None and len(states) == dist.world_size:
+        restore_rng_state(states[dist.rank])
+        return
+    restore_rng_state(ck["rng"])
+    saved_world = int(ck.get("world_size", 1))
+    if dist.rank:
+        _seed_everything(_rank_seed(seed + int(ck["step"]), dist.rank))
+    if saved_world != dist.world_size and dist.rank == 0:
+        print(
+            f"note: {path} was written by {saved_world} process(es), this run has {dist.world_size}; "
+            f"training continues, but not bit-identically to an uninterrupted run",
+            file=sys.stderr,
+        )
 
 
 def _any_rank(flag: bool, dist: DistInfo) -> bool:
