@@ -161,3 +161,20 @@ def test_sensor_script_rejects_a_temporal_kernel_longer_than_the_window(tmp_path
 
     err = _run_cli(tmp_path, capsys, DEFAULTS, SensorTask, "deepconvlstm-tiny.yaml", "model.conv_kernel=60")
     assert "T >= 119" in err and "got shape (8, 100, 6)" in err
+
+
+def test_dtype_mismatch_is_a_type_error_naming_both_dtypes() -> None:
+    layer = ConvLSTM(2, 3, 3, spatial_dims=2)
+    x = torch.randn(2, 4, 2, 5, 5)
+    with pytest.raises(TypeError, match=r"input x has dtype torch.float64 but the parameters have dtype torch.float32"):
+        layer(x.double())
+    h0 = torch.zeros(1, 2, 3, 5, 5, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"state h_0 of layer 0 direction 0 has dtype torch.float64"):
+        layer(x, (h0, h0.float()))
+    cell = ConvLSTMCell(2, 3, 3, spatial_dims=2).double()
+    with pytest.raises(TypeError, match=r"ConvLSTMCell: input x has dtype torch.float32"):
+        cell(x[:, 0])
+    assert cell(x[:, 0].double())[0].dtype == torch.float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision is the exception
+        out, _ = layer(x.bfloat16())
+    assert out.shape == (2, 4, 3, 5, 5)

@@ -30,6 +30,7 @@ from .functional import (
     Initializer,
     PaddingArg,
     activation_name,
+    check_dtype_device,
     check_finite,
     conv_nd,
     conv_output_size,
@@ -398,6 +399,10 @@ class ConvLSTMCell(LayerControls, nn.Module):
             )
         if not x.is_floating_point():
             raise TypeError(f"ConvLSTMCell expects a floating-point input, got dtype {x.dtype}")
+        check_dtype_device(x, self.weight_ih, "input x", "ConvLSTMCell")
+        if state is not None:
+            check_dtype_device(state[0], self.weight_hh, "state h", "ConvLSTMCell")
+            check_dtype_device(state[1], self.weight_hh, "state c", "ConvLSTMCell")
         if self.check_finite:
             owner = f"ConvLSTMCell(spatial_dims={n}) (check_finite=True)"
             check_finite(x, "input x", owner)

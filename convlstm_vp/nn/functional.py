@@ -208,3 +208,15 @@ def check_finite(x: Tensor, what: str, owner: str) -> None:
                 f"{owner}: {what} of shape {tuple(x.shape)} holds {n_nan} NaN and {n_inf} Inf values; "
                 f"clean the data (or pass check_finite=False to skip this check)"
             )
+
+
+def check_dtype_device(x: Tensor, param: Tensor, what: str, owner: str) -> None:
+    """``TypeError`` if ``x``'s dtype differs from the parameters' (outside ``torch.autocast``),
+    ``ValueError`` if it is on another device: clear messages instead of torch's kernel errors."""
+    if x.device != param.device:
+        raise ValueError(f"{owner}: {what} is on {x.device} but the parameters are on {param.device}; move one of them")
+    if x.dtype != param.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"{owner}: {what} has dtype {x.dtype} but the parameters have dtype {param.dtype}; convert the "
+            f"input (x.to({param.dtype})) or the module (.to({x.dtype})), or run under torch.autocast"
+        )

@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .cell import ConvLSTMCell
 from .controls import LayerControls
-from .functional import check_finite
+from .functional import check_dtype_device, check_finite
 from .layout import (
     check_data_format,
     describe_sequence,
@@ -284,6 +284,7 @@ class ConvLSTM(LayerControls, nn.Module):
             )
         if x.shape[1] == 0:
             raise ValueError(f"{self._layout_msg()} got an empty sequence (T=0)")
+        check_dtype_device(x, self.cells[0].weight_ih, "input x", self._layout_msg())
         return x, unbatched
 
     def output_spatial_sizes(self, spatial: Sequence[int]) -> list[tuple[int, ...]]:
@@ -395,6 +396,8 @@ class ConvLSTM(LayerControls, nn.Module):
             for d in range(self.num_directions):
                 k = l * self.num_directions + d
                 h, c = h_list[k], c_list[k]
+                check_dtype_device(h, cell.weight_hh, f"state h_0 of layer {l} direction {d}", self._layout_msg())
+                check_dtype_device(c, cell.weight_hh, f"state c_0 of layer {l} direction {d}", self._layout_msg())
                 want_h = (x.shape[0], cell.out_channels, *spatial)
                 want_c = (x.shape[0], cell.hidden_channels, *spatial)
                 if tuple(h.shape) != want_h or tuple(c.shape) != want_c:
