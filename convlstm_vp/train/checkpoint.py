@@ -2,8 +2,14 @@
 
 A checkpoint is a plain dict of tensors and Python primitives, written with ``torch.save`` to a
 temporary file in the same folder, flushed and fsync'ed, then renamed over the old file (an
-atomic replace on POSIX). Loading uses ``torch.load(weights_only=True)``, which never executes
-code from the file.
+atomic replace on POSIX), so a crash or a failed write leaves the previous file as it was.
+Loading uses ``torch.load(weights_only=True)``, which never executes code from the file; a
+truncated, corrupted or foreign file is a :class:`CheckpointError` that names it.
+
+Keys written by :func:`convlstm_vp.train.fit`: ``format``, ``model``, ``optimizer``,
+``scheduler``, ``scaler``, ``step``, ``best_score``, ``skipped``, ``config``, ``world_size``,
+``rng`` (rank 0's torch/CUDA/numpy/python RNG states) and, under torchrun, ``rng_ranks`` (every
+rank's).
 """
 
 from __future__ import annotations

@@ -9,7 +9,15 @@ Exact resume: batch ``k`` is a pure function of ``(seed, k, rank)`` (the task bu
 generator seeded with those numbers), and every other random draw (dropout, scheduled
 sampling) comes from the torch/numpy/python RNGs whose states are in the checkpoint. So a run
 killed at any moment and resumed from its last checkpoint ends with the same weights as an
-uninterrupted run (bit-exact on CPU with the same thread count).
+uninterrupted run (bit-exact on CPU with the same thread count). Under ``torchrun`` each rank has
+its own RNG stream and ``last.pt`` holds all of them.
+
+Fail fast: before training, the model is built and training batch 0 runs through it once (eval
+mode, no gradients, RNG and buffers restored), so a config whose model does not fit the data is a
+:class:`~convlstm_vp.train.config.ConfigError` naming the key or shape, before anything is
+written. A NaN/Inf loss, gradient or input (:class:`~convlstm_vp.nn.NonFiniteInputError`) stops
+the run with :class:`NonFiniteLossError` (``train.nan_policy=stop``; ``last.pt`` keeps the last
+good state) or skips the step (``skip``).
 """
 
 from __future__ import annotations
@@ -196,7 +204,8 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
             seed = int(cfg.get("seed", 0))
             _seed_everything(seed)
             device = _device(tc, dist)
-
+            if tc["precision"] == "fp16" and device.type != "cuda":
+                raise ConfigError("config key 'train.precision': fp16 needs a CUDA device; use bf16 on CPU")
             try:
                 model = task.build_model().to(device)
             except (ValueError, TypeError) as exc:
@@ -207,8 +216,6 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
             optimizer = build_optimizer(model, tc)
             scheduler = build_scheduler(optimizer, tc)
             use_cuda_amp = device.type == "cuda" and tc["precision"] == "fp16"
-            if tc["precision"] == "fp16" and device.type != "cuda":
-                raise ConfigError("config key 'train.precision': fp16 needs a CUDA device; use bf16 on CPU")
             scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp)
 
             start_step, best_score, skipped = 0, None, 0
