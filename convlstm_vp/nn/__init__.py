@@ -3,6 +3,7 @@ and the layer training controls (regularizers, freezing, stored gradients, gradi
 
 from .cell import ConvLSTMCell
 from .controls import L1, L2, L1L2, LayerControls, Regularizer, regularization_loss, scale_gradient
+from .fast import compile_cells, lstm_gates
 from .functional import NonFiniteInputError
 from .layer import ConvLSTM
 
@@ -17,4 +18,6 @@ __all__ = [
     "L1L2",
     "regularization_loss",
     "scale_gradient",
+    "compile_cells",
+    "lstm_gates",
 ]

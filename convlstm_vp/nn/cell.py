@@ -20,6 +20,7 @@ convolution (stride 1, "same"), and ``∘`` the Hadamard product::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,7 @@ from .functional import (
     resolve_pads,
 )
 from .controls import LayerControls, RegularizerArg, get_regularizer
+from .fast import CompiledStep, MemoryFormatArg, lstm_gates, resolve_memory_format, to_memory_format
 from .layout import describe_frame
 
 State = tuple[Tensor, Tensor]
@@ -71,6 +73,18 @@ class ConvLSTMCell(LayerControls, nn.Module):
         recurrent_dropout: dropout on ``h_{t-1}`` before the state-to-state convolution;
             one mask per sequence, training mode only.
         proj_size: rank 0 only: project ``h`` to this size with ``weight_hr`` (as torch.nn.LSTM).
+        fused_gates: fast path for the sigmoid/tanh gates without peepholes
+            (:func:`convlstm_vp.nn.fast.lstm_gates`): fewer operations, in place without
+            autograd, and the state arithmetic in float32 when the gates come from a low
+            precision (autocast) convolution while ``c`` is float32. False runs the plain
+            equations below one operation at a time.
+        fused_conv: when the cell is stepped with a raw input (:meth:`step`, the layer's
+            ``batch_input_conv=False``, the encoder-forecaster's forecaster), compute both
+            convolutions as one convolution over the concatenated ``[x, h]`` with the
+            concatenated weights (needs stride 1, dilation 1, "same" padding and equal input and
+            recurrent kernels; otherwise two convolutions). Same result, one larger product.
+        memory_format: ``"channels_last"`` (rank 2 or 3) runs the convolutions on NHWC/NDHWC
+            strided tensors; outputs have the same shapes, only their strides differ.
         kernel_initializer, recurrent_initializer, bias_initializer, peephole_initializer:
             names (``glorot_uniform``, ``orthogonal``, ``zeros``, ``lstm_uniform``, ...) or
             callables that fill a tensor in place.
@@ -119,6 +133,9 @@ class ConvLSTMCell(LayerControls, nn.Module):
         recurrent_dropout: float = 0.0,
         proj_size: int = 0,
         data_format: str = "channels_first",
+        fused_gates: bool = True,
+        fused_conv: bool = True,
+        memory_format: MemoryFormatArg = None,
         kernel_initializer: Initializer = "glorot_uniform",
         recurrent_initializer: Initializer = "orthogonal",
         bias_initializer: Initializer = "zeros",
@@ -164,6 +181,32 @@ class ConvLSTMCell(LayerControls, nn.Module):
         self.recurrent_kernel_size = expand(rk, n, "recurrent_kernel_size") if n else ()
         # state-to-state: stride 1, dilation 1, "same" (the pads do not depend on the frame size)
         self._hh_pads = tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in self.recurrent_kernel_size)
+        # per-step convolution arguments resolved once: no padding arithmetic inside the time loop
+        self._hh_padding = (
+            tuple(lo for lo, _ in self._hh_pads) if all(lo == hi for lo, hi in self._hh_pads) else None
+        )
+        self._ih_pads_cache: dict[tuple[int, ...], tuple[tuple[int, int], ...]] = {}
+        self.fused_gates = bool(fused_gates)
+        self.fused_conv = bool(fused_conv)
+        self.memory_format = memory_format
+        self._memory_format = resolve_memory_format(memory_format, n)
+        self._compile_kwargs: dict[str, Any] | None = None
+        self._compiled_fns: dict[str, CompiledStep] | None = None
+        self._conv_fn = (None, F.conv1d, F.conv2d, F.conv3d)[n]
+        self._standard_gates = (
+            activation_name(activation) == "tanh"
+            and activation_name(recurrent_activation) == "sigmoid"
+            and (output_activation is None or activation_name(output_activation) == "tanh")
+            and not peephole
+        )
+        # one convolution over [x, h]: both convolutions must see the same frame with the same pads
+        self._concat_ok = n == 0 or (
+            all(v == 1 for v in self.stride)
+            and all(v == 1 for v in self.dilation)
+            and self.kernel_size == self.recurrent_kernel_size
+            and self._hh_padding is not None
+            and self.padding in ("same", self._hh_pads)
+        )
         self.use_bias = bias
         self.activation = activation
         self.recurrent_activation = recurrent_activation
@@ -288,7 +331,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
         """Zero state ``(h, c)`` for ``batch`` sequences, internal channels-first layout."""
         h = torch.zeros(batch, self.out_channels, *spatial_out, device=device, dtype=dtype)
         c = torch.zeros(batch, self.hidden_channels, *spatial_out, device=device, dtype=dtype)
-        return h, c
+        return to_memory_format(h, self._memory_format), to_memory_format(c, self._memory_format)
 
     # ------------------------------------------------------------------ dropout masks
     def reset_dropout_masks(self) -> None:
@@ -302,6 +345,33 @@ class ConvLSTMCell(LayerControls, nn.Module):
         return F.dropout(torch.ones_like(like), p, training=True)
 
     # ------------------------------------------------------------------ computation
+    def _ih_pads(self, spatial: Sequence[int]) -> tuple[tuple[int, int], ...]:
+        """Input-convolution pads for a frame of size ``spatial``, resolved once per size."""
+        key = tuple(spatial)
+        pads = self._ih_pads_cache.get(key)
+        if pads is None:
+            pads = resolve_pads(self.padding, key, self.kernel_size, self.stride, self.dilation)
+            self._ih_pads_cache[key] = pads
+        return pads
+
+    def _bias(self) -> Tensor | None:
+        return None if self.bias_ih is None else self.bias_ih + self.bias_hh
+
+    def _input_conv(self, x: Tensor, bias: Tensor | None) -> Tensor:
+        """Input-to-state term of a batch of frames ``(N, C, *spatial)``: ``(N, 4H, *spatial_out)``."""
+        if self.spatial_dims == 0:
+            return F.linear(x, self.weight_ih, bias)
+        x = to_memory_format(x, self._memory_format)
+        return conv_nd(x, self.weight_ih, bias, self._ih_pads(x.shape[2:]), self.stride, self.dilation)
+
+    def _hh_conv(self, h: Tensor) -> Tensor:
+        """State-to-state term (stride 1, "same"), no bias."""
+        if self.spatial_dims == 0:
+            return F.linear(h, self.weight_hh)
+        if self._hh_padding is not None:
+            return self._conv_fn(h, self.weight_hh, None, 1, self._hh_padding)
+        return conv_nd(h, self.weight_hh, None, self._hh_pads)
+
     def input_transform(self, x: Tensor) -> Tensor:
         """Input-to-state convolution of a whole sequence at once, biases included.
 
@@ -314,41 +384,131 @@ class ConvLSTMCell(LayerControls, nn.Module):
         if self.training and self.dropout > 0:
             self._input_mask = self._mask(self._input_mask, x[:, 0], self.dropout)
             x = x * self._input_mask.unsqueeze(1)
-        bias = None
-        if self.bias_ih is not None:
-            bias = self.bias_ih + self.bias_hh
-        flat = x.reshape(b * t, *x.shape[2:])
-        if self.spatial_dims == 0:
-            out = F.linear(flat, self.weight_ih, bias)
-        else:
-            pads = resolve_pads(self.padding, x.shape[3:], self.kernel_size, self.stride, self.dilation)
-            out = conv_nd(flat, self.weight_ih, bias, pads, self.stride, self.dilation)
+        out = self._input_conv(x.reshape(b * t, *x.shape[2:]), self._bias())
         return out.reshape(b, t, *out.shape[1:])
+
+    def _recurrent_dropout(self, h: Tensor) -> Tensor:
+        if self.training and self.recurrent_dropout > 0:
+            self._recurrent_mask = self._mask(self._recurrent_mask, h, self.recurrent_dropout)
+            h = h * self._recurrent_mask
+        return h
 
     def recurrent_step(self, xg: Tensor, state: State) -> State:
         """One step given the precomputed input term ``xg`` ``(B, 4H, *spatial_out)``."""
         h, c = state
-        if self.training and self.recurrent_dropout > 0:
-            self._recurrent_mask = self._mask(self._recurrent_mask, h, self.recurrent_dropout)
-            h = h * self._recurrent_mask
-        if self.spatial_dims == 0:
-            gates = torch.addmm(xg, h, self.weight_hh.t()) if xg.dim() == 2 else xg + F.linear(h, self.weight_hh)
+        return self._run("recurrent", xg, self._recurrent_dropout(h), c)
+
+    def step(self, x: Tensor, state: State) -> State:
+        """One step from the raw input, internal layout, no shape checks (for model loops).
+
+        Args:
+            x: ``(B, C, *spatial)`` channels-first frame.
+            state: ``(h, c)`` each ``(B, H, *spatial_out)`` (e.g. from :meth:`initial_state`).
+        Returns:
+            ``(h, c)``. With ``fused_conv`` and a "same"/stride-1 cell the two convolutions run as
+            one over ``[x, h]``; the input dropout mask is the one :meth:`input_transform` uses.
+        """
+        h, c = state
+        if self.training and self.dropout > 0:
+            self._input_mask = self._mask(self._input_mask, x, self.dropout)
+            x = x * self._input_mask
+        return self._run("step", x, self._recurrent_dropout(h), c)
+
+    def first_step(self, a: Tensor, c: Tensor, batched: bool) -> State:
+        """The step from a zero ``h``: no state-to-state convolution (its result is zero).
+
+        ``a`` is the precomputed input term ``xg`` (``batched=True``) or the raw frame ``x``.
+        ``c`` is the initial cell state (zeros from :meth:`initial_state`).
+        """
+        if not batched and self.training and self.dropout > 0:
+            self._input_mask = self._mask(self._input_mask, a, self.dropout)
+            a = a * self._input_mask
+        return self._run("first_recurrent" if batched else "first_step", a, None, c)
+
+    _CORES = {
+        "recurrent": "_recurrent_core",
+        "step": "_step_core",
+        "first_recurrent": "_first_recurrent_core",
+        "first_step": "_first_step_core",
+    }
+
+    def _run(self, which: str, a: Tensor, h: Tensor | None, c: Tensor) -> State:
+        if self._compile_kwargs is None:
+            return getattr(self, self._CORES[which])(a, h, c)
+        if self._compiled_fns is None:
+            what = f"ConvLSTMCell(spatial_dims={self.spatial_dims})"
+            self._compiled_fns = {
+                k: CompiledStep(getattr(self, name), f"{what} {k.replace('_', ' ')}", **self._compile_kwargs)
+                for k, name in self._CORES.items()
+            }
+        return self._compiled_fns[which](a, h, c)
+
+    def _first_recurrent_core(self, xg: Tensor, h: None, c: Tensor) -> State:
+        return self._update(xg, c)
+
+    def _first_step_core(self, x: Tensor, h: None, c: Tensor) -> State:
+        return self._update(self._input_conv(x, self._bias()), c)
+
+    def _recurrent_core(self, xg: Tensor, h: Tensor, c: Tensor) -> State:
+        if self.spatial_dims == 0 and xg.dim() == 2:
+            gates = torch.addmm(xg, h, self.weight_hh.t())
         else:
-            gates = xg + conv_nd(h, self.weight_hh, None, self._hh_pads)
-        i, f, g, o = gates.chunk(4, dim=1)
-        if self.peephole:
-            i = i + self.weight_ci * c
-            f = f + self.weight_cf * c
-        i = self._rec_act(i)
-        f = self._rec_act(f)
-        g = self._act(g)
-        c = f * c + i * g
-        if self.peephole:
-            o = o + self.weight_co * c
-        h = self._rec_act(o) * self._out_act(c)
+            gates = xg + self._hh_conv(h)
+        return self._update(gates, c)
+
+    def _step_core(self, x: Tensor, h: Tensor, c: Tensor) -> State:
+        bias = self._bias()
+        if self.fused_conv and self._concat_ok:
+            w = torch.cat([self.weight_ih, self.weight_hh], dim=1)
+            xh = torch.cat([x, h], dim=1)
+            if self.spatial_dims == 0:
+                gates = F.linear(xh, w, bias)
+            else:
+                xh = to_memory_format(xh, self._memory_format)
+                gates = self._conv_fn(xh, w, bias, 1, self._hh_padding)
+        else:
+            gates = self._input_conv(x, bias) + self._hh_conv(h)
+        return self._update(gates, c)
+
+    def _update(self, gates: Tensor, c: Tensor) -> State:
+        """Gate arithmetic: ``(h_t, c_t)`` from the pre-activations and ``c_{t-1}``."""
+        if self.fused_gates and self._standard_gates:
+            h, c = lstm_gates(gates, c)
+        else:
+            i, f, g, o = gates.chunk(4, dim=1)
+            if self.peephole:
+                i = i + self.weight_ci * c
+                f = f + self.weight_cf * c
+            i = self._rec_act(i)
+            f = self._rec_act(f)
+            g = self._act(g)
+            c = f * c + i * g
+            if self.peephole:
+                o = o + self.weight_co * c
+            h = self._rec_act(o) * self._out_act(c)
         if self.proj_size:
             h = F.linear(h, self.weight_hr)
         return h, c
+
+    # ------------------------------------------------------------------ torch.compile
+    def set_compile(self, enabled: bool = True, **compile_kwargs: Any) -> None:
+        """Run the per-step computation through ``torch.compile`` (``compile_kwargs`` go to it).
+
+        The first step compiles; where compiling fails (e.g. no C++ compiler for the CPU
+        backend) a ``RuntimeWarning`` says why and the cell runs eagerly.
+        """
+        self._compile_kwargs = dict(compile_kwargs) if enabled else None
+        self._compiled_fns = None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether :meth:`set_compile` switched compilation on."""
+        return self._compile_kwargs is not None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state["_compiled_fns"] = None  # compiled code is rebuilt on first use, never copied
+        return state
 
     def forward(self, x: Tensor, state: State | None = None) -> State:
         """One time step.
@@ -429,8 +589,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
                     f"c {user(want_c)} (data_format={self.data_format!r}), got "
                     f"{user(tuple(hc[0].shape))} and {user(tuple(hc[1].shape))}"
                 )
-        xg = self.input_transform(x.unsqueeze(1))[:, 0]
-        h, c = self.recurrent_step(xg, hc)
+        h, c = self.step(x, hc)
         h = frame_from_internal(h, n, self.data_format)
         c = frame_from_internal(c, n, self.data_format)
         if unbatched:

@@ -69,6 +69,17 @@ class ConvLSTM(LayerControls, nn.Module):
         go_backwards: process the sequence backwards and return the reversed sequence (Keras).
         fused: at rank 0, run layers whose cells compute plain LSTM equations with the fused
             ``torch.lstm`` kernel (oneDNN / cuDNN). Numerically equal to the step loop.
+        batch_input_conv: True computes the input-to-state convolution of all ``T`` steps as
+            one batched call before the time loop (one large product instead of ``T`` small
+            ones); False steps each frame on its own, with one convolution over the
+            concatenated ``[x, h]`` per step where the cell allows it (``fused_conv``).
+            "auto" (default) batches (measured faster at every configuration of
+            ``scripts/benchmark.py``). Same results either way.
+        skip_zero_state: without a given state the first step starts from ``h_0 = 0``, so its
+            state-to-state convolution is skipped (its result is zero). False computes it.
+        compile: run every cell's per-step computation through ``torch.compile``
+            (:func:`convlstm_vp.nn.compile_cells`); the first call compiles. Where compiling
+            is impossible a ``RuntimeWarning`` says why and the layer runs eagerly.
         name: optional layer name, shown in ``repr``; :meth:`tag` builds TensorBoard tags
             from it (``layer.tag("grad_norm")`` → ``"encoder/grad_norm"``).
         trainable: False creates the layer frozen; :meth:`freeze` / :meth:`unfreeze` (or
@@ -128,6 +139,9 @@ class ConvLSTM(LayerControls, nn.Module):
         dilation: Any = 1,
         recurrent_kernel_size: Any = None,
         fused: bool = True,
+        batch_input_conv: bool | str = "auto",
+        skip_zero_state: bool = True,
+        compile: bool = False,
         name: str | None = None,
         trainable: bool = True,
         store_gradients: bool = False,
@@ -166,6 +180,10 @@ class ConvLSTM(LayerControls, nn.Module):
         self.stateful = stateful
         self.go_backwards = go_backwards
         self.fused = fused
+        if batch_input_conv not in (True, False, "auto"):
+            raise ValueError(f"batch_input_conv: expected True, False or 'auto', got {batch_input_conv!r}")
+        self.batch_input_conv = batch_input_conv
+        self.skip_zero_state = skip_zero_state
         self.check_finite = check_finite
         hidden = _per_layer(hidden_channels, num_layers, "hidden_channels")
         kernels = _per_layer(kernel_size, num_layers, "kernel_size")
@@ -196,6 +214,9 @@ class ConvLSTM(LayerControls, nn.Module):
                 )
             layer_in = (proj_size or hidden[l]) * self.num_directions
         self.cells = nn.ModuleList(cells)
+        if compile:
+            for cell in self.cells:
+                cell.set_compile(True)
         self.out_channels = layer_in
         self._state: tuple[Any, Any] | None = None
         self._init_controls(name=name, trainable=trainable, store_gradients=store_gradients, grad_scale=grad_scale)
@@ -447,7 +468,11 @@ class ConvLSTM(LayerControls, nn.Module):
         for l in range(self.num_layers):
             cells = self.cells[l * self.num_directions : (l + 1) * self.num_directions]
             layer_init = init[l * self.num_directions : (l + 1) * self.num_directions]
-            out, h_l, c_l = self._run_layer(cells, layer_input, layer_init, lengths)
+            # only the last step of the top layer is needed: skip collecting the sequence
+            last_only = (
+                l == self.num_layers - 1 and not self.return_sequences and not self.return_all_layers and lengths is None
+            )
+            out, h_l, c_l = self._run_layer(cells, layer_input, layer_init, lengths, last_only)
             hs += h_l
             cs += c_l
             layer_outputs.append(out)
@@ -510,45 +535,72 @@ class ConvLSTM(LayerControls, nn.Module):
         x: Tensor,
         init: Sequence[tuple[Tensor, Tensor] | None],
         lengths: Tensor | None,
+        last_only: bool = False,
     ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        """Run the directions of one layer over ``x`` ``(B, T, C, *spatial)``."""
+        """Run the directions of one layer over ``x`` ``(B, T, C, *spatial)``.
+
+        ``last_only`` (no lengths): the output holds one step, each direction's final ``h``.
+        """
         if self.fused and all(c.is_plain_lstm() for c in cells):
             return self._run_fused(cells, x, init, lengths)
         outs, hs, cs = [], [], []
         for d, cell in enumerate(cells):
             seq = x if d == 0 else reverse_padded(x, lengths)
-            out, (h, c) = self._run_cell(cell, seq, init[d], lengths)
+            out, (h, c) = self._run_cell(cell, seq, init[d], lengths, last_only)
             outs.append(out if d == 0 else reverse_padded(out, lengths))
             hs.append(h)
             cs.append(c)
         return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), hs, cs
 
-    @staticmethod
+    def _batches_input(self, cell: ConvLSTMCell, x: Tensor) -> bool:
+        """Whether to compute the input convolution of all steps in one call (``batch_input_conv``)."""
+        if self.batch_input_conv == "auto":
+            return True
+        return bool(self.batch_input_conv)
+
     def _run_cell(
-        cell: ConvLSTMCell, x: Tensor, state: tuple[Tensor, Tensor] | None, lengths: Tensor | None
+        self,
+        cell: ConvLSTMCell,
+        x: Tensor,
+        state: tuple[Tensor, Tensor] | None,
+        lengths: Tensor | None,
+        last_only: bool = False,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         cell.reset_dropout_masks()
-        xg = cell.input_transform(x)
-        b, t = xg.shape[:2]
+        b, t = x.shape[:2]
+        zero_state = state is None
         if state is None:
-            state = cell.initial_state(b, xg.shape[3:], xg.device, xg.dtype)
+            spatial = cell.output_spatial_size(x.shape[3:]) if cell.spatial_dims else ()
+            # the state keeps the input's dtype: float32 under autocast, so c accumulates in float32
+            state = cell.initial_state(b, spatial, x.device, x.dtype)
+        batched = self._batches_input(cell, x)
+        if batched:
+            inputs, step_fn = cell.input_transform(x).unbind(1), cell.recurrent_step
+        else:
+            inputs, step_fn = x.unbind(1), cell.step
         h, c = state
         outs = []
         valid = None
         if lengths is not None:
             view = (b,) + (1,) * (h.dim() - 1)
-            valid = (torch.arange(t, device=xg.device).unsqueeze(1) < lengths.to(xg.device).unsqueeze(0))
+            valid = (torch.arange(t, device=x.device).unsqueeze(1) < lengths.to(x.device).unsqueeze(0))
             valid = valid.reshape(t, *view)
         for step in range(t):
-            h_new, c_new = cell.recurrent_step(xg[:, step], (h, c))
+            if step == 0 and zero_state and self.skip_zero_state:
+                h_new, c_new = cell.first_step(inputs[0], c, batched)  # h_0 = 0: no recurrent conv
+            else:
+                h_new, c_new = step_fn(inputs[step], (h, c))
             if valid is None:
                 h, c = h_new, c_new
-                outs.append(h)
+                if not last_only:
+                    outs.append(h)
             else:
                 m = valid[step]
                 h = torch.where(m, h_new, h)
                 c = torch.where(m, c_new, c)
                 outs.append(h_new * m)
+        if last_only and valid is None:
+            return h.unsqueeze(1), (h, c)
         return torch.stack(outs, dim=1), (h, c)
 
     def _run_fused(
