@@ -162,8 +162,7 @@ class EncoderForecaster(nn.Module):
         for step in range(self.output_frames):
             inp = frame
             for layer, cell in enumerate(cells):
-                xg = cell.input_transform(inp.unsqueeze(1))[:, 0]
-                hs[layer], cs[layer] = cell.recurrent_step(xg, (hs[layer], cs[layer]))
+                hs[layer], cs[layer] = cell.step(inp, (hs[layer], cs[layer]))
                 inp = hs[layer]
             pred = self._out_act(self.head(torch.cat(hs, dim=1)))
             outputs.append(pred)
