@@ -1,0 +1,858 @@
+"""Benchmark the ConvLSTM layer and models against a classic reference, torch.nn.LSTM and Keras.
+
+For every configuration the script times, case by case and interleaved (round-robin, median
+over rounds, so a noisy shared machine slows every case alike):
+
+  forward            the model in eval mode under ``torch.no_grad()``;
+  forward+backward   a training step: forward in train mode, loss, backward.
+
+and reports sequences/s, achieved GFLOP/s (analytic convolution / matrix-product FLOPs, below),
+the fraction of this machine's own convolution peak (a large ``conv2d`` measured in the same
+run, per precision) and the peak memory of one training step.
+
+Configurations (``--configs``):
+  moving_mnist     the default Moving MNIST encoder-forecaster (hidden 64,64,64, kernel 3,
+                   patch 4 → 16x16x16 frames, 10+10 frames, batch 16);
+  patch            the 7x7 patch classifier (16 steps of 1x7x7 patches, hidden 32, batch 64);
+  deepconvlstm     the DeepConvLSTM recurrence (OPPORTUNITY paper shapes: 8 steps of
+                   64x113 = 7232 features, 2x128 LSTM, dropout 0.5, batch 100): the project's
+                   rank-0 layer against torch.nn.LSTM; plus the whole model;
+  layer            one ConvLSTM2D layer (B=8, T=20, 16x16x16 → 64, kernel 5), where Keras
+                   ConvLSTM2D (torch backend) is compared when keras is installed;
+  openstl          OpenSTL ConvLSTM-S shapes (4x128, kernel 5, 16x16x16, batch 16); CUDA only
+                   unless named.
+
+Cases: the project's model in fp32 and in bf16 autocast (fp16 autocast too on CUDA), with
+variants that switch single fast paths; "reference": a straightforward ConvLSTM written below
+(one convolution over the concatenated [x, h] per step, fp32, NCHW), the classic
+implementation; torch.nn.LSTM for rank 0; Keras ConvLSTM2D when importable.
+
+FLOPs (multiply-add = 2 FLOPs), counted analytically, elementwise gate arithmetic not counted:
+  convolution  2 · B · prod(spatial_out) · C_out · C_in · prod(kernel)
+  linear       2 · B · out_features · in_features
+  ConvLSTM step: the input-to-state convolution (C_in → 4H) plus the state-to-state one
+  (H → 4H) at every step (the step from a zero state counts too, whether or not an
+  implementation skips it); a training step counts 3x the forward FLOPs (forward, gradient of
+  the input, gradient of the weights). GFLOP/s = these FLOPs / measured time.
+
+Peak memory of one training step: CUDA: ``torch.cuda.max_memory_allocated`` minus the memory
+allocated before the step. CPU (``--memory subprocess``, the default): every case runs once in
+a fresh subprocess and reports its peak resident set (VmHWM, or ru_maxrss) during the first
+training step minus the resident set before it. ``--memory inprocess`` (the default with
+--quick) resets the peak counter (/proc/self/clear_refs) in this process instead: faster, but
+memory the allocator kept from earlier cases is not counted again, so it can read low.
+
+Floors (the ratios the project promises, median of per-round ratios of adjacent timings):
+  moving_mnist  training throughput, project bf16 (the default training precision) >= 1.7x the
+                reference (fp32);
+  deepconvlstm  the project's rank-0 layer's training-step time <= 1.2x torch.nn.LSTM's;
+  patch         training throughput, project bf16 >= 2x the reference (fp32).
+
+Example (the README's table):
+    nice -n -5 python scripts/benchmark.py --threads 1 --json benchmark.json
+    python scripts/benchmark.py --quick --json /tmp/bench.json      # a smoke test, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from convlstm_vp import ConvLSTM
+from convlstm_vp.models.deepconvlstm import DeepConvLSTM
+from convlstm_vp.models.encoder_forecaster import EncoderForecaster, patchify, unpatchify
+from convlstm_vp.models.patch_classifier import PatchSequenceClassifier
+
+CONFIGS = ("moving_mnist", "patch", "deepconvlstm", "layer", "openstl")
+
+
+# ============================================================================ reference model
+class ReferenceConvLSTMCell(nn.Module):
+    """The classic ConvLSTM cell: one convolution over the concatenated ``[x, h]`` per step."""
+
+    def __init__(self, in_channels: int, hidden: int, kernel: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.conv = nn.Conv2d(in_channels + hidden, 4 * hidden, kernel, padding=kernel // 2)
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        h, c = state
+        i, f, g, o = self.conv(torch.cat([x, h], dim=1)).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+
+class ReferenceStack(nn.Module):
+    """Stacked reference cells over ``(B, T, C, H, W)``; returns every step of the top layer."""
+
+    def __init__(self, in_channels: int, hidden: list[int], kernel: int) -> None:
+        super().__init__()
+        chans = [in_channels] + hidden[:-1]
+        self.cells = nn.ModuleList(ReferenceConvLSTMCell(c, h, kernel) for c, h in zip(chans, hidden))
+
+    def zero_state(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        b, _, _, hh, ww = x.shape
+        hs = [x.new_zeros(b, cell.hidden, hh, ww) for cell in self.cells]
+        return hs, [t.clone() for t in hs]
+
+    def run(self, x: Tensor, hs: list[Tensor], cs: list[Tensor]) -> Tensor:
+        outs = []
+        for t in range(x.shape[1]):
+            inp = x[:, t]
+            for layer, cell in enumerate(self.cells):
+                hs[layer], cs[layer] = cell(inp, (hs[layer], cs[layer]))
+                inp = hs[layer]
+            outs.append(inp)
+        return torch.stack(outs, dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hs, cs = self.zero_state(x)
+        return self.run(x, hs, cs)
+
+
+class ReferenceEncoderForecaster(nn.Module):
+    """The encoder-forecaster of ``convlstm_vp.models`` rebuilt from reference cells."""
+
+    def __init__(self, hidden: list[int], kernel: int, patch: int, output_frames: int) -> None:
+        super().__init__()
+        c = patch * patch
+        self.patch, self.output_frames = patch, output_frames
+        self.encoder = ReferenceStack(c, hidden, kernel)
+        self.forecaster = ReferenceStack(c, hidden, kernel)
+        self.head = nn.Conv2d(sum(hidden), c, 1)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        xp = patchify(frames, self.patch)
+        hs, cs = self.encoder.zero_state(xp)
+        self.encoder.run(xp, hs, cs)
+        frame, outs = xp[:, -1], []
+        for _ in range(self.output_frames):
+            inp = frame
+            for layer, cell in enumerate(self.forecaster.cells):
+                hs[layer], cs[layer] = cell(inp, (hs[layer], cs[layer]))
+                inp = hs[layer]
+            frame = torch.sigmoid(self.head(torch.cat(hs, dim=1)))
+            outs.append(frame)
+        return unpatchify(torch.stack(outs, dim=1), self.patch)
+
+
+class ReferencePatchClassifier(nn.Module):
+    """The patch classifier (flatten head) rebuilt from reference cells."""
+
+    def __init__(self, hidden: list[int], kernel: int, patch: int, classes: int = 10) -> None:
+        super().__init__()
+        self.stack = ReferenceStack(1, hidden, kernel)
+        self.fc = nn.Linear(hidden[-1] * patch * patch, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.stack(x)[:, -1].flatten(1))
+
+
+class LastStep(nn.Module):
+    """``torch.nn.LSTM`` returning its last output step, like ``ConvLSTM(return_sequences=False)``."""
+
+    def __init__(self, lstm: nn.LSTM) -> None:
+        super().__init__()
+        self.lstm = lstm
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lstm(x)[0][:, -1]
+
+
+class FirstOutput(nn.Module):
+    """A ConvLSTM layer that returns only its output (drops the state)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)[0]
+
+
+# ============================================================================ FLOPs
+def conv_flops(batch: int, spatial_out: int, c_in: int, c_out: int, kernel_elems: int) -> int:
+    return 2 * batch * spatial_out * c_out * c_in * kernel_elems
+
+
+def convlstm_flops(batch: int, steps: int, spatial: int, c_in: int, hidden: list[int], kernel_elems: int) -> int:
+    """Forward FLOPs of a ConvLSTM stack ("same" padding, stride 1) over ``steps`` steps."""
+    total, c = 0, c_in
+    for h in hidden:
+        total += steps * (conv_flops(batch, spatial, c, 4 * h, kernel_elems) + conv_flops(batch, spatial, h, 4 * h, kernel_elems))
+        c = h
+    return total
+
+
+def lstm_flops(batch: int, steps: int, features: int, hidden: int, layers: int) -> int:
+    total, f = 0, features
+    for _ in range(layers):
+        total += steps * 2 * batch * 4 * hidden * (f + hidden)
+        f = hidden
+    return total
+
+
+# ============================================================================ cases
+@dataclass
+class Case:
+    name: str
+    impl: str  # project | reference | torch.nn.LSTM | keras
+    precision: str  # fp32 | bf16 | fp16
+    build: Callable[[], nn.Module]
+    role: str = ""  # "project" / "reference" / "baseline": the rows that floors compare
+    note: str = ""
+    model: nn.Module | None = None
+    results: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    name: str
+    description: str
+    batch: int
+    make_inputs: Callable[[torch.device], tuple[Tensor, Tensor]]
+    loss: Callable[[Tensor, Tensor], Tensor]
+    flops_fwd: int
+    cases: list[Case]
+    shapes: dict[str, Any]
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _frame_loss(pred: Tensor, target: Tensor) -> Tensor:
+    return F.binary_cross_entropy(pred.float().clamp(1e-6, 1 - 1e-6), target)
+
+
+def _class_loss(logits: Tensor, target: Tensor) -> Tensor:
+    return F.cross_entropy(logits.float(), target)
+
+
+def _mse(pred: Tensor, target: Tensor) -> Tensor:
+    return F.mse_loss(pred.float(), target)
+
+
+def _precisions(device: torch.device) -> list[str]:
+    return ["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"]
+
+
+def _seeded(fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return fn()
+
+    return build
+
+
+def _defaults(module: str, fallback: dict) -> dict:
+    """A training task's DEFAULTS (model + batch size), or ``fallback`` when it cannot be imported."""
+    try:
+        mod = __import__(f"convlstm_vp.train.tasks.{module}", fromlist=["DEFAULTS"])
+        return mod.DEFAULTS
+    except Exception:
+        return fallback
+
+
+def _model_cases(device: torch.device, reference: Callable[[], nn.Module],
+                 project: Callable[..., Callable[[], nn.Module]], variants: bool = True) -> list[Case]:
+    """Reference fp32/bf16, the project in every precision and with single fast paths switched."""
+    cases = [Case("reference fp32", "reference", "fp32", reference, role="reference"),
+             Case("reference bf16", "reference", "bf16", reference)]
+    main = "bf16" if device.type == "cpu" else "fp16"  # the training default the floors compare
+    for prec in _precisions(device):
+        cases.append(Case(f"project {prec}", "project", prec, project(), role="project" if prec == main else ""))
+    if not variants:
+        return cases
+    for prec, what, kw in (
+        ("bf16", "per-step input conv", {"batch_input_conv": False}),
+        ("bf16", "channels_last", {"memory_format": "channels_last"}),
+        ("fp32", "channels_last", {"memory_format": "channels_last"}),
+        ("fp32", "fast paths off", {"fused_gates": False, "fused_conv": False, "skip_zero_state": False}),
+    ):
+        note = ", ".join(f"{k}={v!r}" for k, v in kw.items())
+        cases.append(Case(f"project {prec}, {what}", "project", prec, project(**kw), note=note))
+    return cases
+
+
+def _encoder_forecaster_config(name: str, description: str, device: torch.device, hidden: list[int], k: int, p: int,
+                               tin: int, tout: int, b: int, size: int, loss: Callable, variants: bool) -> Config:
+    s = (size // p) ** 2
+    flops = convlstm_flops(b, tin + tout, s, p * p, hidden, k * k) + tout * conv_flops(b, s, sum(hidden), p * p, 1)
+
+    def inputs(dev: torch.device) -> tuple[Tensor, Tensor]:
+        g = torch.Generator().manual_seed(1)
+        return torch.rand(b, tin, 1, size, size, generator=g).to(dev), torch.rand(b, tout, 1, size, size, generator=g).to(dev)
+
+    def project(**kw: Any) -> Callable[[], nn.Module]:
+        return _seeded(lambda: EncoderForecaster(1, hidden, k, patch_size=p, input_frames=tin, output_frames=tout, **kw))
+
+    cases = _model_cases(device, _seeded(lambda: ReferenceEncoderForecaster(hidden, k, p, tout)), project, variants)
+    return Config(name, description, b, inputs, loss, flops, cases,
+                  {"hidden": hidden, "kernel": k, "patch": p, "frames": f"{tin}+{tout}", "batch": b,
+                   "frame": f"{p * p}x{size // p}x{size // p}"})
+
+
+def moving_mnist_config(device: torch.device, quick: bool) -> Config:
+    d = _defaults("moving_mnist", {"model": {"hidden_channels": [64, 64, 64], "kernel_size": 3, "patch_size": 4,
+                                             "input_frames": 10, "output_frames": 10}, "train": {"batch_size": 16}})
+    m = d["model"]
+    hidden, k, p = list(m["hidden_channels"]), m["kernel_size"], m["patch_size"]
+    tin, tout, b, size = m["input_frames"], m["output_frames"], d["train"]["batch_size"], 64
+    if quick:
+        hidden, tin, tout, b, size = [8, 8], 3, 3, 2, 16
+    return _encoder_forecaster_config("moving_mnist", "Moving MNIST encoder-forecaster (default training config)", device,
+                                      hidden, k, p, tin, tout, b, size, _frame_loss, variants=True)
+
+
+def openstl_config(device: torch.device, quick: bool) -> Config:
+    hidden, k, p, tin, tout, b, size = [128] * 4, 5, 4, 10, 10, 16, 64
+    if quick:
+        hidden, tin, tout, b, size = [8, 8], 2, 2, 2, 16
+    return _encoder_forecaster_config("openstl", "OpenSTL ConvLSTM-S shapes (4x128, kernel 5)", device,
+                                      hidden, k, p, tin, tout, b, size, _mse, variants=False)
+
+
+def patch_config(device: torch.device, quick: bool) -> Config:
+    d = _defaults("patch_classifier", {"model": {"hidden_channels": [32], "kernel_size": 3, "head": "flatten"},
+                                       "train": {"batch_size": 64}})
+    m = d["model"]
+    hidden, k, head, b, p, t = list(m["hidden_channels"]), m["kernel_size"], m.get("head", "flatten"), d["train"]["batch_size"], 7, 16
+    if quick:
+        hidden, b, t = [8], 4, 4
+    flops = convlstm_flops(b, t, p * p, 1, hidden, k * k) + 2 * b * 10 * hidden[-1] * p * p
+
+    def inputs(dev: torch.device) -> tuple[Tensor, Tensor]:
+        g = torch.Generator().manual_seed(2)
+        return torch.rand(b, t, 1, p, p, generator=g).to(dev), torch.randint(0, 10, (b,), generator=g).to(dev)
+
+    def project(**kw: Any) -> Callable[[], nn.Module]:
+        return _seeded(lambda: PatchSequenceClassifier(1, hidden, k, num_classes=10, patch_size=p, head=head, **kw))
+
+    cases = _model_cases(device, _seeded(lambda: ReferencePatchClassifier(hidden, k, p)), project)
+    return Config("patch", "7x7 patch classifier (16 steps of 1x7x7 patches)", b, inputs, _class_loss, flops, cases,
+                  {"hidden": hidden, "kernel": k, "steps": t, "patch": f"1x{p}x{p}", "batch": b, "head": head})
+
+
+def deepconvlstm_config(device: torch.device, quick: bool) -> Config:
+    channels, filters, hidden, layers, b, steps, window = 113, 64, 128, 2, 100, 8, 24
+    if quick:
+        channels, filters, hidden, b, steps, window = 5, 4, 8, 4, 4, 20
+    features = filters * channels  # per_channel mode, as in the paper
+    flops = lstm_flops(b, steps, features, hidden, layers)
+
+    def inputs(dev: torch.device) -> tuple[Tensor, Tensor]:
+        g = torch.Generator().manual_seed(3)
+        return torch.randn(b, steps, features, generator=g).to(dev), torch.randn(b, hidden, generator=g).to(dev)
+
+    def torch_lstm() -> nn.Module:
+        return LastStep(nn.LSTM(features, hidden, layers, dropout=0.5, batch_first=True))
+
+    def project_layer() -> nn.Module:
+        return _rank0_layer(nn.LSTM(features, hidden, layers, dropout=0.5, batch_first=True))
+
+    cases = [Case("torch.nn.LSTM fp32", "torch.nn.LSTM", "fp32", _seeded(torch_lstm), role="baseline"),
+             Case("project rank-0 layer fp32", "project", "fp32", _seeded(project_layer), role="project")]
+    for prec in _precisions(device)[1:]:
+        cases.append(Case(f"torch.nn.LSTM {prec}", "torch.nn.LSTM", prec, _seeded(torch_lstm)))
+        cases.append(Case(f"project rank-0 layer {prec}", "project", prec, _seeded(project_layer)))
+    return Config("deepconvlstm", "DeepConvLSTM recurrence: rank-0 layer vs torch.nn.LSTM (OPPORTUNITY shapes)", b,
+                  inputs, _mse, flops, cases,
+                  {"features": features, "hidden": hidden, "layers": layers, "steps": steps, "batch": b, "dropout": 0.5})
+
+
+def _rank0_layer(lstm: nn.LSTM) -> nn.Module:
+    """The project's rank-0 ConvLSTM with ``lstm``'s weights, dropout 0.5 between layers, last step."""
+    layer = ConvLSTM(lstm.input_size, lstm.hidden_size, num_layers=lstm.num_layers, spatial_dims=0,
+                     dropout=lstm.dropout, return_sequences=False)
+    layer.load_torch_lstm_weights(lstm)
+    return FirstOutput(layer)
+
+
+def deepconvlstm_model_config(device: torch.device, quick: bool) -> Config:
+    channels, b, window = 113, 100, 24
+    if quick:
+        channels, b = 5, 4
+    kw = {"conv_mode": "per_channel"} if not quick else {"conv_mode": "per_channel", "conv_filters": 4, "lstm_hidden": 8}
+    filters, hidden = kw.get("conv_filters", 64), kw.get("lstm_hidden", 128)
+    steps = window - 4 * 4
+    conv = 0
+    t, c_in = window, 1
+    for _ in range(4):
+        t -= 4
+        conv += conv_flops(b, t * channels, c_in, filters, 5)
+        c_in = filters
+    flops = conv + lstm_flops(b, steps, filters * channels, hidden, 2) + 2 * b * 18 * hidden
+
+    def inputs(dev: torch.device) -> tuple[Tensor, Tensor]:
+        g = torch.Generator().manual_seed(4)
+        return torch.randn(b, window, channels, generator=g).to(dev), torch.randint(0, 18, (b,), generator=g).to(dev)
+
+    cases = [Case(f"project {p}", "project", p, _seeded(lambda: DeepConvLSTM(channels, 18, **kw))) for p in _precisions(device)]
+    return Config("deepconvlstm_model", "DeepConvLSTM, whole model (per_channel, rank 0, OPPORTUNITY shapes)", b, inputs,
+                  _class_loss, flops, cases, {"channels": channels, "window": window, "batch": b, **kw})
+
+
+def layer_config(device: torch.device, quick: bool) -> Config:
+    b, t, c, h, size, k = 8, 20, 16, 64, 16, 5
+    if quick:
+        b, t, c, h, size, k = 2, 3, 4, 8, 8, 3
+    flops = convlstm_flops(b, t, size * size, c, [h], k * k)
+
+    def inputs(dev: torch.device) -> tuple[Tensor, Tensor]:
+        g = torch.Generator().manual_seed(5)
+        return torch.randn(b, t, c, size, size, generator=g).to(dev), torch.randn(b, t, h, size, size, generator=g).to(dev)
+
+    project = _seeded(lambda: FirstOutput(ConvLSTM(c, h, k)))
+    cases = [Case("reference fp32", "reference", "fp32", _seeded(lambda: ReferenceStack(c, [h], k)), role="reference")]
+    for prec in _precisions(device):
+        cases.append(Case(f"project {prec}", "project", prec, project))
+    keras_case = _keras_case(c, h, k, t, size)
+    if keras_case is not None:
+        cases.append(keras_case)
+    return Config("layer", "one ConvLSTM2D layer (the issue's measurement shapes)", b, inputs, _mse, flops, cases,
+                  {"batch": b, "steps": t, "input": f"{c}x{size}x{size}", "hidden": h, "kernel": k})
+
+
+KERAS_STATUS: dict[str, str] = {}
+
+
+def _keras_case(c: int, h: int, k: int, t: int, size: int) -> Case | None:
+    """Keras 3 ConvLSTM2D on the torch backend, channels-first, when keras is importable."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    try:
+        import keras  # noqa: F401
+    except Exception as exc:  # not installed: optional
+        KERAS_STATUS["keras"] = f"skipped: keras not importable ({type(exc).__name__}: {exc})"
+        return None
+    if keras.backend.backend() != "torch":
+        KERAS_STATUS["keras"] = f"skipped: keras backend is {keras.backend.backend()!r}, not torch"
+        return None
+    KERAS_STATUS["keras"] = f"keras {keras.__version__}, torch backend"
+
+    class KerasLayer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = keras.layers.ConvLSTM2D(h, k, padding="same", return_sequences=True, data_format="channels_first")
+            self.layer.build((None, t, c, size, size))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.layer(x)
+
+    return Case("keras ConvLSTM2D fp32", "keras", "fp32", _seeded(KerasLayer))
+
+
+BUILDERS = {
+    "moving_mnist": moving_mnist_config,
+    "patch": patch_config,
+    "deepconvlstm": deepconvlstm_config,
+    "deepconvlstm_model": deepconvlstm_model_config,
+    "layer": layer_config,
+    "openstl": openstl_config,
+}
+
+
+# ============================================================================ timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_once(case: Case, cfg: Config, device: torch.device, x: Tensor) -> None:
+    model = case.model
+    model.eval()
+    with torch.no_grad(), _autocast(device, case.precision):
+        model(x)
+
+
+def train_once(case: Case, cfg: Config, device: torch.device, x: Tensor, y: Tensor) -> None:
+    model = case.model
+    model.train()
+    for p in model.parameters():
+        p.grad = None
+    with _autocast(device, case.precision):
+        out = model(x)
+    cfg.loss(out, y).backward()
+
+
+def _timed(fn: Callable[[], None], device: torch.device, inner: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per call, over ``inner`` calls."""
+    _sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(inner):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / inner, (time.process_time() - c0) / inner
+
+
+def run_config(cfg: Config, device: torch.device, rounds: int, inner: int, warmup: int, log: Callable[[str], None]) -> None:
+    x, y = cfg.make_inputs(device)
+    for case in list(cfg.cases):
+        try:
+            case.model = case.build().to(device)
+            for _ in range(warmup):
+                forward_once(case, cfg, device, x)
+                train_once(case, cfg, device, x, y)
+        except Exception as exc:  # a case that cannot run here is reported, not fatal
+            case.results["error"] = f"{type(exc).__name__}: {exc}"
+            log(f"  {case.name}: skipped ({case.results['error']})")
+            case.model = None
+    live = [c for c in cfg.cases if c.model is not None]
+    for c in live:
+        c.samples = {"fwd": [], "train": [], "fwd_cpu": [], "train_cpu": []}
+    for r in range(rounds):
+        order = live[r % len(live):] + live[: r % len(live)]  # rotate the order every round
+        for case in order:
+            w, cpu = _timed(lambda: forward_once(case, cfg, device, x), device, inner)
+            case.samples["fwd"].append(w)
+            case.samples["fwd_cpu"].append(cpu)
+            w, cpu = _timed(lambda: train_once(case, cfg, device, x, y), device, inner)
+            case.samples["train"].append(w)
+            case.samples["train_cpu"].append(cpu)
+        log(f"  round {r + 1}/{rounds} done")
+    for case in live:
+        s = case.samples
+        fwd, train = statistics.median(s["fwd"]), statistics.median(s["train"])
+        case.results.update(
+            fwd_ms=fwd * 1e3,
+            train_ms=train * 1e3,
+            fwd_cpu_ms=statistics.median(s["fwd_cpu"]) * 1e3,
+            train_cpu_ms=statistics.median(s["train_cpu"]) * 1e3,
+            fwd_seq_per_s=cfg.batch / fwd,
+            train_seq_per_s=cfg.batch / train,
+            fwd_gflops=cfg.flops_fwd / fwd / 1e9,
+            train_gflops=3 * cfg.flops_fwd / train / 1e9,
+        )
+
+
+# ============================================================================ memory
+def _vm_kb(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_memory_here(case: Case, cfg: Config, device: torch.device, x: Tensor, y: Tensor, fresh: bool) -> float | None:
+    """Peak MB of one training step of ``case`` in this process (see the module docstring)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        train_once(case, cfg, device, x, y)
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    can_reset = _reset_hwm()
+    rss = _vm_kb("VmRSS")
+    if can_reset and rss is not None:
+        train_once(case, cfg, device, x, y)
+        hwm = _vm_kb("VmHWM")
+        return None if hwm is None else max(hwm - rss, 0) / 1024
+    if fresh:  # ru_maxrss is monotonic: only a fresh process gives a meaningful delta
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        train_once(case, cfg, device, x, y)
+        return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, 0) / 1024
+    return None
+
+
+def measure_memory(cfgs: list[Config], device: torch.device, mode: str, args: argparse.Namespace, log: Callable[[str], None]) -> None:
+    for cfg in cfgs:
+        for case in cfg.cases:
+            if "error" in case.results or mode == "off":
+                continue
+            if mode == "inprocess":
+                x, y = cfg.make_inputs(device)
+                case.results["peak_mem_mb"] = measure_memory_here(case, cfg, device, x, y, fresh=False)
+                continue
+            cmd = [sys.executable, os.path.abspath(__file__), "--_memory-case", f"{cfg.name}::{case.name}",
+                   "--device", str(device)] + (["--quick"] if args.quick else []) + (
+                   ["--threads", str(args.threads)] if args.threads else [])
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+                line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1]
+                case.results["peak_mem_mb"] = json.loads(line)["peak_mem_mb"]
+            except Exception as exc:
+                case.results["peak_mem_mb"] = None
+                log(f"  memory of {cfg.name} / {case.name} failed: {type(exc).__name__}: {exc}")
+        log(f"  memory of {cfg.name} measured")
+
+
+def memory_case_main(spec: str, device: torch.device, quick: bool) -> None:
+    """Subprocess entry: build one case, run one training step, print its peak memory as JSON."""
+    cfg_name, case_name = spec.split("::", 1)
+    cfg = BUILDERS[cfg_name](device, quick)
+    case = next(c for c in cfg.cases if c.name == case_name)
+    x, y = cfg.make_inputs(device)
+    case.model = case.build().to(device)
+    print(json.dumps({"peak_mem_mb": measure_memory_here(case, cfg, device, x, y, fresh=True)}))
+
+
+# ============================================================================ peak
+def measure_peak(device: torch.device, quick: bool, rounds: int, threads_note: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """The machine's convolution peak: a large conv2d forward, per precision, best memory format."""
+    b, c, s = (2, 64, 16) if quick else ((64, 256, 64) if device.type == "cuda" else (16, 256, 32))
+    flops = conv_flops(b, s * s, c, c, 9)
+    out: dict[str, Any] = {}
+    for prec in _precisions(device):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
+        best = 0.0
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(b, c, s, s, device=device, dtype=dtype).contiguous(memory_format=fmt)
+            w = torch.randn(c, c, 3, 3, device=device, dtype=dtype).contiguous(memory_format=fmt)
+            with torch.no_grad():
+                for _ in range(2):
+                    F.conv2d(x, w, padding=1)
+                inner = 20 if quick else 2
+                times = [_timed(lambda: F.conv2d(x, w, padding=1), device, inner)[0] for _ in range(max(rounds, 3))]
+            best = max(best, flops / statistics.median(times) / 1e9)
+        out[prec] = {"gflops": best, "shape": f"conv2d x=({b},{c},{s},{s}) w=({c},{c},3,3) {prec}, best of NCHW/NHWC"}
+        log(f"  peak {prec}: {best:.1f} GFLOP/s")
+    return out
+
+
+# ============================================================================ floors
+def _paired_ratio(a: Case, b: Case, key: str) -> float | None:
+    """Median over rounds of a[key] / b[key] (adjacent timings in the same round)."""
+    sa, sb = a.samples.get(key), b.samples.get(key)
+    if not sa or not sb:
+        return None
+    return statistics.median(x / y for x, y in zip(sa, sb))
+
+
+def floors(cfgs: dict[str, Config]) -> list[dict[str, Any]]:
+    out = []
+
+    def find(cfg: Config, role: str) -> Case | None:
+        return next((c for c in cfg.cases if c.role == role and "error" not in c.results), None)
+
+    for name, required, what in (
+        ("moving_mnist", 1.7, "training throughput of the default Moving MNIST model vs the reference cell (fp32)"),
+        ("patch", 2.0, "training throughput of the 7x7 patch classifier vs the reference cell (fp32)"),
+    ):
+        cfg = cfgs.get(name)
+        if cfg is None:
+            continue
+        proj, ref = find(cfg, "project"), find(cfg, "reference")
+        if proj and ref:
+            ratio = _paired_ratio(ref, proj, "train")  # reference time / project time = speed-up
+            out.append({"config": name, "what": what, "project": proj.name, "against": ref.name,
+                        "measured": ratio, "required": f">= {required}x", "met": ratio is not None and ratio >= required,
+                        "cpu_time_ratio": _paired_ratio(ref, proj, "train_cpu")})
+    cfg = cfgs.get("deepconvlstm")
+    if cfg is not None:
+        proj, base = find(cfg, "project"), find(cfg, "baseline")
+        if proj and base:
+            ratio = _paired_ratio(proj, base, "train")  # project time / torch time
+            out.append({"config": "deepconvlstm", "what": "rank-0 layer training-step time vs torch.nn.LSTM (fp32)",
+                        "project": proj.name, "against": base.name, "measured": ratio, "required": "<= 1.2x",
+                        "met": ratio is not None and ratio <= 1.2, "forward_ratio": _paired_ratio(proj, base, "fwd"),
+                        "cpu_time_ratio": _paired_ratio(proj, base, "train_cpu")})
+    return out
+
+
+# ============================================================================ report
+def _fmt(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return format(v, spec)
+
+
+def table(cfg: Config, peak: dict[str, Any]) -> str:
+    ref = next((c for c in cfg.cases if c.role in ("reference", "baseline") and "train_ms" in c.results), None)
+    head = ("case", "fwd ms", "fwd+bwd ms", "train seq/s", "GFLOP/s", "% peak", "peak MB", "speed-up")
+    rows = []
+    for c in cfg.cases:
+        r = c.results
+        if "error" in r:
+            rows.append((c.name, "skipped: " + r["error"][:60], "", "", "", "", "", ""))
+            continue
+        pk = peak.get(c.precision, {}).get("gflops")
+        frac = 100 * r["train_gflops"] / pk if pk else None
+        speed = _paired_ratio(ref, c, "train") if ref is not None else None
+        rows.append((c.name, _fmt(r["fwd_ms"], ".1f"), _fmt(r["train_ms"], ".1f"), _fmt(r["train_seq_per_s"], ".1f"),
+                     _fmt(r["train_gflops"], ".1f"), _fmt(frac, ".0f"), _fmt(r.get("peak_mem_mb"), ".0f"),
+                     _fmt(speed, ".2f") + ("x" if speed is not None else "")))
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "| " + " | ".join(str(v).ljust(w) for v, w in zip(cells, widths)) + " |"  # noqa: E731
+    out = [f"{cfg.name}: {cfg.description}; {cfg.shapes}; {cfg.flops_fwd / 1e9:.2f} GFLOP forward",
+           line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows]
+    if ref is not None:
+        out.append(f"(speed-up: {ref.name} time / case time, median of per-round ratios; % peak: training GFLOP/s "
+                   "over the conv2d peak of the case's precision)")
+    return "\n".join(out)
+
+
+def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": threads,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        info["loadavg_start"] = os.getloadavg()
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, one round: a smoke test")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--configs", default=None,
+                        help=f"comma-separated subset of {','.join(BUILDERS)} (default: all but openstl on CPU)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, quick 1)")
+    parser.add_argument("--inner", type=int, default=None, help="calls per timing (default: by config size)")
+    parser.add_argument("--memory", choices=["auto", "subprocess", "inprocess", "off"], default="auto")
+    parser.add_argument("--compile", action="store_true", help="add 'project bf16, compile=True' cases")
+    parser.add_argument("--_memory-case", dest="memory_case", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available on this machine")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_case:
+        memory_case_main(args.memory_case, device, args.quick)
+        return {}
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    warnings.filterwarnings("ignore", message=".*LSTM with projections.*")
+    rounds = args.rounds or (1 if args.quick else 5)
+    warmup = 1 if args.quick else 2
+    memory = args.memory if args.memory != "auto" else ("inprocess" if args.quick or device.type == "cuda" else "subprocess")
+    names = args.configs.split(",") if args.configs else [n for n in BUILDERS if n != "openstl" or device.type == "cuda"]
+    unknown = [n for n in names if n not in BUILDERS]
+    if unknown:
+        parser.error(f"--configs: unknown {unknown}; choose from {list(BUILDERS)}")
+
+    started = time.time()
+    info = machine_info(device, torch.get_num_threads())
+    log(f"benchmark on {info.get('cpu', platform.processor())} ({device}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, rounds={rounds}")
+    peak = measure_peak(device, args.quick, rounds, "", log)
+    cfgs: dict[str, Config] = {}
+    for name in names:
+        cfg = BUILDERS[name](device, args.quick)
+        if args.compile and name in ("moving_mnist", "patch", "layer"):
+            base = next(c for c in cfg.cases if c.impl == "project" and c.precision == "bf16")
+            build = base.build
+
+            def compiled(build=build) -> nn.Module:
+                from convlstm_vp.nn import compile_cells
+
+                return compile_cells(build())
+
+            cfg.cases.append(Case("project bf16, compile=True", "project", "bf16", compiled, note="torch.compile of every step"))
+        cfgs[name] = cfg
+        log(f"{name}: {len(cfg.cases)} cases")
+        inner = args.inner or (1 if args.quick or cfg.flops_fwd > 2e10 else 3)
+        run_config(cfg, device, rounds, inner, warmup, log)
+        if memory == "inprocess":
+            measure_memory([cfg], device, memory, args, log)
+        for c in cfg.cases:
+            c.model = None  # free the models before the next configuration
+    if memory == "subprocess":
+        measure_memory(list(cfgs.values()), device, memory, args, log)
+    report = {
+        "meta": {
+            **info,
+            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+            "quick": args.quick,
+            "rounds": rounds,
+            "memory_method": memory,
+            "seconds": time.time() - started,
+            "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "flops": "conv: 2*B*prod(out)*C_out*C_in*prod(k); linear: 2*B*out*in; ConvLSTM step: input conv "
+                     "(C_in->4H) + state conv (H->4H); training step = 3x forward; gate arithmetic not counted",
+            **KERAS_STATUS,
+        },
+        "peak": peak,
+        "configs": {
+            name: {
+                "description": cfg.description,
+                "shapes": cfg.shapes,
+                "batch": cfg.batch,
+                "flops_forward": cfg.flops_fwd,
+                "cases": [
+                    {"name": c.name, "impl": c.impl, "precision": c.precision, "note": c.note, **c.results,
+                     "fwd_peak_fraction": (c.results["fwd_gflops"] / peak[c.precision]["gflops"]) if "fwd_gflops" in c.results and c.precision in peak else None,
+                     "train_peak_fraction": (c.results["train_gflops"] / peak[c.precision]["gflops"]) if "train_gflops" in c.results and c.precision in peak else None,
+                     "samples_ms": {k: [v * 1e3 for v in vs] for k, vs in c.samples.items()}}
+                    for c in cfg.cases
+                ],
+            }
+            for name, cfg in cfgs.items()
+        },
+        "floors": floors(cfgs),
+    }
+    print(f"\nmachine: {info.get('cpu', '?')}, {info['cpu_count']} cores, {device}, torch {torch.__version__}, "
+          f"{info['threads']} threads; load average at start {info.get('loadavg_start')}")
+    print("peak: " + ", ".join(f"{p} {v['gflops']:.1f} GFLOP/s" for p, v in peak.items()) + f" ({next(iter(peak.values()))['shape'].split(' fp')[0]})")
+    if KERAS_STATUS:
+        print(KERAS_STATUS["keras"])
+    for cfg in cfgs.values():
+        print()
+        print(table(cfg, peak))
+    print("\nfloors:")
+    for f in report["floors"]:
+        print(f"  {'MET ' if f['met'] else 'MISSED'} {f['config']}: {f['what']}: {_fmt(f['measured'], '.2f')}x "
+              f"(required {f['required']}; CPU-time ratio {_fmt(f.get('cpu_time_ratio'), '.2f')}x)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+        print(f"\nwrote {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

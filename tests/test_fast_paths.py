@@ -1,0 +1,361 @@
+"""Fast paths of the cell and layer (issue 8): every switch gives the plain path's numbers.
+
+Each test builds the same weights twice, one with the fast path on and one with it off, and
+compares outputs, final states and every gradient (float64 where the comparison should be
+exact up to rounding, bfloat16 autocast against float32 within bfloat16 tolerance).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convlstm_vp import ConvLSTM, ConvLSTMCell, DeepConvLSTM
+from convlstm_vp.models.encoder_forecaster import EncoderForecaster
+from convlstm_vp.nn import compile_cells, fast, lstm_gates
+
+SPATIAL = {0: (), 1: (7,), 2: (5, 6), 3: (3, 4, 4)}
+
+
+def _plain_gates(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    i, f, g, o = gates.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def _run(layer: torch.nn.Module, x: torch.Tensor, **kw):
+    """Output, final states and the gradients of every parameter and of ``x`` for a fixed loss."""
+    x = x.detach().clone().requires_grad_(True)
+    layer.zero_grad(set_to_none=True)
+    out, (h, c) = layer(x, **kw)
+    hs = h if isinstance(h, list) else [h]
+    cs = c if isinstance(c, list) else [c]
+    wide = lambda t: t.to(torch.promote_types(t.dtype, torch.float32))  # noqa: E731  (bf16 → fp32, fp64 stays)
+    torch.manual_seed(123)
+    loss = (wide(out) * torch.randn(out.shape, dtype=wide(out).dtype)).sum() + sum((wide(t) ** 2).sum() for t in hs + cs)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    return out.detach(), [t.detach() for t in hs], [t.detach() for t in cs], grads, x.grad
+
+
+def _assert_same(a, b, atol: float) -> None:
+    out_a, h_a, c_a, g_a, x_a = a
+    out_b, h_b, c_b, g_b, x_b = b
+    torch.testing.assert_close(out_a.float(), out_b.float(), rtol=0, atol=atol)
+    for u, v in zip(h_a + c_a, h_b + c_b):
+        torch.testing.assert_close(u.float(), v.float(), rtol=0, atol=atol)
+    assert g_a.keys() == g_b.keys()
+    for name in g_a:
+        torch.testing.assert_close(g_a[name], g_b[name], rtol=0, atol=atol, msg=lambda m: f"grad {name}: {m}")
+    torch.testing.assert_close(x_a, x_b, rtol=0, atol=atol)
+
+
+def _pair(rank: int, fast_kw: dict, plain_kw: dict, dtype=torch.float64, **kw) -> tuple[ConvLSTM, ConvLSTM]:
+    torch.manual_seed(rank + 7)
+    a = ConvLSTM(3, [4, 5], spatial_dims=rank, dtype=dtype, **kw, **fast_kw)
+    b = ConvLSTM(3, [4, 5], spatial_dims=rank, dtype=dtype, **kw, **plain_kw)
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def _input(rank: int, t: int = 5, b: int = 2, dtype=torch.float64) -> torch.Tensor:
+    torch.manual_seed(99)
+    return torch.randn(b, t, 3, *SPATIAL[rank], dtype=dtype)
+
+
+# ---------------------------------------------------------------- the gate arithmetic
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lstm_gates_equals_the_plain_equations(dtype):
+    torch.manual_seed(0)
+    gates = (3 * torch.randn(4, 4 * 6, 3, 2, dtype=dtype)).requires_grad_()
+    c = torch.randn(4, 6, 3, 2, dtype=dtype, requires_grad=True)
+    h1, c1 = lstm_gates(gates, c)
+    h2, c2 = _plain_gates(gates, c)
+    tol = 2e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(h1, h2, rtol=0, atol=tol)
+    torch.testing.assert_close(c1, c2, rtol=0, atol=tol)
+    wh, wc = torch.randn_like(h1), torch.randn_like(c1)
+    g1 = torch.autograd.grad((h1 * wh).sum() + (c1 * wc).sum(), (gates, c))
+    g2 = torch.autograd.grad((h2 * wh).sum() + (c2 * wc).sum(), (gates, c))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=0, atol=4 * tol)
+
+
+def test_lstm_gates_gradcheck():
+    torch.manual_seed(1)
+    gates = torch.randn(2, 8, 3, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lstm_gates, (gates, c))
+
+
+def test_lstm_gates_without_autograd_matches_and_reuses_the_buffer():
+    torch.manual_seed(2)
+    gates = torch.randn(3, 12, 4)
+    c = torch.randn(3, 3, 4)
+    want_h, want_c = _plain_gates(gates, c)
+    buffer = gates.clone()
+    with torch.no_grad():
+        h, c_new = lstm_gates(buffer, c)
+    torch.testing.assert_close(h, want_h, rtol=0, atol=2e-6)
+    torch.testing.assert_close(c_new, want_c, rtol=0, atol=2e-6)
+    # in place: the buffer now holds the activations, i.e. it was not copied
+    torch.testing.assert_close(buffer[:, :3], torch.sigmoid(gates[:, :3]), rtol=0, atol=1e-6)
+
+
+def test_lstm_gates_keeps_a_float32_state_for_bfloat16_gates():
+    torch.manual_seed(3)
+    gates32 = torch.randn(2, 16, 5)
+    gates = gates32.bfloat16().requires_grad_()
+    c = torch.randn(2, 4, 5, requires_grad=True)
+    h, c_new = lstm_gates(gates, c)
+    assert h.dtype == torch.float32 and c_new.dtype == torch.float32
+    want_h, want_c = _plain_gates(gates.detach().float(), c.detach())
+    torch.testing.assert_close(c_new, want_c, rtol=0, atol=1e-6)  # the state math itself is float32
+    torch.testing.assert_close(h, want_h, rtol=0, atol=1e-6)
+    (h.sum() + c_new.sum()).backward()
+    assert gates.grad.dtype == torch.bfloat16 and c.grad.dtype == torch.float32
+
+
+# ---------------------------------------------------------------- layer switches
+@pytest.mark.parametrize("rank", [0, 1, 2, 3])
+def test_fused_gates_equal_plain_gates(rank):
+    # rank 0 with fused=False runs the step loop (the fused torch.lstm path does not use the cell)
+    extra = {"fused": False} if rank == 0 else {}
+    a, b = _pair(rank, {"fused_gates": True}, {"fused_gates": False}, **extra)
+    _assert_same(_run(a, _input(rank)), _run(b, _input(rank)), atol=1e-10)
+
+
+@pytest.mark.parametrize("rank", [0, 1, 2, 3])
+def test_per_step_input_conv_equals_batched(rank):
+    extra = {"fused": False} if rank == 0 else {}
+    a, b = _pair(rank, {"batch_input_conv": False}, {"batch_input_conv": True}, **extra)
+    _assert_same(_run(a, _input(rank)), _run(b, _input(rank)), atol=1e-10)
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_concatenated_conv_equals_two_convolutions(rank):
+    a, b = _pair(rank, {"batch_input_conv": False, "fused_conv": True}, {"batch_input_conv": False, "fused_conv": False})
+    assert all(cell._concat_ok for cell in a.cells)
+    _assert_same(_run(a, _input(rank)), _run(b, _input(rank)), atol=1e-10)
+
+
+def test_concatenated_conv_is_not_used_where_the_convolutions_differ():
+    # stride 2: the input convolution sees another frame than the state convolution
+    cell = ConvLSTMCell(3, 4, 3, stride=2)
+    assert not cell._concat_ok
+    cell = ConvLSTMCell(3, 4, 3, padding="valid")
+    assert not cell._concat_ok
+    cell = ConvLSTMCell(3, 4, 3, recurrent_kernel_size=5)
+    assert not cell._concat_ok
+    # and the per-step path still computes the same as the batched one there
+    torch.manual_seed(4)
+    a = ConvLSTM(3, 4, 3, stride=2, batch_input_conv=False, dtype=torch.float64)
+    b = ConvLSTM(3, 4, 3, stride=2, batch_input_conv=True, dtype=torch.float64)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 4, 3, 6, 6, dtype=torch.float64)
+    _assert_same(_run(a, x), _run(b, x), atol=1e-10)
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_skipping_the_zero_state_convolution_changes_nothing(rank):
+    a, b = _pair(rank, {"skip_zero_state": True}, {"skip_zero_state": False})
+    _assert_same(_run(a, _input(rank)), _run(b, _input(rank)), atol=1e-10)
+
+
+def test_given_state_is_not_skipped():
+    a, b = _pair(2, {"skip_zero_state": True}, {"skip_zero_state": False})
+    x = _input(2)
+    torch.manual_seed(5)
+    h0 = [torch.randn(2, 4, 5, 6, dtype=torch.float64), torch.randn(2, 5, 5, 6, dtype=torch.float64)]
+    c0 = [torch.randn_like(h) for h in h0]
+    ya, _ = a(x, (h0, c0))
+    yb, _ = b(x, (h0, c0))
+    torch.testing.assert_close(ya, yb, rtol=0, atol=1e-10)
+    # a non-zero h0 matters: the result differs from starting at zeros
+    assert (ya - a(x)[0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_last_step_output_equals_last_of_sequence(bidirectional):
+    a, b = _pair(2, {"return_sequences": False}, {"return_sequences": True}, bidirectional=bidirectional)
+    x = _input(2)
+    out_a, h_a, c_a, g_a, x_a = _run(a, x)
+    # the same loss on the sequence layer's corresponding last step
+    x2 = x.detach().clone().requires_grad_(True)
+    seq, (h, c) = b(x2)
+    half = seq.shape[2] // 2
+    last = seq[:, -1] if not bidirectional else torch.cat([seq[:, -1, :half], seq[:, 0, half:]], dim=1)
+    torch.testing.assert_close(out_a, last.detach(), rtol=0, atol=1e-12)
+    torch.manual_seed(123)
+    loss = (last * torch.randn(last.shape, dtype=last.dtype)).sum() + sum((t ** 2).sum() for t in list(h) + list(c))
+    loss.backward()
+    for name, p in b.named_parameters():
+        torch.testing.assert_close(g_a[name], p.grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(x_a, x2.grad, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+def test_channels_last_memory_format_gives_the_same_numbers(rank):
+    a, b = _pair(rank, {"memory_format": "channels_last"}, {})
+    _assert_same(_run(a, _input(rank)), _run(b, _input(rank)), atol=1e-10)
+    # float32 (oneDNN) convolutions keep the format: the states really are NHWC / NDHWC
+    fmt = torch.channels_last if rank == 2 else torch.channels_last_3d
+    a32, b32 = a.float(), b.float()
+    ra, rb = _run(a32, _input(rank, dtype=torch.float32)), _run(b32, _input(rank, dtype=torch.float32))
+    assert all(t.is_contiguous(memory_format=fmt) for t in ra[1] + ra[2])
+    assert not any(t.is_contiguous(memory_format=fmt) for t in rb[1] + rb[2])
+    _assert_same(ra, rb, atol=1e-5)
+
+
+def test_memory_format_is_validated():
+    with pytest.raises(ValueError, match="memory_format"):
+        ConvLSTMCell(2, 3, spatial_dims=1, memory_format="channels_last")
+    with pytest.raises(ValueError, match="memory_format"):
+        ConvLSTMCell(2, 3, memory_format="nhwc")
+    with pytest.raises(ValueError, match="batch_input_conv"):
+        ConvLSTM(2, 3, batch_input_conv="sometimes")
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_dropout_masks_are_the_same_in_batched_and_per_step_modes(rank):
+    a, b = _pair(rank, {"batch_input_conv": False}, {"batch_input_conv": True}, input_dropout=0.3, recurrent_dropout=0.3)
+    a.train()
+    b.train()
+    torch.manual_seed(11)
+    ra = _run(a, _input(rank))
+    torch.manual_seed(11)
+    rb = _run(b, _input(rank))
+    _assert_same(ra, rb, atol=1e-10)
+
+
+# ---------------------------------------------------------------- mixed precision
+@pytest.mark.parametrize("rank", [1, 2])
+def test_bfloat16_autocast_is_close_to_float32_and_keeps_a_float32_state(rank):
+    a, b = _pair(rank, {}, {}, dtype=torch.float32)
+    x = _input(rank, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ra = _run(a, x)
+    rb = _run(b, x)
+    for c in ra[2]:
+        assert c.dtype == torch.float32  # the cell state accumulates in float32
+    for g in ra[3].values():
+        assert g.dtype == torch.float32  # float32 master weights
+    torch.testing.assert_close(ra[0].float(), rb[0], rtol=0, atol=5e-2)
+    for u, v in zip(ra[2], rb[2]):
+        torch.testing.assert_close(u, v, rtol=0, atol=5e-2)
+    for name in ra[3]:
+        scale = rb[3][name].abs().max().item() + 1e-3
+        err = (ra[3][name] - rb[3][name]).abs().max().item()
+        assert err <= 0.05 * scale, f"grad {name}: {err} vs scale {scale}"
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_fast_and_plain_paths_agree_under_autocast(rank):
+    plain = {"fused_gates": False, "fused_conv": False, "skip_zero_state": False, "batch_input_conv": True}
+    a, b = _pair(rank, {"batch_input_conv": False}, plain, dtype=torch.float32)
+    x = _input(rank, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ra = _run(a, x)
+        rb = _run(b, x)
+    torch.testing.assert_close(ra[0].float(), rb[0].float(), rtol=0, atol=5e-2)
+    for name in ra[3]:
+        scale = rb[3][name].abs().max().item() + 1e-3
+        assert (ra[3][name] - rb[3][name]).abs().max().item() <= 0.05 * scale, name
+
+
+def test_cell_forward_works_under_autocast():
+    torch.manual_seed(6)
+    cell = ConvLSTMCell(2, 3)
+    x = torch.randn(2, 2, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h, c = cell(x)
+        h2, c2 = cell(x, (h, c))
+    assert c.dtype == torch.float32 and c2.dtype == torch.float32
+    want_h, want_c = cell(x)
+    torch.testing.assert_close(c.float(), want_c, rtol=0, atol=3e-2)
+
+
+# ---------------------------------------------------------------- models
+def test_encoder_forecaster_fast_paths_equal_plain():
+    torch.manual_seed(8)
+    kw = dict(hidden_channels=[4, 5], kernel_size=3, patch_size=2, input_frames=3, output_frames=2)
+    a = EncoderForecaster(1, **kw).double()
+    b = EncoderForecaster(1, **kw, fused_gates=False, fused_conv=False, skip_zero_state=False).double()
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(2, 3, 1, 8, 8, dtype=torch.float64)
+    ya, yb = a(x), b(x)
+    torch.testing.assert_close(ya, yb, rtol=0, atol=1e-10)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
+def test_deepconvlstm_rank0_recurrence_runs_the_fused_kernel(monkeypatch):
+    model = DeepConvLSTM(6, 4, conv_filters=8, lstm_hidden=16, num_conv_layers=2)
+    assert all(cell.is_plain_lstm() for cell in model.lstm.cells)
+    calls = []
+    real = torch.lstm
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "lstm", counting)
+    model(torch.randn(3, 20, 6)).sum().backward()
+    assert len(calls) == model.lstm_layers  # one fused call per layer, no Python step loop
+
+
+# ---------------------------------------------------------------- torch.compile
+def test_compile_gives_the_same_numbers_as_eager():
+    a, b = _pair(1, {"compile": True}, {}, dtype=torch.float32)
+    assert all(cell.compiled for cell in a.cells)
+    x = _input(1, t=3, dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # compiling must work on this machine
+        ra = _run(a, x)
+    _assert_same(ra, _run(b, x), atol=1e-5)
+    fns = a.cells[0]._compiled_fns
+    assert fns is not None and fns["recurrent"].compiled is not None and fns["recurrent"].failed is None
+
+
+def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no backend here")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    a, b = _pair(2, {}, {}, dtype=torch.float64)
+    compile_cells(a)
+    with pytest.warns(RuntimeWarning, match="no backend here"):
+        ra = _run(a, _input(2))
+    _assert_same(ra, _run(b, _input(2)), atol=1e-12)
+    compile_cells(a, enabled=False)
+    assert not any(cell.compiled for cell in a.cells)
+
+
+def test_compile_without_a_cxx_compiler_warns_and_runs_eagerly(monkeypatch):
+    monkeypatch.setenv("CXX", "")
+    monkeypatch.setattr(fast.shutil, "which", lambda name: None)
+    assert "C++ compiler" in fast.compile_unavailable_reason("cpu")
+    a, b = _pair(2, {"compile": True}, {}, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="C\\+\\+ compiler"):
+        ra = _run(a, _input(2))
+    _assert_same(ra, _run(b, _input(2)), atol=1e-12)
+
+
+def test_a_compiled_cell_can_be_deep_copied():
+    import copy
+
+    cell = ConvLSTMCell(2, 3)
+    cell.set_compile(True)
+    cell._compiled_fns = {"recurrent": object()}  # stands for compiled code, which must not be copied
+    twin = copy.deepcopy(cell)
+    assert twin.compiled and twin._compiled_fns is None
+    torch.testing.assert_close(twin.weight_hh, cell.weight_hh)
+    assert F.mse_loss(twin.weight_ih, cell.weight_ih).item() == 0.0
