@@ -50,6 +50,10 @@ def test_encoder_forecaster_shapes_and_layouts():
     y_last = m_last(x.permute(0, 1, 3, 4, 2))
     assert y_last.shape == (2, 3, 32, 32, 1)
     torch.testing.assert_close(y_last.permute(0, 1, 4, 2, 3), y)
+    # the encoder's one-step-ahead predictions of input frames 1..4 come from the same head
+    y2, enc = m(x, return_encoder_predictions=True)
+    torch.testing.assert_close(y2, y)
+    assert enc.shape == (2, 4, 1, 32, 32)
     # every parameter is used: all get a gradient
     y.sum().backward()
     unused = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]

@@ -107,7 +107,7 @@ class EncoderForecaster(nn.Module):
         kernels = kernel_size if isinstance(kernel_size, list) else [kernel_size] * len(hidden)
         c = in_channels * patch_size * patch_size
         # the frames are checked once here, not again by the inner layers
-        self.encoder = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="encoder", check_finite=False, **cell_kwargs)
+        self.encoder = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="encoder", check_finite=False, return_all_layers=True, **cell_kwargs)
         self.forecaster = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="forecaster", check_finite=False, **cell_kwargs)
         self.head = nn.Conv2d(sum(hidden), c, kernel_size=1)
         # number of training calls seen, drives the scheduled-sampling probability
@@ -139,11 +139,26 @@ class EncoderForecaster(nn.Module):
             check_finite(x, what, "EncoderForecaster (check_finite=True)")
         return x
 
-    def forward(self, frames: Tensor, targets: Tensor | None = None) -> Tensor:
+    def forward(
+        self, frames: Tensor, targets: Tensor | None = None, return_encoder_predictions: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Predict ``output_frames`` frames; see the class docstring for shapes.
+
+        With ``return_encoder_predictions=True`` also return the encoder's one-step-ahead
+        predictions of input frames ``1 .. input_frames-1`` (the same head applied to the
+        encoder's hidden states), ``(B, input_frames - 1, C, H, W)``: an auxiliary training target
+        that gives the encoder a signal at every input step.
+        """
         x = self._check(frames, self.input_frames, "frames")
         p = self.patch_size
         xp = patchify(x, p)
-        _, (h_n, c_n) = self.encoder(xp)
+        layer_outputs, (h_n, c_n) = self.encoder(xp)
+        encoder_pred = None
+        if return_encoder_predictions:
+            feats = torch.cat(layer_outputs, dim=2)[:, :-1]  # (B, T_in - 1, sum(hidden), h, w)
+            b, t = feats.shape[:2]
+            encoder_pred = self._out_act(self.head(feats.flatten(0, 1))).unflatten(0, (b, t))
+            encoder_pred = sequence_from_internal(unpatchify(encoder_pred, p), 2, True, self.data_format)
         hs = list(h_n.unbind(0)) if isinstance(h_n, Tensor) else list(h_n)
         cs = list(c_n.unbind(0)) if isinstance(c_n, Tensor) else list(c_n)
 
@@ -171,7 +186,8 @@ class EncoderForecaster(nn.Module):
                 use_true = (torch.rand(pred.shape[0], 1, 1, 1, device=pred.device) < eta).to(pred.dtype)
                 frame = use_true * tp[:, step] + (1 - use_true) * pred
         y = unpatchify(torch.stack(outputs, dim=1), p)
-        return sequence_from_internal(y, 2, True, self.data_format)
+        y = sequence_from_internal(y, 2, True, self.data_format)
+        return (y, encoder_pred) if return_encoder_predictions else y
 
     def extra_repr(self) -> str:
         return (

@@ -20,6 +20,8 @@ DEFAULTS: dict[str, Any] = {
     "name": "moving_mnist",
     "seed": 0,
     "loss": "bce",  # bce | mse | l1 | l1+mse
+    # weight of the auxiliary loss on the encoder's one-step-ahead predictions of the input frames
+    "encoder_loss_weight": 0.0,
     "model": {
         "hidden_channels": [64, 64, 64],
         "kernel_size": 3,
@@ -109,9 +111,18 @@ class MovingMNISTTask:
         batch = batch.to(next(model.parameters()).device)
         t_in = self.cfg["model"]["input_frames"]
         x, y = batch[:, :t_in], batch[:, t_in:]
-        pred = model(x, y)
-        loss = frame_loss(self.cfg["loss"], pred, y)
-        return loss, {"mse_per_frame": float(frame_mse(pred.detach(), y).mean())}
+        w = self.cfg["encoder_loss_weight"]
+        if w > 0:
+            pred, enc = model(x, y, return_encoder_predictions=True)
+            enc_loss = frame_loss(self.cfg["loss"], enc, x[:, 1:])
+            loss = frame_loss(self.cfg["loss"], pred, y) + w * enc_loss
+            logs = {"encoder_loss": float(enc_loss.detach())}
+        else:
+            pred = model(x, y)
+            loss = frame_loss(self.cfg["loss"], pred, y)
+            logs = {}
+        logs["mse_per_frame"] = float(frame_mse(pred.detach(), y).mean())
+        return loss, logs
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, logger: TBLogger | None, step: int) -> dict:
