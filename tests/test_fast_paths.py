@@ -359,3 +359,24 @@ def test_a_compiled_cell_can_be_deep_copied():
     assert twin.compiled and twin._compiled_fns is None
     torch.testing.assert_close(twin.weight_hh, cell.weight_hh)
     assert F.mse_loss(twin.weight_ih, cell.weight_ih).item() == 0.0
+
+
+# ---------------------------------------------------------------- input check
+def test_finite_check_by_one_sum_still_finds_every_non_finite_value():
+    from convlstm_vp.nn.functional import NonFiniteInputError, check_finite
+
+    torch.manual_seed(12)
+    x = torch.randn(4, 5, 6)
+    check_finite(x, "x", "test")
+    # finite values whose sum overflows to inf are still accepted (element-wise fallback)
+    check_finite(torch.full((8,), 3e38), "x", "test")
+    check_finite(torch.full((8,), 3e38, dtype=torch.bfloat16), "x", "test")
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[1, 2, 3] = bad
+        with pytest.raises(NonFiniteInputError, match="1 (NaN|Inf)"):
+            check_finite(y, "x", "test")
+    y = x.clone()
+    y[0, 0, 0], y[3, 4, 5] = float("inf"), -float("inf")  # +inf and -inf sum to NaN: still caught
+    with pytest.raises(NonFiniteInputError, match="0 NaN and 2 Inf"):
+        check_finite(y, "x", "test")

@@ -197,11 +197,13 @@ class NonFiniteInputError(ValueError):
 def check_finite(x: Tensor, what: str, owner: str) -> None:
     """Raise :class:`NonFiniteInputError` naming ``what`` if ``x`` holds NaN or Inf.
 
-    One ``torch.isfinite(x).all()`` per call (a host sync on GPU); ``owner`` names the module
+    One reduction per call (a host sync on GPU): NaN or ±Inf anywhere makes ``x.sum()``
+    non-finite, so a finite sum proves ``x`` finite; only a non-finite sum (or a finite tensor
+    whose sum overflows) falls back to the element-wise ``isfinite``. ``owner`` names the module
     and how to switch the check off.
     """
     if x.is_floating_point() or x.is_complex():
-        if not bool(torch.isfinite(x).all()):
+        if not (bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())):
             n_nan = int(torch.isnan(x).sum())
             n_inf = int(torch.isinf(x).sum())
             raise NonFiniteInputError(
