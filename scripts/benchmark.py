@@ -288,10 +288,12 @@ def _model_cases(device: torch.device, reference: Callable[[], nn.Module],
     if not variants:
         return cases
     for prec, what, kw in (
+        ("bf16", "batched input conv", {"batch_input_conv": True}),
         ("bf16", "per-step input conv", {"batch_input_conv": False}),
         ("bf16", "channels_last", {"memory_format": "channels_last"}),
         ("fp32", "channels_last", {"memory_format": "channels_last"}),
-        ("fp32", "fast paths off", {"fused_gates": False, "fused_conv": False, "skip_zero_state": False}),
+        ("fp32", "fast paths off", {"fused_gates": False, "fused_conv": False, "matmul_input": False,
+                                    "skip_zero_state": False, "batch_input_conv": True}),
     ):
         note = ", ".join(f"{k}={v!r}" for k, v in kw.items())
         cases.append(Case(f"project {prec}, {what}", "project", prec, project(**kw), note=note))

@@ -137,8 +137,10 @@ def test_per_step_input_conv_equals_batched(rank):
 
 @pytest.mark.parametrize("rank", [1, 2])
 def test_concatenated_conv_equals_two_convolutions(rank):
-    a, b = _pair(rank, {"batch_input_conv": False, "fused_conv": True}, {"batch_input_conv": False, "fused_conv": False})
-    assert all(cell._concat_ok for cell in a.cells)
+    # matmul_input off: with 3 input channels the first layer would use the input matrix product
+    kw = {"batch_input_conv": False, "matmul_input": False}
+    a, b = _pair(rank, {**kw, "fused_conv": True}, {**kw, "fused_conv": False})
+    assert all(cell._concat_ok and not cell._matmul_input for cell in a.cells)
     _assert_same(_run(a, _input(rank)), _run(b, _input(rank)), atol=1e-10)
 
 
@@ -157,6 +159,28 @@ def test_concatenated_conv_is_not_used_where_the_convolutions_differ():
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 4, 3, 6, 6, dtype=torch.float64)
     _assert_same(_run(a, x), _run(b, x), atol=1e-10)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("stride,padding", [(1, "same"), (2, "same"), (1, "valid"), (2, 1)])
+@pytest.mark.parametrize("batched", [True, False])
+def test_input_matrix_product_equals_the_convolution(rank, stride, padding, batched):
+    torch.manual_seed(rank + stride)
+    kw = dict(spatial_dims=rank, stride=stride, padding=padding, batch_input_conv=batched, dtype=torch.float64)
+    a = ConvLSTM(1, 3, 3, matmul_input=True, **kw)  # 1 x 3^rank <= 32 products per output
+    b = ConvLSTM(1, 3, 3, matmul_input=False, **kw)
+    b.load_state_dict(a.state_dict())
+    assert a.cells[0]._matmul_input and not b.cells[0]._matmul_input
+    x = torch.randn(2, 3, 1, *[7] * rank, dtype=torch.float64)
+    _assert_same(_run(a, x), _run(b, x), atol=1e-10)
+
+
+def test_input_matrix_product_only_for_few_inputs_per_output():
+    assert ConvLSTMCell(1, 4, 3)._matmul_input  # 1 x 3 x 3 = 9 products per output
+    assert ConvLSTMCell(3, 4, 3)._matmul_input  # 27
+    assert not ConvLSTMCell(4, 4, 3)._matmul_input  # 36
+    assert not ConvLSTMCell(1, 4, 3, dilation=2)._matmul_input
+    assert not ConvLSTMCell(1, 4, spatial_dims=0)._matmul_input
 
 
 @pytest.mark.parametrize("rank", [1, 2])
@@ -319,7 +343,8 @@ def test_compile_gives_the_same_numbers_as_eager():
         ra = _run(a, x)
     _assert_same(ra, _run(b, x), atol=1e-5)
     fns = a.cells[0]._compiled_fns
-    assert fns is not None and fns["recurrent"].compiled is not None and fns["recurrent"].failed is None
+    used = [f for f in fns.values() if f.compiled is not None]
+    assert used and all(f.failed is None for f in fns.values())
 
 
 def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):

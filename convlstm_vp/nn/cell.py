@@ -19,6 +19,7 @@ convolution (stride 1, "same"), and ``∘`` the Hadamard product::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,6 +84,9 @@ class ConvLSTMCell(LayerControls, nn.Module):
             convolutions as one convolution over the concatenated ``[x, h]`` with the
             concatenated weights (needs stride 1, dilation 1, "same" padding and equal input and
             recurrent kernels; otherwise two convolutions). Same result, one larger product.
+        matmul_input: compute the input-to-state convolution as unfold + one matrix product when
+            it has very few inputs per output (``in_channels · prod(kernel_size) <= 32``, e.g.
+            one-channel patches, and dilation 1): a convolution kernel is inefficient there.
         memory_format: ``"channels_last"`` (rank 2 or 3) runs the convolutions on NHWC/NDHWC
             strided tensors; outputs have the same shapes, only their strides differ.
         kernel_initializer, recurrent_initializer, bias_initializer, peephole_initializer:
@@ -135,6 +139,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
         data_format: str = "channels_first",
         fused_gates: bool = True,
         fused_conv: bool = True,
+        matmul_input: bool = True,
         memory_format: MemoryFormatArg = None,
         kernel_initializer: Initializer = "glorot_uniform",
         recurrent_initializer: Initializer = "orthogonal",
@@ -198,6 +203,14 @@ class ConvLSTMCell(LayerControls, nn.Module):
             and activation_name(recurrent_activation) == "sigmoid"
             and (output_activation is None or activation_name(output_activation) == "tanh")
             and not peephole
+        )
+        # unfold + matrix product instead of a convolution with very few input channels
+        self.matmul_input = bool(matmul_input)
+        self._matmul_input = (
+            self.matmul_input
+            and n > 0
+            and all(v == 1 for v in self.dilation)
+            and in_channels * math.prod(self.kernel_size) <= 32
         )
         # one convolution over [x, h]: both convolutions must see the same frame with the same pads
         self._concat_ok = n == 0 or (
@@ -361,8 +374,32 @@ class ConvLSTMCell(LayerControls, nn.Module):
         """Input-to-state term of a batch of frames ``(N, C, *spatial)``: ``(N, 4H, *spatial_out)``."""
         if self.spatial_dims == 0:
             return F.linear(x, self.weight_ih, bias)
+        if self._matmul_input:
+            return self._input_matmul(x, bias)
         x = to_memory_format(x, self._memory_format)
         return conv_nd(x, self.weight_ih, bias, self._ih_pads(x.shape[2:]), self.stride, self.dilation)
+
+    def _input_matmul(self, x: Tensor, bias: Tensor | None) -> Tensor:
+        """The input convolution as unfold + one matrix product, for very few input channels.
+
+        ``(N, C, *spatial)`` → patches ``(N·prod(spatial_out), C·prod(kernel))`` → times
+        ``weight_ih`` flattened to ``(4H, C·prod(kernel))``, returned as ``(N, 4H, *spatial_out)``.
+        """
+        n = self.spatial_dims
+        flat: list[int] = []
+        for lo, hi in reversed(self._ih_pads(x.shape[2:])):  # F.pad takes the last dimension first
+            flat += [lo, hi]
+        cols = F.pad(x, flat) if any(flat) else x
+        for d, (k, st) in enumerate(zip(self.kernel_size, self.stride)):
+            cols = cols.unfold(2 + d, k, st)  # (N, C, *spatial_out, *kernel)
+        out_size = cols.shape[2 : 2 + n]
+        cols = cols.permute(0, *range(2, 2 + n), 1, *range(2 + n, 2 + 2 * n)).reshape(-1, self.weight_ih[0].numel())
+        w = self.weight_ih.reshape(self.weight_ih.shape[0], -1)
+        out = cols @ w.t() if bias is None else torch.addmm(bias, cols, w.t())
+        # back to the cell's memory format: the gate arithmetic is fastest when gates and state agree
+        return out.view(x.shape[0], *out_size, -1).movedim(-1, 1).contiguous(
+            memory_format=self._memory_format or torch.contiguous_format
+        )
 
     def _hh_conv(self, h: Tensor) -> Tensor:
         """State-to-state term (stride 1, "same"), no bias."""
@@ -458,7 +495,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
 
     def _step_core(self, x: Tensor, h: Tensor, c: Tensor) -> State:
         bias = self._bias()
-        if self.fused_conv and self._concat_ok:
+        if self.fused_conv and self._concat_ok and not self._matmul_input:
             w = torch.cat([self.weight_ih, self.weight_hh], dim=1)
             xh = torch.cat([x, h], dim=1)
             if self.spatial_dims == 0:

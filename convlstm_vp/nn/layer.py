@@ -73,8 +73,10 @@ class ConvLSTM(LayerControls, nn.Module):
             one batched call before the time loop (one large product instead of ``T`` small
             ones); False steps each frame on its own, with one convolution over the
             concatenated ``[x, h]`` per step where the cell allows it (``fused_conv``).
-            "auto" (default) batches (measured faster at every configuration of
-            ``scripts/benchmark.py``). Same results either way.
+            "auto" (default) steps frame by frame on CPU for rank 1-3 cells whose per-step
+            convolution is one ``[x, h]`` convolution or a small input matrix product (faster
+            there in ``scripts/benchmark.py``), and batches otherwise (GPU, rank 0, strided
+            cells). Same results either way.
         skip_zero_state: without a given state the first step starts from ``h_0 = 0``, so its
             state-to-state convolution is skipped (its result is zero). False computes it.
         compile: run every cell's per-step computation through ``torch.compile``
@@ -555,7 +557,14 @@ class ConvLSTM(LayerControls, nn.Module):
     def _batches_input(self, cell: ConvLSTMCell, x: Tensor) -> bool:
         """Whether to compute the input convolution of all steps in one call (``batch_input_conv``)."""
         if self.batch_input_conv == "auto":
-            return True
+            # CPU, rank >= 1, and the per-step convolution is one [x, h] convolution or a small
+            # input matrix product: step frame by frame (measured faster by scripts/benchmark.py,
+            # and no (B, T, 4H, ...) buffer, whose allocation page-faults on every call).
+            # Elsewhere (GPU, rank 0, strided cells) one batched convolution over all steps.
+            per_step = x.device.type == "cpu" and cell.spatial_dims > 0 and (
+                (cell.fused_conv and cell._concat_ok) or cell._matmul_input
+            )
+            return not per_step
         return bool(self.batch_input_conv)
 
     def _run_cell(
