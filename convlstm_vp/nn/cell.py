@@ -664,6 +664,13 @@ class ConvLSTMCell(LayerControls, nn.Module):
             s += f", proj_size={self.proj_size}"
         if self.data_format != "channels_first":
             s += f", data_format={self.data_format!r}"
+        for flag in ("fused_gates", "fused_conv", "matmul_input"):
+            if not getattr(self, flag):
+                s += f", {flag}=False"
+        if self.memory_format is not None:
+            s += f", memory_format={self.memory_format!r}"
+        if self.compiled:
+            s += ", compile=True"
         for what in ("kernel", "recurrent", "bias"):
             reg = getattr(self, f"{what}_regularizer")
             if reg is not None:

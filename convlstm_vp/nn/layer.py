@@ -665,5 +665,9 @@ class ConvLSTM(LayerControls, nn.Module):
             s += f", proj_size={self.proj_size}"
         if self.dropout:
             s += f", dropout={self.dropout}"
+        if self.batch_input_conv != "auto":
+            s += f", batch_input_conv={self.batch_input_conv}"
+        if not self.skip_zero_state:
+            s += ", skip_zero_state=False"
         controls = self._controls_repr()
         return s + (", " + controls if controls else "")
