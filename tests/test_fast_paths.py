@@ -405,3 +405,16 @@ def test_finite_check_by_one_sum_still_finds_every_non_finite_value():
     y[0, 0, 0], y[3, 4, 5] = float("inf"), -float("inf")  # +inf and -inf sum to NaN: still caught
     with pytest.raises(NonFiniteInputError, match="0 NaN and 2 Inf"):
         check_finite(y, "x", "test")
+
+
+def test_double_backward_needs_the_plain_gates():
+    torch.manual_seed(13)
+    x = torch.randn(2, 3, 2, 5, requires_grad=True)
+    for fused, works in ((True, False), (False, True)):
+        layer = ConvLSTM(2, 3, spatial_dims=1, fused_gates=fused)
+        (g,) = torch.autograd.grad(layer(x)[0].square().sum(), x, create_graph=True)
+        if works:
+            g.square().sum().backward()
+        else:
+            with pytest.raises(RuntimeError, match="once_differentiable|double backward|twice"):
+                g.square().sum().backward()

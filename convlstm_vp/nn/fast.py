@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 MemoryFormatArg = Any  # None, "contiguous", "channels_last" or a torch.memory_format
 
@@ -69,6 +70,7 @@ class _LSTMGates(torch.autograd.Function):
         return h.to(out_dtype), c_new.to(out_dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, dh: Tensor, dc: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         act, c_prev, tanh_c = ctx.saved_tensors
         cdt = act.dtype
@@ -103,7 +105,9 @@ def lstm_gates(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         of ``gates`` and ``c`` (float32 when the gates come from a bfloat16 convolution and ``c``
         is float32); bfloat16/float16 inputs are computed in float32.
 
-    With autograd, one custom backward node replaces about twenty autograd nodes.
+    With autograd, one custom backward node replaces about twenty autograd nodes; it is not
+    differentiable twice (for double backward, e.g. gradient penalties, use
+    ``fused_gates=False``).
     """
     if torch.is_grad_enabled() and (gates.requires_grad or c.requires_grad):
         return _LSTMGates.apply(gates, c)
