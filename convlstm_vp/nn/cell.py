@@ -79,6 +79,9 @@ class ConvLSTMCell(LayerControls, nn.Module):
             autograd, and the state arithmetic in float32 when the gates come from a low
             precision (autocast) convolution while ``c`` is float32. False runs the plain
             equations below one operation at a time.
+        native_gates: with ``fused_gates``, on CPU run the gate arithmetic as one compiled C
+            loop forward and one backward (:mod:`convlstm_vp.nn.native`, built with the system
+            C compiler on first use; without one, torch operations after a ``RuntimeWarning``).
         fused_conv: when the cell is stepped with a raw input (:meth:`step`, the layer's
             ``batch_input_conv=False``, the encoder-forecaster's forecaster), compute both
             convolutions as one convolution over the concatenated ``[x, h]`` with the
@@ -138,6 +141,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
         proj_size: int = 0,
         data_format: str = "channels_first",
         fused_gates: bool = True,
+        native_gates: bool = True,
         fused_conv: bool = True,
         matmul_input: bool = True,
         memory_format: MemoryFormatArg = None,
@@ -192,6 +196,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
         )
         self._ih_pads_cache: dict[tuple[int, ...], tuple[tuple[int, int], ...]] = {}
         self.fused_gates = bool(fused_gates)
+        self.native_gates = bool(native_gates)
         self.fused_conv = bool(fused_conv)
         self.memory_format = memory_format
         self._memory_format = resolve_memory_format(memory_format, n)
@@ -488,10 +493,8 @@ class ConvLSTMCell(LayerControls, nn.Module):
 
     def _recurrent_core(self, xg: Tensor, h: Tensor, c: Tensor) -> State:
         if self.spatial_dims == 0 and xg.dim() == 2:
-            gates = torch.addmm(xg, h, self.weight_hh.t())
-        else:
-            gates = xg + self._hh_conv(h)
-        return self._update(gates, c)
+            return self._update(torch.addmm(xg, h, self.weight_hh.t()), c)
+        return self._update(xg, c, self._hh_conv(h))
 
     def _step_core(self, x: Tensor, h: Tensor, c: Tensor) -> State:
         bias = self._bias()
@@ -504,14 +507,16 @@ class ConvLSTMCell(LayerControls, nn.Module):
                 xh = to_memory_format(xh, self._memory_format)
                 gates = self._conv_fn(xh, w, bias, 1, self._hh_padding)
         else:
-            gates = self._input_conv(x, bias) + self._hh_conv(h)
+            return self._update(self._input_conv(x, bias), c, self._hh_conv(h))
         return self._update(gates, c)
 
-    def _update(self, gates: Tensor, c: Tensor) -> State:
-        """Gate arithmetic: ``(h_t, c_t)`` from the pre-activations and ``c_{t-1}``."""
+    def _update(self, gates: Tensor, c: Tensor, other: Tensor | None = None) -> State:
+        """Gate arithmetic: ``(h_t, c_t)`` from the pre-activations ``gates (+ other)`` and ``c_{t-1}``."""
         if self.fused_gates and self._standard_gates:
-            h, c = lstm_gates(gates, c)
+            h, c = lstm_gates(gates, c, self.native_gates, other)
         else:
+            if other is not None:
+                gates = gates + other
             i, f, g, o = gates.chunk(4, dim=1)
             if self.peephole:
                 i = i + self.weight_ci * c
@@ -664,7 +669,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
             s += f", proj_size={self.proj_size}"
         if self.data_format != "channels_first":
             s += f", data_format={self.data_format!r}"
-        for flag in ("fused_gates", "fused_conv", "matmul_input"):
+        for flag in ("fused_gates", "native_gates", "fused_conv", "matmul_input"):
             if not getattr(self, flag):
                 s += f", {flag}=False"
         if self.memory_format is not None:

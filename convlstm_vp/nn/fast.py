@@ -3,8 +3,9 @@
 Every path here is switchable and computes the same numbers as the plain path (within the
 rounding of the dtype in use); ``tests/test_fast_paths.py`` checks each one.
 
-- :func:`lstm_gates`: the gate arithmetic with fewer operations (``fused_gates=True`` on the
-  cell): one sigmoid over all four gate slices (``tanh(x) = 2σ(2x) − 1``), ``c_t`` from one
+- :func:`lstm_gates`: the gate arithmetic in one compiled C loop forward and one backward on
+  CPU (:mod:`convlstm_vp.nn.native`, ``native_gates=True``), otherwise with few torch
+  operations (``fused_gates=True`` on the cell): one sigmoid over all four gate slices (``tanh(x) = 2σ(2x) − 1``), ``c_t`` from one
   ``addcmul``, one custom autograd node with a hand-written backward instead of about twenty,
   and without autograd (eval / ``torch.no_grad``) in-place activations on the gate buffer. The
   state arithmetic runs in float32 when the gates come from a bfloat16/float16 (autocast)
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from . import native
 
 MemoryFormatArg = Any  # None, "contiguous", "channels_last" or a torch.memory_format
 
@@ -62,17 +66,30 @@ class _LSTMGates(torch.autograd.Function):
     """Gate arithmetic with a hand-written backward: saves the activations, not every temporary."""
 
     @staticmethod
-    def forward(ctx: Any, gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def forward(ctx: Any, gates: Tensor, other: Tensor | None, c: Tensor, use_native: bool  # type: ignore[override]
+                ) -> tuple[Tensor, Tensor]:
+        ctx.dtypes = (gates.dtype, None if other is None else other.dtype, c.dtype)
+        ctx.native = use_native and native.usable(gates, c, other)
+        if ctx.native:  # one C loop (convlstm_vp.nn.native); float32 state, float32/bfloat16 gates
+            h, c_new, act, tanh_c = native.forward(gates, c, save=True, other=other)
+            ctx.save_for_backward(act, c, tanh_c)
+            return h, c_new
+        if other is not None:
+            gates = gates + other
         out_dtype = torch.promote_types(gates.dtype, c.dtype)
         act, c_prev, c_new, tanh_c, h = _gates_forward(gates, c, _compute_dtype(out_dtype), inplace=False)
         ctx.save_for_backward(act, c_prev, tanh_c)
-        ctx.dtypes = (gates.dtype, c.dtype)
         return h.to(out_dtype), c_new.to(out_dtype)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, dh: Tensor, dc: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def backward(ctx: Any, dh: Tensor, dc: Tensor  # type: ignore[override]
+                 ) -> tuple[Tensor, Tensor | None, Tensor, None]:
         act, c_prev, tanh_c = ctx.saved_tensors
+        g_dtype, o_dtype, c_dtype = ctx.dtypes
+        if ctx.native:
+            dgates, dc_prev = native.backward(act, c_prev, tanh_c, dh, dc, g_dtype)
+            return dgates, (None if o_dtype is None else dgates.to(o_dtype)), dc_prev, None
         cdt = act.dtype
         hsz = c_prev.shape[1]
         i, f, g, o = act.chunk(4, dim=1)
@@ -90,16 +107,23 @@ class _LSTMGates(torch.autograd.Function):
         torch.mul(dct, i, out=dg)
         torch.mul(dh, tanh_c, out=do)
         dgates.mul_(deriv)
-        return dgates.to(ctx.dtypes[0]), (dct * f).to(ctx.dtypes[1])
+        d_other = None if o_dtype is None else dgates.to(o_dtype)
+        return dgates.to(g_dtype), d_other, (dct * f).to(c_dtype), None
 
 
-def lstm_gates(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+def lstm_gates(gates: Tensor, c: Tensor, use_native: bool = True, other: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
     """``(h_t, c_t)`` from the pre-activation gates and ``c_{t-1}`` (sigmoid/tanh LSTM).
 
     Args:
         gates: ``(B, 4H, *spatial)`` pre-activations in the order i, f, g, o. Without autograd
             a float32 buffer is overwritten (it must not be needed afterwards).
         c: ``(B, H, *spatial)`` cell state.
+        use_native: on CPU, with a float32 ``c`` and float32/bfloat16 contiguous tensors, run
+            the compiled C kernel of :mod:`convlstm_vp.nn.native` (built on first use; without
+            a C compiler the torch-operations path runs, after one ``RuntimeWarning``).
+        other: a second pre-activation term of the same shape (the state convolution), added
+            to ``gates`` in float32 inside the kernel instead of by a separate addition.
     Returns:
         ``h_t = σ(o) ∘ tanh(c_t)`` and ``c_t = σ(f) ∘ c + σ(i) ∘ tanh(g)`` in the promoted dtype
         of ``gates`` and ``c`` (float32 when the gates come from a bfloat16 convolution and ``c``
@@ -109,8 +133,15 @@ def lstm_gates(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     differentiable twice (for double backward, e.g. gradient penalties, use
     ``fused_gates=False``).
     """
-    if torch.is_grad_enabled() and (gates.requires_grad or c.requires_grad):
-        return _LSTMGates.apply(gates, c)
+    if torch.is_grad_enabled() and (
+        gates.requires_grad or c.requires_grad or (other is not None and other.requires_grad)
+    ):
+        return _LSTMGates.apply(gates, other, c, use_native)
+    if use_native and native.usable(gates, c, other):
+        h, c_new, _, _ = native.forward(gates, c, save=False, other=other)
+        return h, c_new
+    if other is not None:
+        gates = gates.add_(other) if gates.dtype == torch.promote_types(gates.dtype, other.dtype) else gates + other
     out_dtype = torch.promote_types(gates.dtype, c.dtype)
     *_, c_new, _, h = _gates_forward(gates, c, _compute_dtype(out_dtype), inplace=True)
     return h.to(out_dtype), c_new.to(out_dtype)
@@ -150,6 +181,20 @@ def compile_unavailable_reason(device_type: str = "cpu") -> str | None:
     return None
 
 
+def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a bound method) with a private copy of its code object.
+
+    ``torch.compile`` keeps its cache, and its recompile limit, per code object; every cell of a
+    model shares ``_step_core``'s code, so without a copy a few cells times train/eval times
+    frame sizes exhaust the limit and the later cells silently run eagerly.
+    """
+    if not isinstance(fn, types.MethodType):
+        return fn
+    f = fn.__func__
+    g = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    return types.MethodType(g, fn.__self__)
+
+
 class CompiledStep:
     """A cell's per-step function run through ``torch.compile``, eager if compiling fails.
 
@@ -159,7 +204,7 @@ class CompiledStep:
     """
 
     def __init__(self, fn: Callable[..., Any], what: str, **compile_kwargs: Any) -> None:
-        self.eager = fn
+        self.eager = _own_code(fn)
         self.what = what
         self.compile_kwargs = compile_kwargs
         self.compiled: Callable[..., Any] | None = None
