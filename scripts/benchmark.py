@@ -288,6 +288,7 @@ def _model_cases(device: torch.device, reference: Callable[[], nn.Module],
     if not variants:
         return cases
     for prec, what, kw in (
+        ("bf16", "torch-op gates", {"native_gates": False}),
         ("bf16", "batched input conv", {"batch_input_conv": True}),
         ("bf16", "per-step input conv", {"batch_input_conv": False}),
         ("bf16", "channels_last", {"memory_format": "channels_last"}),

@@ -471,6 +471,27 @@ def test_native_kernel_builds_and_matches_the_torch_path(fresh_native):
         torch.testing.assert_close(outs[0][1], want_c, rtol=0, atol=2e-6)
 
 
+def test_native_kernel_with_several_threads_matches(fresh_native):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(17)
+        gates = torch.randn(16, 4 * 8, 16, 16).requires_grad_()  # 16 x 2048 values: the parallel loop
+        c = torch.randn(16, 8, 16, 16, requires_grad=True)
+        h, c_new = lstm_gates(gates, c, True)
+        (h.sum() + 2 * c_new.sum()).backward()
+        want_h, want_c = _plain_gates(gates.detach(), c.detach())
+        torch.testing.assert_close(h, want_h, rtol=0, atol=2e-6)
+        torch.testing.assert_close(c_new, want_c, rtol=0, atol=2e-6)
+        g2, c2 = gates.detach().clone().requires_grad_(), c.detach().clone().requires_grad_()
+        h2, cn2 = _plain_gates(g2, c2)
+        (h2.sum() + 2 * cn2.sum()).backward()
+        torch.testing.assert_close(gates.grad, g2.grad, rtol=0, atol=1e-5)
+        torch.testing.assert_close(c.grad, c2.grad, rtol=0, atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_native_kernel_propagates_nan_and_saturates():
     # H = 1, rows (i, f, g, o): a NaN input gate; saturated gates
     gates = torch.tensor([[float("nan"), 0.0, 0.0, 0.0], [200.0, -200.0, 200.0, 200.0]])
