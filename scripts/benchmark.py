@@ -631,31 +631,31 @@ def memory_case_main(spec: str, device: torch.device, quick: bool) -> None:
 
 # ============================================================================ peak
 def measure_peak(device: torch.device, quick: bool, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """The machine's convolution peak: the best of a few large conv2d forwards (3x3, "same"),
+    """The machine's convolution peak: the best of a few large conv2d forwards (3x3, 5x5, "same"),
     per precision, over NCHW and NHWC memory formats, timed like the cases (median of rounds)."""
     if quick:
-        shapes = [(2, 64, 16, 64)]
+        shapes = [(2, 64, 16, 64, 3)]
     elif device.type == "cuda":
-        shapes = [(64, 256, 64, 256), (128, 128, 32, 512)]
+        shapes = [(64, 256, 64, 256, 3), (128, 128, 32, 512, 3), (64, 128, 32, 256, 5)]
     else:
-        shapes = [(16, 256, 32, 256), (64, 128, 16, 512), (32, 64, 32, 256)]
+        shapes = [(16, 256, 32, 256, 3), (64, 128, 16, 512, 3), (32, 128, 16, 256, 5)]
     out: dict[str, Any] = {}
     for prec in _precisions(device):
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
         best, best_shape = 0.0, ""
-        for b, c, s, o in shapes:
-            flops = conv_flops(b, s * s, c, o, 9)
+        for b, c, s, o, k in shapes:
+            flops = conv_flops(b, s * s, c, o, k * k)
             for fmt, fmt_name in ((torch.contiguous_format, "NCHW"), (torch.channels_last, "NHWC")):
                 x = torch.randn(b, c, s, s, device=device, dtype=dtype).contiguous(memory_format=fmt)
-                w = torch.randn(o, c, 3, 3, device=device, dtype=dtype).contiguous(memory_format=fmt)
+                w = torch.randn(o, c, k, k, device=device, dtype=dtype).contiguous(memory_format=fmt)
                 with torch.no_grad():
                     for _ in range(2):
-                        F.conv2d(x, w, padding=1)
+                        F.conv2d(x, w, padding=k // 2)
                     inner = 20 if quick else 2
-                    times = [_timed(lambda: F.conv2d(x, w, padding=1), device, inner)[0] for _ in range(max(rounds, 3))]
+                    times = [_timed(lambda: F.conv2d(x, w, padding=k // 2), device, inner)[0] for _ in range(max(rounds, 3))]
                 rate = flops / statistics.median(times) / 1e9
                 if rate > best:
-                    best, best_shape = rate, f"conv2d x=({b},{c},{s},{s}) w=({o},{c},3,3) {fmt_name}"
+                    best, best_shape = rate, f"conv2d x=({b},{c},{s},{s}) w=({o},{c},{k},{k}) {fmt_name}"
         out[prec] = {"gflops": best, "shape": best_shape}
         log(f"  peak {prec}: {best:.1f} GFLOP/s ({best_shape})")
     return out

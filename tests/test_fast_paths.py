@@ -563,3 +563,17 @@ def test_second_pre_activation_term_is_added_inside(use_native, dtype):
     with torch.no_grad():
         h2, _ = lstm_gates(a.detach().clone(), c.detach(), use_native, other=b.detach())
     torch.testing.assert_close(h2, h.detach(), rtol=0, atol=tol)
+
+
+def test_gate_formula_used_under_torch_compile_matches():
+    torch.manual_seed(18)
+    gates = (2 * torch.randn(3, 12, 5, dtype=torch.float64)).requires_grad_()
+    c = torch.randn(3, 3, 5, dtype=torch.float64, requires_grad=True)
+    h1, c1 = fast._gates_formula(gates, c)
+    h2, c2 = _plain_gates(gates, c)
+    torch.testing.assert_close(h1, h2, rtol=0, atol=1e-12)
+    torch.testing.assert_close(c1, c2, rtol=0, atol=1e-12)
+    g1 = torch.autograd.grad(h1.sum() + c1.sum(), (gates, c))
+    g2 = torch.autograd.grad(h2.sum() + c2.sum(), (gates, c))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

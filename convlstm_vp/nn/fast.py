@@ -3,14 +3,20 @@
 Every path here is switchable and computes the same numbers as the plain path (within the
 rounding of the dtype in use); ``tests/test_fast_paths.py`` checks each one.
 
-- :func:`lstm_gates`: the gate arithmetic in one compiled C loop forward and one backward on
-  CPU (:mod:`convlstm_vp.nn.native`, ``native_gates=True``), otherwise with few torch
-  operations (``fused_gates=True`` on the cell): one sigmoid over all four gate slices (``tanh(x) = 2σ(2x) − 1``), ``c_t`` from one
-  ``addcmul``, one custom autograd node with a hand-written backward instead of about twenty,
-  and without autograd (eval / ``torch.no_grad``) in-place activations on the gate buffer. The
-  state arithmetic runs in float32 when the gates come from a bfloat16/float16 (autocast)
-  convolution, so a float32 ``c`` stays float32: the convolutions run in low precision, the
-  long-lived state sums do not.
+- :func:`lstm_gates` (``fused_gates=True`` on the cell): the gate arithmetic fused. On CPU
+  with ``native_gates=True`` it is one compiled C loop forward and one backward
+  (:mod:`convlstm_vp.nn.native`), the input and state convolution outputs summed inside in
+  float32. Otherwise it is a few torch operations: one sigmoid over all four gate slices
+  (``tanh(x) = 2σ(2x) − 1``), ``c_t`` from one ``addcmul``, one custom autograd node with a
+  hand-written backward instead of about twenty, and without autograd (eval /
+  ``torch.no_grad``) in-place activations on the gate buffer. Either way the state arithmetic
+  runs in float32 when the gates come from a bfloat16/float16 (autocast) convolution, so a
+  float32 ``c`` stays float32: the convolutions run in low precision, the long-lived state
+  sums do not.
+- Per-step work in :class:`~convlstm_vp.nn.ConvLSTMCell`: one convolution over ``[x, h]``
+  (``fused_conv``), unfold + matrix product for input convolutions with very few inputs
+  (``matmul_input``), no state convolution from a zero state; in
+  :class:`~convlstm_vp.nn.ConvLSTM`: ``batch_input_conv`` and ``skip_zero_state``.
 - :func:`compile_cells` / ``ConvLSTM(..., compile=True)``: the per-step computation of every
   cell runs through ``torch.compile`` (falls back to eager with a warning where compiling is
   impossible, e.g. no C compiler for the CPU backend).
@@ -111,6 +117,16 @@ class _LSTMGates(torch.autograd.Function):
         return dgates.to(g_dtype), d_other, (dct * f).to(c_dtype), None
 
 
+def _gates_formula(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """The gate equations as plain operations (tanh written as a sigmoid), for torch.compile."""
+    out_dtype = torch.promote_types(gates.dtype, c.dtype)
+    cdt = _compute_dtype(out_dtype)
+    i, f, g, o = gates.to(cdt).chunk(4, dim=1)
+    c_new = torch.sigmoid(f) * c.to(cdt) + torch.sigmoid(i) * (2.0 * torch.sigmoid(2.0 * g) - 1.0)
+    h = torch.sigmoid(o) * (2.0 * torch.sigmoid(2.0 * c_new) - 1.0)
+    return h.to(out_dtype), c_new.to(out_dtype)
+
+
 def lstm_gates(gates: Tensor, c: Tensor, use_native: bool = True, other: Tensor | None = None
                ) -> tuple[Tensor, Tensor]:
     """``(h_t, c_t)`` from the pre-activation gates and ``c_{t-1}`` (sigmoid/tanh LSTM).
@@ -133,6 +149,10 @@ def lstm_gates(gates: Tensor, c: Tensor, use_native: bool = True, other: Tensor 
     differentiable twice (for double backward, e.g. gradient penalties, use
     ``fused_gates=False``).
     """
+    if torch.compiler.is_compiling():
+        # inside torch.compile: plain differentiable operations, which inductor fuses forward and
+        # backward (a ctypes call or a custom autograd node would only break the graph)
+        return _gates_formula(gates if other is None else gates + other, c)
     if torch.is_grad_enabled() and (
         gates.requires_grad or c.requires_grad or (other is not None and other.requires_grad)
     ):
