@@ -2,6 +2,7 @@
 
 from .nn import L1, L2, L1L2, ConvLSTM, ConvLSTMCell, Regularizer, regularization_loss
 from .models import DeepConvLSTM
+from .models import PatchSequenceClassifier
 
 __version__ = "0.1.0"
 

@@ -1,2 +1,3 @@
 
 from .deepconvlstm import DeepConvLSTM
+from .patch_classifier import PatchSequenceClassifier
