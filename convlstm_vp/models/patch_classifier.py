@@ -57,7 +57,7 @@ class PatchSequenceClassifier(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,
-        hidden_channels: Sequence[int] = (32, 64),
+        hidden_channels: Sequence[int] = (48,),
         kernel_size: int | list[int] = 3,
         num_classes: int = 10,
         patch_size: int = 7,
