@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -73,11 +72,9 @@ class Task(Protocol):
     def evaluate(self, model: nn.Module, logger: TBLogger | None, step: int) -> dict: ...
 
 
-def _regularization(model: nn.Module) -> Tensor | None:
-    """The model's regularization penalties (None when no layer declares any)."""
-    if not any(getattr(m, "regularizers", None) for m in model.modules()):
-        return None
-    return regularization_loss(model)
+def _has_regularizers(model: nn.Module) -> bool:
+    """Whether any layer of ``model`` declares regularizers (checked once, not every step)."""
+    return any(getattr(m, "regularizers", None) for m in model.modules())
 
 
 def build_optimizer(model: nn.Module, tc: dict) -> torch.optim.Optimizer:
@@ -286,6 +283,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 else nullcontext()
             )
             steps = tc["steps"]
+            has_reg = _has_regularizers(unwrap(model))
             metrics: dict = {}
             bar = None
             if tc["progress"] and is_main:
@@ -302,7 +300,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 try:
                     with autocast:
                         loss, logs = task.training_step(model, batch)
-                    reg = _regularization(unwrap(model))
+                    reg = regularization_loss(unwrap(model)) if has_reg else None
                     total = loss.float() + (reg if reg is not None else 0.0)
                     if not bool(torch.isfinite(total)):
                         problem = f"loss={float(total.detach())}"
@@ -493,6 +491,3 @@ class _deterministic:
     def __exit__(self, *exc: Any) -> None:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = self._old
 
-
-def env_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -162,9 +161,6 @@ def evaluate_frames(model: nn.Module, sequences: Tensor, cfg: dict, logger: TBLo
             logger.scalar(f"eval_per_frame/mse_t{h + 1:02d}", v, step)
     return result
 
-
-def default_config() -> dict:
-    return copy.deepcopy(DEFAULTS)
 
 
 def load_trained(checkpoint: str, map_location: str = "cpu") -> tuple[EncoderForecaster, dict]:

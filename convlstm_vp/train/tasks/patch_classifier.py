@@ -10,7 +10,6 @@ run folder (``confusion_matrix.png``, ``misclassified.png``).
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +153,5 @@ class PatchClassifierTask:
         self.image_paths = paths
 
 
-def default_config() -> dict:
-    return copy.deepcopy(DEFAULTS)
 
-
-__all__ = ["DEFAULTS", "PatchClassifierTask", "build_model", "check_data_config", "predict_logits", "default_config"]
+__all__ = ["DEFAULTS", "PatchClassifierTask", "build_model", "check_data_config", "predict_logits"]

@@ -16,7 +16,6 @@ the predicted half, and the truth — to TensorBoard (``completions``) and to
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +133,3 @@ class PatchCompletionTask:
         captions = ["input", "predicted", "truth"] * inputs.shape[0]
         return digit_grid(captioned_tiles(tiles, captions), cols=3)
 
-
-def default_config() -> dict:
-    return copy.deepcopy(DEFAULTS)

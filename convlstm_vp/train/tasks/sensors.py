@@ -7,7 +7,6 @@ F1 and weighted F1 (defined in :mod:`convlstm_vp.train.metrics`) and logs the co
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -151,6 +150,3 @@ def evaluate_windows(
         "per_class_recall": dict(zip(dataset.classes, m["per_class_recall"])),
     }
 
-
-def default_config() -> dict:
-    return copy.deepcopy(DEFAULTS)
