@@ -13,7 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from convlstm_vp import ConvLSTM
-from convlstm_vp.models.encoder_forecaster import EncoderForecaster, patchify, unpatchify
+from convlstm_vp.models.encoder_forecaster import EncoderForecaster, apply_dynamic_filter, patchify, unpatchify
 from convlstm_vp.train.checkpoint import load_checkpoint
 from convlstm_vp.train.metrics import FrameMetrics, frame_mse, frame_ssim
 from convlstm_vp.train.tasks.moving_mnist import frame_loss, load_trained
@@ -92,9 +92,64 @@ def test_scheduled_sampling_is_driven_by_the_model():
         torch.testing.assert_close(m(x, t), m(x))
 
 
-def test_few_training_steps_reduce_loss():
+def test_apply_dynamic_filter_matches_a_direct_loop():
     torch.manual_seed(0)
-    m = EncoderForecaster(1, [8], 3, patch_size=4, input_frames=3, output_frames=3)
+    frame = torch.rand(2, 3, 8, 8)
+    weights = torch.rand(2, 25, 4, 4)  # K = 5, one kernel per 2x2 block
+    out = apply_dynamic_filter(frame, weights)
+    padded = torch.nn.functional.pad(frame, (2, 2, 2, 2))
+    ref = torch.zeros_like(frame)
+    for y in range(8):
+        for x in range(8):
+            for k in range(25):
+                dy, dx = k // 5 - 2, k % 5 - 2
+                ref[:, :, y, x] += weights[:, k, y // 2, x // 2, None] * padded[:, :, y + 2 + dy, x + 2 + dx]
+    torch.testing.assert_close(out, ref)
+    # a one-hot kernel at offset (dy, dx) = (0, +1) shifts the frame left by one pixel, zero filled
+    shift = torch.zeros(2, 9, 8, 8)
+    shift[:, 5] = 1.0
+    moved = apply_dynamic_filter(frame, shift)
+    torch.testing.assert_close(moved[..., :-1], frame[..., 1:])
+    assert (moved[..., -1] == 0).all()
+    with pytest.raises(ValueError, match="odd K"):
+        apply_dynamic_filter(frame, torch.rand(2, 16, 8, 8))
+
+
+def test_dynamic_filter_head():
+    torch.manual_seed(0)
+    kw = dict(patch_size=4, input_frames=4, output_frames=3, head="dynamic_filter", filter_size=5)
+    m = EncoderForecaster(1, [8, 6], 3, **kw)
+    assert m.head.out_channels == 25 and m.output_activation == "identity"
+    x = torch.rand(2, 4, 1, 16, 16)
+    y, enc = m(x, return_encoder_predictions=True)
+    assert y.shape == (2, 3, 1, 16, 16) and enc.shape == (2, 3, 1, 16, 16)
+    # outputs are convex combinations of the previous frame's pixels: in [0, 1], and an empty
+    # frame stays exactly empty
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0 + 1e-6
+    assert (m(torch.zeros(2, 4, 1, 16, 16)) == 0).all()
+    # kernels that select the centre tap (head weights 0, a large centre bias) copy the last frame
+    copy = EncoderForecaster(1, [8, 6], 3, **kw)
+    with torch.no_grad():
+        copy.head.weight.zero_()
+        copy.head.bias.fill_(-30.0)
+        copy.head.bias[12] = 30.0
+        torch.testing.assert_close(copy(x), x[:, -1:].expand(-1, 3, -1, -1, -1))
+    m_last = EncoderForecaster(1, [8, 6], 3, data_format="channels_last", **kw)
+    m_last.load_state_dict(m.state_dict())
+    torch.testing.assert_close(m_last(x.permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3), y)
+    y.sum().backward()
+    unused = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert unused == []
+    with pytest.raises(ValueError, match="filter_size: expected an odd"):
+        EncoderForecaster(1, [4], 3, head="dynamic_filter", filter_size=4)
+    with pytest.raises(ValueError, match="head: expected one of"):
+        EncoderForecaster(1, [4], 3, head="flow")
+
+
+@pytest.mark.parametrize("head", ["conv", "dynamic_filter"])
+def test_few_training_steps_reduce_loss(head: str):
+    torch.manual_seed(0)
+    m = EncoderForecaster(1, [8], 3, patch_size=4, input_frames=3, output_frames=3, head=head, filter_size=9)
     opt = torch.optim.Adam(m.parameters(), 1e-2)
     from convlstm_vp.data import moving_mnist_batch
 
@@ -106,7 +161,8 @@ def test_few_training_steps_reduce_loss():
         loss.backward()
         opt.step()
         losses.append(float(loss))
-    assert losses[-1] < 0.6 * losses[0]
+    # the dynamic filter starts from a blurred copy of the last frame, a much lower loss
+    assert losses[-1] < (0.6 if head == "conv" else 0.9) * losses[0]
 
 
 def test_frame_metrics_definitions():

@@ -10,7 +10,13 @@ Reads top to bottom:
    with scheduled sampling, the true frame with probability ``eta`` (the model keeps the
    schedule; callers only pass ``targets``).
 4. Head: the hidden states of all forecaster layers are concatenated and mixed by a 1x1
-   convolution into one patched frame, then ``unpatchify`` and the output activation.
+   convolution. With ``head="conv"`` (Shi et al.) its output is the patched frame itself, then
+   ``unpatchify`` and the output activation. With ``head="dynamic_filter"`` (De Brabandere et al.
+   2016, "Dynamic Filter Networks") the 1x1 convolution instead gives, for every patch cell, the
+   logits of a ``filter_size x filter_size`` kernel; the softmax of those weights filters the
+   previous full-resolution frame around each of the cell's p x p pixels. The model then predicts *where each pixel comes from* rather
+   than drawing the frame: on Moving MNIST it learns the digits' motion quickly and keeps them
+   sharp, and an empty background stays exactly 0.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -41,6 +48,38 @@ def unpatchify(x: Tensor, patch_size: int) -> Tensor:
     return rearrange(x, "b t (c p1 p2) h w -> b t c (h p1) (w p2)", p1=patch_size, p2=patch_size)
 
 
+HEADS = ("conv", "dynamic_filter")
+
+
+def apply_dynamic_filter(frame: Tensor, weights: Tensor) -> Tensor:
+    """Filter each pixel of ``frame`` with its own kernel.
+
+    Args:
+        frame: ``(B, C, H, W)``.
+        weights: ``(B, K*K, H/s, W/s)``, kernels in row-major order for odd ``K``, one kernel per
+            ``s x s`` block of pixels (``s = 1``: one per pixel), shared by the C channels; the
+            frame is zero-padded at its border.
+
+    Returns:
+        ``(B, C, H, W)`` with ``out[b, c, y, x] = sum_k weights[b, k, y//s, x//s] * frame[b, c, y+dy_k, x+dx_k]``.
+    """
+    b, c, h, w = frame.shape
+    kk, hs, ws = weights.shape[1:]
+    k = int(round(kk**0.5))
+    if k * k != kk or k % 2 == 0 or h % hs or w % ws or h // hs != w // ws:
+        raise ValueError(f"apply_dynamic_filter: expected weights (B, K*K, H/s, W/s) with odd K for frame {tuple(frame.shape)}, got {tuple(weights.shape)}")
+    s = h // hs
+    n = b * hs * ws * c
+    # the (s + K - 1)^2 window that the K x K kernels of one s x s block read, for every block ...
+    win = s + k - 1
+    cols = F.unfold(frame, win, padding=k // 2, stride=s).view(b, c, win, win, hs * ws)
+    cols = cols.permute(0, 4, 1, 2, 3).reshape(1, n, win, win)
+    # ... filtered by that block's kernel: one depthwise convolution with a group per block and channel
+    kernels = weights.permute(0, 2, 3, 1).reshape(b * hs * ws, 1, kk).expand(-1, c, -1).reshape(n, 1, k, k)
+    out = F.conv2d(cols, kernels.to(cols.dtype), groups=n)  # (1, n, s, s)
+    return out.view(b, hs, ws, c, s, s).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
 class EncoderForecaster(nn.Module):
     """ConvLSTM encoder-forecaster.
 
@@ -51,8 +90,13 @@ class EncoderForecaster(nn.Module):
         patch_size: space-to-depth factor (4 turns 64x64x1 into 16x16x16).
         input_frames, output_frames: frames observed and frames predicted.
         data_format: "channels_first" ``(B, T, C, H, W)`` or "channels_last" ``(B, T, H, W, C)``.
-        output_activation: applied to the predicted frames ("sigmoid" for [0, 1] frames,
-            "linear"/"identity" for none).
+        output_activation: applied to the predicted frames; ``None`` picks "sigmoid" (frames in
+            [0, 1]) for ``head="conv"`` and "identity" for ``head="dynamic_filter"``, whose
+            output, a convex combination of pixels of the previous frame, is already in range.
+        head: "conv" (the 1x1 convolution draws the frame) or "dynamic_filter" (it gives a
+            per-pixel kernel applied to the previous frame; see the module docstring).
+        filter_size: odd kernel side for ``head="dynamic_filter"``; it bounds the motion per
+            frame it can express (9 covers 4 px, Moving MNIST moves 3.6 px per frame).
         scheduled_sampling: ``(start, end, steps)``: in training, the probability of feeding the
             true previous frame decays linearly from ``start`` to ``end`` over ``steps``
             training calls; ``None`` always feeds the model's own prediction.
@@ -76,7 +120,9 @@ class EncoderForecaster(nn.Module):
         input_frames: int = 10,
         output_frames: int = 10,
         data_format: str = "channels_first",
-        output_activation: str = "sigmoid",
+        output_activation: str | None = None,
+        head: str = "conv",
+        filter_size: int = 9,
         scheduled_sampling: Sequence[float] | None = None,
         check_finite: bool = True,
         **cell_kwargs: Any,
@@ -88,6 +134,12 @@ class EncoderForecaster(nn.Module):
         for what, v in (("patch_size", patch_size), ("input_frames", input_frames), ("output_frames", output_frames), ("in_channels", in_channels)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{what}: expected a positive int, got {v!r}")
+        if head not in HEADS:
+            raise ValueError(f"head: expected one of {HEADS}, got {head!r}")
+        if head == "dynamic_filter" and (not isinstance(filter_size, int) or filter_size < 1 or filter_size % 2 == 0):
+            raise ValueError(f"filter_size: expected an odd positive int, got {filter_size!r}")
+        if output_activation is None:
+            output_activation = "sigmoid" if head == "conv" else "identity"
         if scheduled_sampling is not None:
             if len(scheduled_sampling) != 3:
                 raise ValueError(f"scheduled_sampling: expected (start, end, steps), got {scheduled_sampling!r}")
@@ -102,6 +154,8 @@ class EncoderForecaster(nn.Module):
         self.data_format = check_data_format(data_format)
         self.output_activation = output_activation
         self._out_act = get_activation(output_activation, "output_activation")
+        self.head_type = head
+        self.filter_size = filter_size if head == "dynamic_filter" else None
         self.scheduled_sampling = tuple(scheduled_sampling) if scheduled_sampling is not None else None
         self.check_finite = check_finite
         kernels = kernel_size if isinstance(kernel_size, list) else [kernel_size] * len(hidden)
@@ -109,7 +163,9 @@ class EncoderForecaster(nn.Module):
         # the frames are checked once here, not again by the inner layers
         self.encoder = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="encoder", check_finite=False, return_all_layers=True, **cell_kwargs)
         self.forecaster = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="forecaster", check_finite=False, **cell_kwargs)
-        self.head = nn.Conv2d(sum(hidden), c, kernel_size=1)
+        # the dynamic filter has one kernel per patch cell, shared by its p x p pixels
+        head_out = c if head == "conv" else filter_size * filter_size
+        self.head = nn.Conv2d(sum(hidden), head_out, kernel_size=1)
         # number of training calls seen, drives the scheduled-sampling probability
         self.register_buffer("sampling_updates", torch.zeros((), dtype=torch.long))
 
@@ -157,41 +213,50 @@ class EncoderForecaster(nn.Module):
         if return_encoder_predictions:
             feats = torch.cat(layer_outputs, dim=2)[:, :-1]  # (B, T_in - 1, sum(hidden), h, w)
             b, t = feats.shape[:2]
-            encoder_pred = self._out_act(self.head(feats.flatten(0, 1))).unflatten(0, (b, t))
-            encoder_pred = sequence_from_internal(unpatchify(encoder_pred, p), 2, True, self.data_format)
+            encoder_pred = self._frame(feats.flatten(0, 1), x[:, :-1].flatten(0, 1)).unflatten(0, (b, t))
+            encoder_pred = sequence_from_internal(encoder_pred, 2, True, self.data_format)
         hs = list(h_n.unbind(0)) if isinstance(h_n, Tensor) else list(h_n)
         cs = list(c_n.unbind(0)) if isinstance(c_n, Tensor) else list(c_n)
 
         eta = 0.0
-        tp = None
+        true_frames = None
         if self.training and targets is not None and self.scheduled_sampling is not None:
-            tp = patchify(self._check(targets, self.output_frames, "targets"), p)
+            true_frames = self._check(targets, self.output_frames, "targets")
             eta = self.teacher_forcing_probability()
             self.sampling_updates += 1
 
         cells = self.forecaster.cells
         for cell in cells:
             cell.reset_dropout_masks()
-        frame = xp[:, -1]
+        frame = x[:, -1]  # (B, C, H, W): the previous frame, observed or predicted
         outputs = []
         for step in range(self.output_frames):
-            inp = frame
+            inp = patchify(frame.unsqueeze(1), p).squeeze(1)
             for layer, cell in enumerate(cells):
                 hs[layer], cs[layer] = cell.step(inp, (hs[layer], cs[layer]))
                 inp = hs[layer]
-            pred = self._out_act(self.head(torch.cat(hs, dim=1)))
+            pred = self._frame(torch.cat(hs, dim=1), frame)
             outputs.append(pred)
             frame = pred
-            if tp is not None and eta > 0 and step + 1 < self.output_frames:
+            if true_frames is not None and eta > 0 and step + 1 < self.output_frames:
                 use_true = (torch.rand(pred.shape[0], 1, 1, 1, device=pred.device) < eta).to(pred.dtype)
-                frame = use_true * tp[:, step] + (1 - use_true) * pred
-        y = unpatchify(torch.stack(outputs, dim=1), p)
-        y = sequence_from_internal(y, 2, True, self.data_format)
+                frame = use_true * true_frames[:, step].to(pred.dtype) + (1 - use_true) * pred
+        y = sequence_from_internal(torch.stack(outputs, dim=1), 2, True, self.data_format)
         return (y, encoder_pred) if return_encoder_predictions else y
+
+    def _frame(self, feats: Tensor, previous: Tensor) -> Tensor:
+        """Next full-resolution frame ``(N, C, H, W)`` from hidden features ``(N, sum(hidden), h, w)``
+        and the previous frame ``(N, C, H, W)`` (used by the dynamic-filter head)."""
+        z = self.head(feats)
+        if self.head_type == "dynamic_filter":
+            return self._out_act(apply_dynamic_filter(previous, torch.softmax(z.float(), dim=1)))
+        return self._out_act(unpatchify(z.unsqueeze(1), self.patch_size).squeeze(1))
 
     def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels}, hidden_channels={self.hidden_channels}, patch_size={self.patch_size}, "
             f"input_frames={self.input_frames}, output_frames={self.output_frames}, "
-            f"output_activation={self.output_activation!r}, scheduled_sampling={self.scheduled_sampling}"
+            f"output_activation={self.output_activation!r}, head={self.head_type!r}"
+            + (f", filter_size={self.filter_size}" if self.filter_size else "")
+            + f", scheduled_sampling={self.scheduled_sampling}"
         )

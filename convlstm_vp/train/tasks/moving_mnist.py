@@ -18,7 +18,7 @@ from ..tb import TBLogger, prediction_strip, side_by_side
 DEFAULTS: dict[str, Any] = {
     "name": "moving_mnist",
     "seed": 0,
-    "loss": "bce",  # bce | mse | l1 | l1+mse
+    "loss": "bce",  # bce | mse | l1 | l1+mse | bce+l1
     # weight of the auxiliary loss on the encoder's one-step-ahead predictions of the input frames
     "encoder_loss_weight": 0.0,
     "model": {
@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
         "input_frames": 10,
         "output_frames": 10,
         "peephole": False,
+        "head": "conv",  # conv | dynamic_filter
+        "filter_size": 9,  # kernel side of the dynamic-filter head
+        "output_activation": None,  # null: sigmoid for the conv head, identity for dynamic_filter
         "scheduled_sampling": None,  # [start, end, steps] or null
     },
     "data": {
@@ -42,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "train": dict(TRAIN_DEFAULTS, lr=2e-3, precision="bf16", eval_every=200),
 }
 
-LOSSES = ("bce", "mse", "l1", "l1+mse")
+LOSSES = ("bce", "mse", "l1", "l1+mse", "bce+l1")
 
 
 def frame_loss(kind: str, pred: Tensor, target: Tensor) -> Tensor:
@@ -56,6 +59,8 @@ def frame_loss(kind: str, pred: Tensor, target: Tensor) -> Tensor:
         return F.l1_loss(pred, target)
     if kind == "l1+mse":
         return F.l1_loss(pred, target) + F.mse_loss(pred, target)
+    if kind == "bce+l1":
+        return F.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), target) + F.l1_loss(pred, target)
     raise ValueError(f"config key 'loss': expected one of {LOSSES}, got {kind!r}")
 
 
@@ -70,6 +75,9 @@ def build_model(cfg: dict) -> EncoderForecaster:
         input_frames=m["input_frames"],
         output_frames=m["output_frames"],
         scheduled_sampling=tuple(ss) if ss is not None else None,
+        head=m["head"],
+        filter_size=m["filter_size"],
+        output_activation=m["output_activation"],
         peephole=m["peephole"],
     )
 
