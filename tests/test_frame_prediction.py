@@ -165,6 +165,28 @@ def test_few_training_steps_reduce_loss(head: str):
     assert losses[-1] < (0.6 if head == "conv" else 0.9) * losses[0]
 
 
+def test_loss_terms_and_their_config_checks():
+    from convlstm_vp.train.config import ConfigError, merge
+    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, MovingMNISTTask
+
+    torch.manual_seed(0)
+    pred, target = torch.rand(2, 3, 1, 16, 16), (torch.rand(2, 3, 1, 16, 16) > 0.7).float()
+    bce = torch.nn.functional.binary_cross_entropy(pred, target)
+    l1 = (pred - target).abs().mean()
+    torch.testing.assert_close(frame_loss("bce+l1", pred, target, 3.0), bce + 3.0 * l1)
+    cfg = merge(DEFAULTS, {"loss": "bce+l1", "l1_weight": 2.0, "ssim_weight": 0.5, "data": {"source": "embedded"}})
+    task = MovingMNISTTask(cfg)
+    ssim = frame_ssim(pred, target).mean()
+    torch.testing.assert_close(task._loss(pred, target), bce + 2.0 * l1 + 0.5 * (1 - ssim))
+    # the SSIM term is differentiable and its gradient points towards the target
+    p = pred.clone().requires_grad_(True)
+    (1 - frame_ssim(p, target).mean()).backward()
+    assert float(frame_ssim(p.detach() - 0.05 * p.grad / p.grad.abs().max(), target).mean()) > float(ssim)
+    for key in ("l1_weight", "ssim_weight", "encoder_loss_weight"):
+        with pytest.raises(ConfigError, match=key):
+            merge(DEFAULTS, {key: -1.0})
+
+
 def test_frame_metrics_definitions():
     zeros = torch.zeros(2, 3, 1, 16, 16)
     ones = torch.ones(2, 3, 1, 16, 16)

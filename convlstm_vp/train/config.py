@@ -47,7 +47,9 @@ _CHOICES = {
     ("train", "device"): ("auto", "cpu", "cuda"),
 }
 _POSITIVE = {("train", k) for k in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every")}
-_NON_NEGATIVE = {("train", k) for k in ("lr", "weight_decay", "grad_clip", "num_threads", "warmup_fraction")} | {("seed",)}
+_NON_NEGATIVE = {("train", k) for k in ("lr", "weight_decay", "grad_clip", "num_threads", "warmup_fraction")} | {
+    ("seed",), ("encoder_loss_weight",), ("l1_weight",), ("ssim_weight",)
+}
 
 
 def _is_int(v: Any) -> bool:

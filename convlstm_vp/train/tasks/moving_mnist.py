@@ -12,13 +12,16 @@ from torch import Tensor, nn
 from ...data import MovingMNIST, load_digits, moving_mnist_batch
 from ...models.encoder_forecaster import EncoderForecaster
 from ..config import TRAIN_DEFAULTS
-from ..metrics import FrameMetrics, frame_mse
+from ..metrics import FrameMetrics, frame_mse, frame_ssim
 from ..tb import TBLogger, prediction_strip, side_by_side
 
 DEFAULTS: dict[str, Any] = {
     "name": "moving_mnist",
     "seed": 0,
     "loss": "bce",  # bce | mse | l1 | l1+mse | bce+l1
+    "l1_weight": 1.0,  # weight of the L1 term of the bce+l1 loss
+    # weight of a structural term, 1 - SSIM (the evaluation's definition), added to the loss
+    "ssim_weight": 0.0,
     # weight of the auxiliary loss on the encoder's one-step-ahead predictions of the input frames
     "encoder_loss_weight": 0.0,
     "model": {
@@ -48,8 +51,8 @@ DEFAULTS: dict[str, Any] = {
 LOSSES = ("bce", "mse", "l1", "l1+mse", "bce+l1")
 
 
-def frame_loss(kind: str, pred: Tensor, target: Tensor) -> Tensor:
-    """Training loss on frames in [0, 1] (mean over pixels)."""
+def frame_loss(kind: str, pred: Tensor, target: Tensor, l1_weight: float = 1.0) -> Tensor:
+    """Training loss on frames in [0, 1] (mean over pixels); ``l1_weight`` weighs the L1 term of "bce+l1"."""
     pred, target = pred.float(), target.float()
     if kind == "bce":
         return F.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), target)
@@ -60,7 +63,7 @@ def frame_loss(kind: str, pred: Tensor, target: Tensor) -> Tensor:
     if kind == "l1+mse":
         return F.l1_loss(pred, target) + F.mse_loss(pred, target)
     if kind == "bce+l1":
-        return F.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), target) + F.l1_loss(pred, target)
+        return F.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), target) + l1_weight * F.l1_loss(pred, target)
     raise ValueError(f"config key 'loss': expected one of {LOSSES}, got {kind!r}")
 
 
@@ -114,6 +117,12 @@ class MovingMNISTTask:
         return moving_mnist_batch(self.cfg["train"]["batch_size"], digits=self.train_digits,
                                   num_digits=self.cfg["data"]["num_digits"], num_frames=self.frames, rng=rng)
 
+    def _loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        loss = frame_loss(self.cfg["loss"], pred, target, self.cfg["l1_weight"])
+        if self.cfg["ssim_weight"] > 0:
+            loss = loss + self.cfg["ssim_weight"] * (1.0 - frame_ssim(pred, target).mean())
+        return loss
+
     def training_step(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict]:
         batch = batch.to(next(model.parameters()).device)
         t_in = self.cfg["model"]["input_frames"]
@@ -121,12 +130,12 @@ class MovingMNISTTask:
         w = self.cfg["encoder_loss_weight"]
         if w > 0:
             pred, enc = model(x, y, return_encoder_predictions=True)
-            enc_loss = frame_loss(self.cfg["loss"], enc, x[:, 1:])
-            loss = frame_loss(self.cfg["loss"], pred, y) + w * enc_loss
+            enc_loss = self._loss(enc, x[:, 1:])
+            loss = self._loss(pred, y) + w * enc_loss
             logs = {"encoder_loss": float(enc_loss.detach())}
         else:
             pred = model(x, y)
-            loss = frame_loss(self.cfg["loss"], pred, y)
+            loss = self._loss(pred, y)
             logs = {}
         logs["mse_per_frame"] = float(frame_mse(pred.detach(), y).mean())
         return loss, logs
