@@ -178,3 +178,19 @@ def test_dtype_mismatch_is_a_type_error_naming_both_dtypes() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision is the exception
         out, _ = layer(x.bfloat16())
     assert out.shape == (2, 4, 3, 5, 5)
+
+
+def test_models_name_their_own_input_when_it_holds_nan():
+    from convlstm_vp.models import DeepConvLSTM, PatchSequenceClassifier
+
+    dcl = DeepConvLSTM(6, 3, conv_filters=4, num_conv_layers=2, lstm_hidden=5)
+    windows = torch.rand(2, 24, 6)
+    windows[1, 3, 2] = float("nan")
+    with pytest.raises(NonFiniteInputError, match=r"DeepConvLSTM .*windows of shape \(2, 24, 6\) holds 1 NaN"):
+        dcl(windows)
+    assert torch.isnan(DeepConvLSTM(6, 3, conv_filters=4, num_conv_layers=2, lstm_hidden=5, check_finite=False)(windows)).any()
+    psc = PatchSequenceClassifier(1, [4])
+    patches = torch.rand(2, 16, 1, 7, 7)
+    patches[0, 5, 0, 1, 1] = float("inf")
+    with pytest.raises(NonFiniteInputError, match=r"PatchSequenceClassifier .*patch sequence x of shape \(2, 16, 1, 7, 7\) holds 0 NaN and 1 Inf"):
+        psc(patches)

@@ -26,6 +26,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..nn import ConvLSTM
+from ..nn.functional import check_finite as _check_finite
 
 ConvMode = Literal["mixed", "per_channel"]
 Recurrent = Literal["rank0", "rank1"]
@@ -53,6 +54,8 @@ class DeepConvLSTM(nn.Module):
             followed by a linear layer on the ``lstm_hidden * columns`` last-step features.
         recurrent_kernel: rank 1 only: kernel of the recurrent convolutions over the sensor
             axis ("same" padding).
+        check_finite: raise :class:`~convlstm_vp.nn.NonFiniteInputError` (a ``ValueError``)
+            naming the windows when ``x`` holds NaN/Inf.
 
     Shapes:
         x: ``(B, T, C)`` batch-first windows, or an unbatched ``(T, C)`` window, with
@@ -73,8 +76,10 @@ class DeepConvLSTM(nn.Module):
         conv_mode: ConvMode = "mixed",
         recurrent: Recurrent = "rank0",
         recurrent_kernel: int = 3,
+        check_finite: bool = True,
     ) -> None:
         super().__init__()
+        self.check_finite = bool(check_finite)
         for what, v in (
             ("num_channels", num_channels),
             ("num_classes", num_classes),
@@ -119,13 +124,13 @@ class DeepConvLSTM(nn.Module):
         if recurrent == "rank0":
             self.lstm = ConvLSTM(
                 features * self.columns, lstm_hidden, num_layers=lstm_layers, spatial_dims=0,
-                dropout=self.dropout, return_sequences=False,
+                dropout=self.dropout, return_sequences=False, check_finite=False,
             )
             head_in = lstm_hidden
         else:
             self.lstm = ConvLSTM(
                 features, lstm_hidden, recurrent_kernel, num_layers=lstm_layers, spatial_dims=1,
-                padding="same", dropout=self.dropout, return_sequences=False,
+                padding="same", dropout=self.dropout, return_sequences=False, check_finite=False,
             )
             head_in = lstm_hidden * self.columns
         self.classifier = nn.Linear(head_in, num_classes)
@@ -146,6 +151,8 @@ class DeepConvLSTM(nn.Module):
                 f"DeepConvLSTM expects windows (B, T, C) or unbatched (T, C) with C={self.num_channels} "
                 f"and T >= {self.min_window}, got shape {tuple(x.shape)}"
             )
+        if self.check_finite:  # here, on the windows, rather than inside on the convolved features
+            _check_finite(x, "windows", "DeepConvLSTM (check_finite=True)")
         unbatched = x.dim() == 2
         if unbatched:
             x = x.unsqueeze(0)

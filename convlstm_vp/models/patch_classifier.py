@@ -22,6 +22,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..nn import ConvLSTM
+from ..nn.functional import check_finite as _check_finite
 from ..nn.layout import check_data_format, describe_sequence, sequence_to_internal
 
 Head = Literal["flatten", "pool"]
@@ -45,6 +46,8 @@ class PatchSequenceClassifier(nn.Module):
         bidirectional: also read the patches last to first; the head then sees the forward
             direction's last state and the backward direction's state after the first patch
             (``2H`` channels), so early patches need not be remembered across the whole sequence.
+        check_finite: raise :class:`~convlstm_vp.nn.NonFiniteInputError` (a ``ValueError``) naming
+            the input when ``x`` holds NaN/Inf.
         **cell_kwargs: passed to every :class:`~convlstm_vp.nn.ConvLSTMCell` (``peephole``,
             ``recurrent_dropout``, activations, ...).
 
@@ -65,9 +68,11 @@ class PatchSequenceClassifier(nn.Module):
         dropout: float = 0.0,
         head: Head = "flatten",
         bidirectional: bool = False,
+        check_finite: bool = True,
         **cell_kwargs: Any,
     ) -> None:
         super().__init__()
+        self.check_finite = bool(check_finite)
         hidden = list(hidden_channels)
         if not hidden or any(not isinstance(h, int) or h <= 0 for h in hidden):
             raise ValueError(f"hidden_channels: expected a non-empty list of positive ints, got {hidden_channels!r}")
@@ -94,6 +99,7 @@ class PatchSequenceClassifier(nn.Module):
             bidirectional=self.bidirectional,
             return_sequences=False,
             name="patches",
+            check_finite=False,  # checked once in forward, naming the model's input
             **cell_kwargs,
         )
         features = self.convlstm.out_channels * (patch_size * patch_size if head == "flatten" else 1)
@@ -113,6 +119,8 @@ class PatchSequenceClassifier(nn.Module):
         _, t, c, h, w = internal.shape
         if t < 1 or c != self.in_channels or h != self.patch_size or w != self.patch_size:
             raise ValueError(f"PatchSequenceClassifier: expected {expected} {detail}, got {tuple(x.shape)}")
+        if self.check_finite:
+            _check_finite(x, "patch sequence x", "PatchSequenceClassifier (check_finite=True)")
         return internal, unbatched
 
     def forward(self, x: Tensor) -> Tensor:

@@ -68,7 +68,7 @@ def frame_loss(kind: str, pred: Tensor, target: Tensor, l1_weight: float = 1.0) 
 
 
 def build_model(cfg: dict) -> EncoderForecaster:
-    m = cfg["model"]
+    m = {**DEFAULTS["model"], **cfg["model"]}  # other tasks (patch completion) reuse this with fewer keys
     ss = m["scheduled_sampling"]
     return EncoderForecaster(
         1,
