@@ -85,6 +85,22 @@ def test_lstm_gates_equals_the_plain_equations(dtype, use_native):
         torch.testing.assert_close(a, b, rtol=0, atol=4 * tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("use_native", [True, False])
+def test_lstm_gates_stay_finite_for_saturating_preactivations(dtype, use_native):
+    # pre-activations far beyond where exp overflows in float32 (|x| > 88): the sigmoids saturate
+    # to 0 or 1, nothing turns into NaN (the native kernel is built with -ffast-math)
+    gates = torch.linspace(-400.0, 400.0, 2 * 4 * 64).view(2, 4 * 64).to(dtype).requires_grad_()
+    c = torch.linspace(-150.0, 150.0, 2 * 64).view(2, 64).requires_grad_()
+    h, c_new = lstm_gates(gates, c, use_native)
+    assert torch.isfinite(h).all() and torch.isfinite(c_new).all()
+    h_ref, c_ref = _plain_gates(gates.double(), c.double())
+    torch.testing.assert_close(h.double(), h_ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(c_new.double(), c_ref, rtol=1e-6, atol=1e-5)
+    (h.sum() + c_new.sum()).backward()
+    assert torch.isfinite(gates.grad.float()).all() and torch.isfinite(c.grad).all()
+
+
 def test_lstm_gates_gradcheck():
     torch.manual_seed(1)
     gates = torch.randn(2, 8, 3, dtype=torch.float64, requires_grad=True)

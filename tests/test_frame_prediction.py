@@ -174,6 +174,11 @@ def test_loss_terms_and_their_config_checks():
     bce = torch.nn.functional.binary_cross_entropy(pred, target)
     l1 = (pred - target).abs().mean()
     torch.testing.assert_close(frame_loss("bce+l1", pred, target, 3.0), bce + 3.0 * l1)
+    torch.testing.assert_close(frame_loss("bce", pred, target), bce)
+    # a NaN prediction gives a NaN loss (for the loop's nan_policy), not an exception
+    pred_nan = pred.clone()
+    pred_nan[0, 0, 0, 0, 0] = float("nan")
+    assert torch.isnan(frame_loss("bce+l1", pred_nan, target))
     cfg = merge(DEFAULTS, {"loss": "bce+l1", "l1_weight": 2.0, "ssim_weight": 0.5, "data": {"source": "embedded"}})
     task = MovingMNISTTask(cfg)
     ssim = frame_ssim(pred, target).mean()

@@ -54,7 +54,9 @@ static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, NaN stay
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }
-static inline float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* -ffast-math assumes no infinities: keep expf's argument where it cannot overflow (|x| <= 80;
+   the sigmoid is 1 - 2e-35 or 2e-35 there, float32's own rounding of the exact value). */
+static inline float sigm(float x) { return 1.0f / (1.0f + expf(-fminf(fmaxf(x, -80.0f), 80.0f))); }
 
 #define AS_F32(x) (x)
 #define AS_BF16(x) bf16_to_f32(x)

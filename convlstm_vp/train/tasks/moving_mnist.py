@@ -51,11 +51,18 @@ DEFAULTS: dict[str, Any] = {
 LOSSES = ("bce", "mse", "l1", "l1+mse", "bce+l1")
 
 
+def _bce(pred: Tensor, target: Tensor) -> Tensor:
+    # written out rather than F.binary_cross_entropy, which raises on NaN predictions: a NaN loss
+    # must reach the training loop, whose nan_policy decides (stop with a message, or skip)
+    p = pred.clamp(1e-6, 1 - 1e-6)
+    return -(target * torch.log(p) + (1 - target) * torch.log1p(-p)).mean()
+
+
 def frame_loss(kind: str, pred: Tensor, target: Tensor, l1_weight: float = 1.0) -> Tensor:
     """Training loss on frames in [0, 1] (mean over pixels); ``l1_weight`` weighs the L1 term of "bce+l1"."""
     pred, target = pred.float(), target.float()
     if kind == "bce":
-        return F.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), target)
+        return _bce(pred, target)
     if kind == "mse":
         return F.mse_loss(pred, target)
     if kind == "l1":
@@ -63,7 +70,7 @@ def frame_loss(kind: str, pred: Tensor, target: Tensor, l1_weight: float = 1.0) 
     if kind == "l1+mse":
         return F.l1_loss(pred, target) + F.mse_loss(pred, target)
     if kind == "bce+l1":
-        return F.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), target) + l1_weight * F.l1_loss(pred, target)
+        return _bce(pred, target) + l1_weight * F.l1_loss(pred, target)
     raise ValueError(f"config key 'loss': expected one of {LOSSES}, got {kind!r}")
 
 
