@@ -54,9 +54,17 @@ static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, NaN stay
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }
-/* -ffast-math assumes no infinities: keep expf's argument where it cannot overflow (|x| <= 80;
-   the sigmoid is 1 - 2e-35 or 2e-35 there, float32's own rounding of the exact value). */
-static inline float sigm(float x) { return 1.0f / (1.0f + expf(-fminf(fmaxf(x, -80.0f), 80.0f))); }
+/* Keep expf's argument where it cannot overflow (|x| <= 80: the sigmoid is 1 - 2e-35 or 2e-35
+   there, float32's own rounding of the exact value): the vectorised expf of -ffast-math gave NaN
+   beyond. fminf/fmaxf keep the loop vectorised but drop NaN, so a NaN input (found from its bits,
+   which -ffast-math cannot assume away) is passed on unchanged. */
+static inline float sigm(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    float xc = fminf(fmaxf(x, -80.0f), 80.0f);
+    xc = (u & 0x7fffffffu) > 0x7f800000u ? x : xc;
+    return 1.0f / (1.0f + expf(-xc));
+}
 
 #define AS_F32(x) (x)
 #define AS_BF16(x) bf16_to_f32(x)
