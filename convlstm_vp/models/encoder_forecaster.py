@@ -14,9 +14,9 @@ Reads top to bottom:
    ``unpatchify`` and the output activation. With ``head="dynamic_filter"`` (De Brabandere et al.
    2016, "Dynamic Filter Networks") the 1x1 convolution instead gives, for every patch cell, the
    logits of a ``filter_size x filter_size`` kernel; the softmax of those weights filters the
-   previous full-resolution frame around each of the cell's p x p pixels. The model then predicts *where each pixel comes from* rather
-   than drawing the frame: on Moving MNIST it learns the digits' motion quickly and keeps them
-   sharp, and an empty background stays exactly 0.
+   previous full-resolution frame around each of the cell's p x p pixels. The model then
+   predicts *where each pixel comes from* rather than drawing the frame: on Moving MNIST it
+   learns the digits' motion quickly and keeps them sharp, and an empty background stays 0.
 """
 
 from __future__ import annotations
