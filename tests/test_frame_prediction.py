@@ -146,7 +146,43 @@ def test_dynamic_filter_head():
         EncoderForecaster(1, [4], 3, head="flow")
 
 
-@pytest.mark.parametrize("head", ["conv", "dynamic_filter"])
+def test_composite_head_blends_the_filtered_and_the_drawn_frame():
+    torch.manual_seed(0)
+    kw = dict(patch_size=4, input_frames=4, output_frames=3, filter_size=5)
+    m = EncoderForecaster(1, [8, 6], 3, head="composite", **kw)
+    # 25 kernel logits, then 16 drawn-pixel and 16 mask logits per patch cell
+    assert m.head.out_channels == 25 + 16 + 16 and m.output_activation == "identity" and m.filter_size == 5
+    x = torch.rand(2, 4, 1, 16, 16)
+    y, enc = m(x, return_encoder_predictions=True)
+    assert y.shape == (2, 3, 1, 16, 16) and enc.shape == (2, 3, 1, 16, 16)
+    assert float(y.detach().min()) >= 0.0 and float(y.detach().max()) <= 1.0 + 1e-6
+    y.sum().backward()
+    assert [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
+
+    plain = EncoderForecaster(1, [8, 6], 3, head="dynamic_filter", **kw)
+    with torch.no_grad():
+        # mask saturated at 1: exactly the dynamic filter with the same kernel logits
+        state = {k: v for k, v in m.state_dict().items() if not k.startswith("head.")}
+        plain.load_state_dict({**state, "head.weight": m.head.weight[:25], "head.bias": m.head.bias[:25]})
+        m.head.weight[41:].zero_()
+        m.head.bias[41:].fill_(40.0)
+        torch.testing.assert_close(m(x), plain(x))
+        # mask at 0: the drawn frame; with a constant drawn logit b it is sigmoid(b) everywhere
+        m.head.bias[41:].fill_(-40.0)
+        m.head.weight[25:41].zero_()
+        m.head.bias[25:41].fill_(0.5)
+        torch.testing.assert_close(m(x), torch.full((2, 3, 1, 16, 16), float(torch.sigmoid(torch.tensor(0.5)))))
+        # half and half: the mean of the two
+        m.head.bias[41:].fill_(0.0)
+        torch.testing.assert_close(m(x)[:, 0], 0.5 * plain(x)[:, 0] + 0.5 * torch.sigmoid(torch.tensor(0.5)))
+    # the initial biases start it close to the plain filter: mask high, drawn frame near 0
+    fresh = EncoderForecaster(1, [8, 6], 3, head="composite", **kw)
+    assert float(fresh.head.bias[41:].min()) > 1.0 and float(fresh.head.bias[25:41].max()) < -2.0
+    with pytest.raises(ValueError, match="filter_size: expected an odd"):
+        EncoderForecaster(1, [4], 3, head="composite", filter_size=0)
+
+
+@pytest.mark.parametrize("head", ["conv", "dynamic_filter", "composite"])
 def test_few_training_steps_reduce_loss(head: str):
     torch.manual_seed(0)
     m = EncoderForecaster(1, [8], 3, patch_size=4, input_frames=3, output_frames=3, head=head, filter_size=9)

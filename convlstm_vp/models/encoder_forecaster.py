@@ -17,6 +17,10 @@ Reads top to bottom:
    previous full-resolution frame around each of the cell's p x p pixels. The model then
    predicts *where each pixel comes from* rather than drawing the frame: on Moving MNIST it
    learns the digits' motion quickly and keeps them sharp, and an empty background stays 0.
+   ``head="composite"`` adds what a warp cannot do, in the manner of the compositing masks of
+   Finn et al. (2016, CDNA): the same 1x1 convolution also draws a frame (sigmoid) and a
+   per-pixel mask (sigmoid), and the prediction is ``mask * filtered + (1 - mask) * drawn``, so
+   the model can redraw what the previous frame lost (digits that overlapped, blur).
 """
 
 from __future__ import annotations
@@ -48,7 +52,10 @@ def unpatchify(x: Tensor, patch_size: int) -> Tensor:
     return rearrange(x, "b t (c p1 p2) h w -> b t c (h p1) (w p2)", p1=patch_size, p2=patch_size)
 
 
-HEADS = ("conv", "dynamic_filter")
+HEADS = ("conv", "dynamic_filter", "composite")
+# initial bias of the composite head's mask logits: start close to the pure dynamic filter
+COMPOSITE_MASK_BIAS = 2.0
+COMPOSITE_DRAW_BIAS = -4.0
 
 
 def apply_dynamic_filter(frame: Tensor, weights: Tensor) -> Tensor:
@@ -91,11 +98,13 @@ class EncoderForecaster(nn.Module):
         input_frames, output_frames: frames observed and frames predicted.
         data_format: "channels_first" ``(B, T, C, H, W)`` or "channels_last" ``(B, T, H, W, C)``.
         output_activation: applied to the predicted frames; ``None`` picks "sigmoid" (frames in
-            [0, 1]) for ``head="conv"`` and "identity" for ``head="dynamic_filter"``, whose
-            output, a convex combination of pixels of the previous frame, is already in range.
-        head: "conv" (the 1x1 convolution draws the frame) or "dynamic_filter" (it gives a
-            per-pixel kernel applied to the previous frame; see the module docstring).
-        filter_size: odd kernel side for ``head="dynamic_filter"``; it bounds the motion per
+            [0, 1]) for ``head="conv"`` and "identity" for the other heads, whose output (a
+            convex combination of pixels of the previous frame, and of a drawn frame) is
+            already in range.
+        head: "conv" (the 1x1 convolution draws the frame), "dynamic_filter" (it gives a
+            per-pixel kernel applied to the previous frame) or "composite" (that filtered frame
+            blended with a drawn one through a learned mask); see the module docstring.
+        filter_size: odd kernel side for the filter heads; it bounds the motion per
             frame it can express (9 covers 4 px, Moving MNIST moves 3.6 px per frame).
         scheduled_sampling: ``(start, end, steps)``: in training, the probability of feeding the
             true previous frame decays linearly from ``start`` to ``end`` over ``steps``
@@ -136,7 +145,7 @@ class EncoderForecaster(nn.Module):
                 raise ValueError(f"{what}: expected a positive int, got {v!r}")
         if head not in HEADS:
             raise ValueError(f"head: expected one of {HEADS}, got {head!r}")
-        if head == "dynamic_filter" and (not isinstance(filter_size, int) or filter_size < 1 or filter_size % 2 == 0):
+        if head != "conv" and (not isinstance(filter_size, int) or filter_size < 1 or filter_size % 2 == 0):
             raise ValueError(f"filter_size: expected an odd positive int, got {filter_size!r}")
         if output_activation is None:
             output_activation = "sigmoid" if head == "conv" else "identity"
@@ -155,7 +164,7 @@ class EncoderForecaster(nn.Module):
         self.output_activation = output_activation
         self._out_act = get_activation(output_activation, "output_activation")
         self.head_type = head
-        self.filter_size = filter_size if head == "dynamic_filter" else None
+        self.filter_size = filter_size if head != "conv" else None
         self.scheduled_sampling = tuple(scheduled_sampling) if scheduled_sampling is not None else None
         self.check_finite = check_finite
         kernels = kernel_size if isinstance(kernel_size, list) else [kernel_size] * len(hidden)
@@ -163,9 +172,15 @@ class EncoderForecaster(nn.Module):
         # the frames are checked once here, not again by the inner layers
         self.encoder = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="encoder", check_finite=False, return_all_layers=True, **cell_kwargs)
         self.forecaster = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="forecaster", check_finite=False, **cell_kwargs)
-        # the dynamic filter has one kernel per patch cell, shared by its p x p pixels
-        head_out = c if head == "conv" else filter_size * filter_size
+        # the dynamic filter has one kernel per patch cell, shared by its p x p pixels; the
+        # composite head adds a drawn patched frame and a patched mask (c channels each)
+        head_out = {"conv": c, "dynamic_filter": filter_size * filter_size, "composite": filter_size * filter_size + 2 * c}[head]
         self.head = nn.Conv2d(sum(hidden), head_out, kernel_size=1)
+        if head == "composite":
+            kk = filter_size * filter_size
+            with torch.no_grad():  # start near the plain filter: mask ~0.88, drawn frame ~0.02
+                self.head.bias[kk : kk + c].fill_(COMPOSITE_DRAW_BIAS)
+                self.head.bias[kk + c :].fill_(COMPOSITE_MASK_BIAS)
         # number of training calls seen, drives the scheduled-sampling probability
         self.register_buffer("sampling_updates", torch.zeros((), dtype=torch.long))
 
@@ -250,6 +265,11 @@ class EncoderForecaster(nn.Module):
         z = self.head(feats)
         if self.head_type == "dynamic_filter":
             return self._out_act(apply_dynamic_filter(previous, torch.softmax(z.float(), dim=1)))
+        if self.head_type == "composite":
+            kk = self.filter_size * self.filter_size
+            filtered = apply_dynamic_filter(previous, torch.softmax(z[:, :kk].float(), dim=1))
+            drawn, mask = (torch.sigmoid(unpatchify(part.float().unsqueeze(1), self.patch_size).squeeze(1)) for part in z[:, kk:].chunk(2, dim=1))
+            return self._out_act(mask * filtered + (1 - mask) * drawn)
         return self._out_act(unpatchify(z.unsqueeze(1), self.patch_size).squeeze(1))
 
     def extra_repr(self) -> str:

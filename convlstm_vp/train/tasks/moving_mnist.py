@@ -31,9 +31,9 @@ DEFAULTS: dict[str, Any] = {
         "input_frames": 10,
         "output_frames": 10,
         "peephole": False,
-        "head": "conv",  # conv | dynamic_filter
-        "filter_size": 9,  # kernel side of the dynamic-filter head
-        "output_activation": None,  # null: sigmoid for the conv head, identity for dynamic_filter
+        "head": "conv",  # conv | dynamic_filter | composite
+        "filter_size": 9,  # kernel side of the dynamic-filter and composite heads
+        "output_activation": None,  # null: sigmoid for the conv head, identity for the others
         "scheduled_sampling": None,  # [start, end, steps] or null
     },
     "data": {
