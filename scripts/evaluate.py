@@ -1,10 +1,12 @@
 """Evaluate a Moving MNIST checkpoint on the fixed test set.
 
-    python scripts/evaluate.py --checkpoint runs/cpu-quick/checkpoints/best.pt [--digits 3] [--json out.json]
+    python scripts/evaluate.py --checkpoint runs/cpu-quick/checkpoints/best.pt [--digits 3] [--json out.json] [--recognition]
 
 Metrics (README, "Metrics"): MSE and MAE per frame summed over pixels and averaged over frames and
 sequences, SSIM (11x11 Gaussian window) and PSNR, plus per-horizon curves. The all-zeros and
-copy-last-frame baselines on the same sequences are printed for reference.
+copy-last-frame baselines on the same sequences are printed for reference. With --recognition, a
+digit classifier trained on the training digits reads each digit's 28x28 window in the predicted
+and in the true frames (README, "Metrics").
 """
 
 import argparse
@@ -14,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from convlstm_vp.data import MovingMNIST
+from convlstm_vp.data import MovingMNIST, load_digits
 from convlstm_vp.train.checkpoint import CheckpointError, atomic_write_bytes
 from convlstm_vp.train.metrics import FrameMetrics
+from convlstm_vp.train.recognition import recognition_accuracy, train_digit_recognizer
 from convlstm_vp.train.tasks.moving_mnist import load_trained, predict
 
 
@@ -31,7 +34,10 @@ def main(argv=None) -> dict:
                    help="use datasets/moving_mnist/mnist_test_seq.npy (auto: when present and 2 digits)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="default: as trained")
     p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--json", help="write {mse, mae, ssim, psnr, per_frame, baselines} here")
+    p.add_argument("--json", help="write {mse, mae, ssim, psnr, per_frame, baselines[, recognition]} here")
+    p.add_argument("--recognition", action="store_true",
+                   help="also report how often a digit classifier recognises each digit in the predicted frames")
+    p.add_argument("--recognizer-epochs", type=int, default=6, help="training epochs of that classifier (default 6)")
     args = p.parse_args(argv)
     try:
         model, cfg = load_trained(args.checkpoint)
@@ -71,6 +77,21 @@ def main(argv=None) -> dict:
     pf = out["per_frame"]
     for t in range(t_out):
         print(f"{t + 1:>4} {pf['mse'][t]:9.2f} {pf['mae'][t]:9.2f} {pf['ssim'][t]:7.4f} {pf['psnr'][t]:7.2f}")
+    if args.recognition:
+        if ds.standard_path is not None:
+            raise SystemExit(f"error: --recognition needs digit trajectories; the standard file {ds.standard_path} has none: add --standard-file no")
+        pool = load_digits(args.root or d["root"], "train", d["source"])
+        recognizer = train_digit_recognizer(pool.images, pool.labels, epochs=args.recognizer_epochs)
+        tracks = [ds.trajectories(i) for i in range(len(ds))]
+        corners = torch.stack([torch.from_numpy(c) for c, _ in tracks])[:, :, t_in : t_in + t_out]
+        labels = torch.stack([torch.from_numpy(l) for _, l in tracks])
+        rec = {name: recognition_accuracy(recognizer, frames, corners, labels) for name, frames in (("model", pred), ("truth", y))}
+        out["recognition"] = rec
+        print(f"digit recognition (classifier trained on {len(pool)} {pool.source} training digits):")
+        print(f"{'t':>4} {'model':>7} {'truth':>7}")
+        for t in range(t_out):
+            print(f"{t + 1:>4} {rec['model']['per_frame'][t]:7.3f} {rec['truth']['per_frame'][t]:7.3f}")
+        print(f"all {digits} digits right at the last frame: model {rec['model']['all_digits_last']:.3f}, truth {rec['truth']['all_digits_last']:.3f}")
     if args.json:
         atomic_write_bytes(Path(args.json), json.dumps(out, indent=2).encode())
     return out

@@ -290,6 +290,14 @@ def test_evaluate_and_predict_end_to_end(tiny_run: Path, tmp_path: Path):
     _run("scripts/evaluate.py", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"),
          "--sequences", "6", "--digits", "3", "--json", str(out3))
     assert json.loads(out3.read_text())["baselines"]["zeros"]["mse"] > data["baselines"]["zeros"]["mse"]
+    # --recognition: a digit classifier reads every digit window of the prediction and the truth
+    outr = tmp_path / "evalr.json"
+    res = _run("scripts/evaluate.py", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"),
+               "--sequences", "6", "--recognition", "--recognizer-epochs", "1", "--json", str(outr))
+    rec = json.loads(outr.read_text())["recognition"]
+    assert set(rec) == {"model", "truth"} and len(rec["truth"]["per_frame"]) == 4
+    assert all(0 <= v <= 1 for v in rec["model"]["per_frame"] + rec["truth"]["per_frame"])
+    assert "all 2 digits right at the last frame" in res.stdout
 
     from convlstm_vp.data import moving_mnist_batch
 

@@ -356,6 +356,23 @@ class MovingMNIST(Dataset):
         item = frames_to_tensor(frames, self.data_format)
         return self.transform(item) if self.transform is not None else item
 
+    def trajectories(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Where the digits of sequence ``index`` are and what they are: integer top-left corners
+        ``(D, T, 2)`` as ``(y, x)`` and labels ``(D,)`` (generated sets only: the standard file
+        stores frames, not trajectories)."""
+        if self.standard_path is not None:
+            raise ValueError(f"trajectories: the standard test file {self.standard_path} has no trajectories; "
+                             "use a generated test set (standard_file=False)")
+        index = int(index)
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for MovingMNIST of length {self.length}")
+        assert self.digits is not None
+        _, corners, ids = render_moving_mnist(
+            self.digits.images, 1, self.num_frames, self.num_digits, self.image_size,
+            speed=self.speed, rng=self._item_rng(index), return_trajectories=True,
+        )
+        return corners[0], self.digits.labels[ids[0]]
+
     def generate_batch(
         self, batch_size: int, rng: np.random.Generator | int | None = None
     ) -> torch.Tensor:
