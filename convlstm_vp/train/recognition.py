@@ -3,8 +3,10 @@
 MSE and SSIM reward a blurred guess; a reader of a prediction asks whether each digit is still
 the digit it was. :class:`DigitRecognizer` is a small CNN trained on the *training* digit pool
 (never the test digits the sequences are made of), with the distortions a digit meets inside a
-Moving MNIST frame: shifts of up to ``max_shift`` pixels and, for half of the samples, a second
-digit pasted over it with ``max`` at a random offset (two digits crossing).
+Moving MNIST frame or a prediction of one: shifts of up to ``max_shift`` pixels, for half of the
+samples a second digit pasted over it with ``max`` at a random offset (two digits crossing), a
+Gaussian blur of up to 1.5 px and dimming down to half the intensity. It answers "is this still
+a recognisable 7?", not "is it sharp?".
 :func:`recognition_accuracy` crops the 28x28 window where each digit truly is in every frame
 (the generator's trajectories) and classifies it, for the prediction and, as the ceiling, for
 the ground truth (whose crops also hold parts of the other digit when the two overlap).
@@ -57,7 +59,16 @@ def _distort(images: Tensor, gen: torch.Generator, max_shift: int) -> Tensor:
     off = torch.randint(0, 2 * 14 + 1, (2, n), generator=gen)
     moved = _windows(other, off[0], off[1], 14)
     overlay = (torch.rand(n, 1, 1, 1, generator=gen) < 0.5).to(images.dtype)
-    return torch.maximum(out, overlay * moved)
+    out = torch.maximum(out, overlay * moved)
+    # blur (Gaussian, sigma 0 to 1.5 px) and dimming (x0.5 to x1): a blurred, faded digit is
+    # still the digit to a reader, so the classifier should judge its shape, not its crispness
+    sigma = torch.rand(n, generator=gen) * 1.5
+    r = torch.arange(-3, 4, dtype=images.dtype)
+    g = torch.exp(-(r[None] ** 2) / (2 * sigma[:, None].clamp_min(1e-3) ** 2))
+    g = g / g.sum(dim=1, keepdim=True)
+    kernels = (g[:, :, None] * g[:, None, :]).unsqueeze(1)  # (N, 1, 7, 7)
+    out = F.conv2d(out.view(1, n, DIGIT, DIGIT), kernels, padding=3, groups=n).view(n, 1, DIGIT, DIGIT)
+    return out * (0.5 + 0.5 * torch.rand(n, 1, 1, 1, generator=gen))
 
 
 def train_digit_recognizer(
