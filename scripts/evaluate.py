@@ -86,8 +86,13 @@ def main(argv=None) -> dict:
         corners = torch.stack([torch.from_numpy(c) for c, _ in tracks])[:, :, t_in : t_in + t_out]
         labels = torch.stack([torch.from_numpy(l) for _, l in tracks])
         rec = {name: recognition_accuracy(recognizer, frames, corners, labels) for name, frames in (("model", pred), ("truth", y))}
+        held_out = load_digits(args.root or d["root"], "test", d["source"])
+        with torch.no_grad():
+            guess = recognizer(torch.tensor(held_out.images, dtype=torch.float32).div(255).unsqueeze(1)).argmax(1)
+        rec["isolated_test_digits"] = float((guess == torch.tensor(held_out.labels)).float().mean())
         out["recognition"] = rec
-        print(f"digit recognition (classifier trained on {len(pool)} {pool.source} training digits):")
+        print(f"digit recognition (classifier trained on {len(pool)} {pool.source} training digits; "
+              f"{rec['isolated_test_digits']:.3f} right on the {len(held_out)} isolated test digits):")
         print(f"{'t':>4} {'model':>7} {'truth':>7}")
         for t in range(t_out):
             print(f"{t + 1:>4} {rec['model']['per_frame'][t]:7.3f} {rec['truth']['per_frame'][t]:7.3f}")

@@ -295,7 +295,8 @@ def test_evaluate_and_predict_end_to_end(tiny_run: Path, tmp_path: Path):
     res = _run("scripts/evaluate.py", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"),
                "--sequences", "6", "--recognition", "--recognizer-epochs", "1", "--json", str(outr))
     rec = json.loads(outr.read_text())["recognition"]
-    assert set(rec) == {"model", "truth"} and len(rec["truth"]["per_frame"]) == 4
+    assert set(rec) == {"model", "truth", "isolated_test_digits"} and len(rec["truth"]["per_frame"]) == 4
+    assert 0 <= rec["isolated_test_digits"] <= 1
     assert all(0 <= v <= 1 for v in rec["model"]["per_frame"] + rec["truth"]["per_frame"])
     assert "all 2 digits right at the last frame" in res.stdout
 
