@@ -19,7 +19,7 @@ import torch
 from convlstm_vp.data import MovingMNIST, load_digits
 from convlstm_vp.train.checkpoint import CheckpointError, atomic_write_bytes
 from convlstm_vp.train.metrics import FrameMetrics
-from convlstm_vp.train.recognition import recognition_accuracy, train_digit_recognizer
+from convlstm_vp.train.recognition import digit_accuracy, recognition_accuracy, train_digit_recognizer
 from convlstm_vp.train.tasks.moving_mnist import load_trained, predict
 
 
@@ -87,9 +87,7 @@ def main(argv=None) -> dict:
         labels = torch.stack([torch.from_numpy(l) for _, l in tracks])
         rec = {name: recognition_accuracy(recognizer, frames, corners, labels) for name, frames in (("model", pred), ("truth", y))}
         held_out = load_digits(args.root or d["root"], "test", d["source"])
-        with torch.no_grad():
-            guess = recognizer(torch.tensor(held_out.images, dtype=torch.float32).div(255).unsqueeze(1)).argmax(1)
-        rec["isolated_test_digits"] = float((guess == torch.tensor(held_out.labels)).float().mean())
+        rec["isolated_test_digits"] = digit_accuracy(recognizer, held_out.images, held_out.labels)
         out["recognition"] = rec
         print(f"digit recognition (classifier trained on {len(pool)} {pool.source} training digits; "
               f"{rec['isolated_test_digits']:.3f} right on the {len(held_out)} isolated test digits):")

@@ -174,10 +174,10 @@ class EncoderForecaster(nn.Module):
         self.forecaster = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="forecaster", check_finite=False, **cell_kwargs)
         # the dynamic filter has one kernel per patch cell, shared by its p x p pixels; the
         # composite head adds a drawn patched frame and a patched mask (c channels each)
-        head_out = {"conv": c, "dynamic_filter": filter_size * filter_size, "composite": filter_size * filter_size + 2 * c}[head]
+        kk = filter_size * filter_size if head != "conv" else 0
+        head_out = {"conv": c, "dynamic_filter": kk, "composite": kk + 2 * c}[head]
         self.head = nn.Conv2d(sum(hidden), head_out, kernel_size=1)
         if head == "composite":
-            kk = filter_size * filter_size
             with torch.no_grad():  # start near the plain filter: mask ~0.88, drawn frame ~0.02
                 self.head.bias[kk : kk + c].fill_(COMPOSITE_DRAW_BIAS)
                 self.head.bias[kk + c :].fill_(COMPOSITE_MASK_BIAS)
@@ -263,14 +263,14 @@ class EncoderForecaster(nn.Module):
         """Next full-resolution frame ``(N, C, H, W)`` from hidden features ``(N, sum(hidden), h, w)``
         and the previous frame ``(N, C, H, W)`` (used by the dynamic-filter head)."""
         z = self.head(feats)
-        if self.head_type == "dynamic_filter":
-            return self._out_act(apply_dynamic_filter(previous, torch.softmax(z.float(), dim=1)))
+        if self.head_type == "conv":
+            return self._out_act(unpatchify(z.unsqueeze(1), self.patch_size).squeeze(1))
+        kk = self.filter_size * self.filter_size
+        frame = apply_dynamic_filter(previous, torch.softmax(z[:, :kk].float(), dim=1))
         if self.head_type == "composite":
-            kk = self.filter_size * self.filter_size
-            filtered = apply_dynamic_filter(previous, torch.softmax(z[:, :kk].float(), dim=1))
             drawn, mask = (torch.sigmoid(unpatchify(part.float().unsqueeze(1), self.patch_size).squeeze(1)) for part in z[:, kk:].chunk(2, dim=1))
-            return self._out_act(mask * filtered + (1 - mask) * drawn)
-        return self._out_act(unpatchify(z.unsqueeze(1), self.patch_size).squeeze(1))
+            frame = mask * frame + (1 - mask) * drawn
+        return self._out_act(frame)
 
     def extra_repr(self) -> str:
         return (

@@ -41,12 +41,8 @@ class DigitRecognizer(nn.Module):
 
 def _windows(images: Tensor, dy: Tensor, dx: Tensor, pad: int) -> Tensor:
     """The 28x28 window at offset ``(dy[i], dx[i])`` of each zero-padded ``images[i]`` ``(N, 1, 28, 28)``."""
-    n = images.shape[0]
-    src = F.pad(images[:, 0], (pad,) * 4)
-    offs = torch.arange(DIGIT)
-    ys = (dy[:, None] + offs).view(n, DIGIT, 1).expand(-1, -1, DIGIT)
-    xs = (dx[:, None] + offs).view(n, 1, DIGIT).expand(-1, DIGIT, -1)
-    return src[torch.arange(n).view(n, 1, 1), ys, xs].unsqueeze(1)
+    corners = torch.stack([dy, dx], dim=-1).view(-1, 1, 1, 2)
+    return crop_digits(F.pad(images, (pad,) * 4).unsqueeze(1), corners).view(-1, 1, DIGIT, DIGIT)
 
 
 def _distort(images: Tensor, gen: torch.Generator, max_shift: int) -> Tensor:
@@ -71,6 +67,17 @@ def _distort(images: Tensor, gen: torch.Generator, max_shift: int) -> Tensor:
     return out * (0.5 + 0.5 * torch.rand(n, 1, 1, 1, generator=gen))
 
 
+def _as_input(images: np.ndarray) -> Tensor:
+    """uint8 digits ``(N, 28, 28)`` → float ``(N, 1, 28, 28)`` in [0, 1] (a copy)."""
+    return torch.tensor(images, dtype=torch.float32).div_(255).unsqueeze(1)
+
+
+@torch.no_grad()
+def digit_accuracy(recognizer: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
+    """Share of uint8 digits ``(N, 28, 28)`` that ``recognizer`` labels right (isolated digits)."""
+    return float((recognizer(_as_input(images)).argmax(1) == torch.tensor(labels)).float().mean())
+
+
 def train_digit_recognizer(
     images: np.ndarray, labels: np.ndarray, *, epochs: int = 6, batch_size: int = 128,
     lr: float = 2e-3, max_shift: int = 2, seed: int = 0,
@@ -85,7 +92,7 @@ def train_digit_recognizer(
         raise ValueError(f"train_digit_recognizer: expected {len(images)} labels in 0..9, got shape {labels.shape}")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    x = torch.tensor(images, dtype=torch.float32).div_(255).unsqueeze(1)
+    x = _as_input(images)
     y = torch.tensor(labels, dtype=torch.long)
     model = DigitRecognizer()
     opt = torch.optim.Adam(model.parameters(), lr)
