@@ -48,7 +48,8 @@ def main(argv=None) -> dict:
     digits = args.digits or d["num_digits"]
     t_in, t_out = cfg["model"]["input_frames"], cfg["model"]["output_frames"]
     standard = {"auto": None if digits == 2 else False, "yes": True, "no": False}[args.standard_file]
-    ds = MovingMNIST(args.root or d["root"], "test", num_digits=digits, num_frames=t_in + t_out,
+    root = args.root or d["root"]
+    ds = MovingMNIST(root, "test", num_digits=digits, num_frames=t_in + t_out,
                      length=args.sequences, seed=args.seed, source=d["source"], standard_file=standard)
     seqs = torch.stack([ds[i] for i in range(len(ds))])
     if seqs.shape[1] < t_in + t_out:
@@ -80,13 +81,13 @@ def main(argv=None) -> dict:
     if args.recognition:
         if ds.standard_path is not None:
             raise SystemExit(f"error: --recognition needs digit trajectories; the standard file {ds.standard_path} has none: add --standard-file no")
-        pool = load_digits(args.root or d["root"], "train", d["source"])
+        pool = load_digits(root, "train", d["source"])
         recognizer = train_digit_recognizer(pool.images, pool.labels, epochs=args.recognizer_epochs)
         tracks = [ds.trajectories(i) for i in range(len(ds))]
         corners = torch.stack([torch.from_numpy(c) for c, _ in tracks])[:, :, t_in : t_in + t_out]
         labels = torch.stack([torch.from_numpy(l) for _, l in tracks])
         rec = {name: recognition_accuracy(recognizer, frames, corners, labels) for name, frames in (("model", pred), ("truth", y))}
-        held_out = load_digits(args.root or d["root"], "test", d["source"])
+        held_out = ds.digits  # the held-out test digits the sequences are drawn from
         rec["isolated_test_digits"] = digit_accuracy(recognizer, held_out.images, held_out.labels)
         out["recognition"] = rec
         print(f"digit recognition (classifier trained on {len(pool)} {pool.source} training digits; "
