@@ -34,6 +34,8 @@ def main(argv=None) -> dict:
                    help="use datasets/moving_mnist/mnist_test_seq.npy (auto: when present and 2 digits)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="default: as trained")
     p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the model runs (default auto: CUDA when available)")
     p.add_argument("--json", help="write {mse, mae, ssim, psnr, per_frame, baselines[, recognition]} here")
     p.add_argument("--recognition", action="store_true",
                    help="also report how often a digit classifier recognises each digit in the predicted frames")
@@ -44,6 +46,10 @@ def main(argv=None) -> dict:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    model = model.to(device)
     d = cfg["data"]
     digits = args.digits or d["num_digits"]
     t_in, t_out = cfg["model"]["input_frames"], cfg["model"]["output_frames"]

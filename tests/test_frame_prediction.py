@@ -318,3 +318,20 @@ def test_evaluate_and_predict_end_to_end(tiny_run: Path, tmp_path: Path):
                           "--input", str(tmp_path / "short.npy"), "--output", str(tmp_path / "x.gif")],
                          cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 2 and "needs 4 context frames" in res.stderr
+
+
+def test_evaluate_device_option(tiny_run: Path, tmp_path: Path):
+    """--device cpu always works; --device cuda runs on the GPU (same metrics) or says none is there."""
+    ck = str(tiny_run / "checkpoints" / "best.pt")
+    on_cpu = tmp_path / "cpu.json"
+    _run("scripts/evaluate.py", "--checkpoint", ck, "--sequences", "4", "--device", "cpu", "--json", str(on_cpu))
+    args = [sys.executable, "scripts/evaluate.py", "--checkpoint", ck, "--sequences", "4", "--device", "cuda",
+            "--json", str(tmp_path / "cuda.json")]
+    res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if torch.cuda.is_available():
+        assert res.returncode == 0, res.stdout + res.stderr
+        a, b = (json.loads((tmp_path / f).read_text())["mse"] for f in ("cpu.json", "cuda.json"))
+        assert abs(a - b) <= 0.02 * a  # cuDNN may use TF32 convolutions
+    else:
+        assert res.returncode != 0 and "no CUDA device" in res.stderr
+        assert not (tmp_path / "cuda.json").exists()
