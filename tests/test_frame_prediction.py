@@ -335,3 +335,21 @@ def test_evaluate_device_option(tiny_run: Path, tmp_path: Path):
     else:
         assert res.returncode != 0 and "no CUDA device" in res.stderr
         assert not (tmp_path / "cuda.json").exists()
+
+
+def test_gpu_check_script_runs_end_to_end_on_a_tiny_config(tmp_path: Path):
+    """scripts/gpu_check.sh (probes, time-boxed training, evaluation) works wherever torch runs."""
+    import os
+
+    env = dict(os.environ, OUT=str(tmp_path / "out"), RUNS=str(tmp_path / "runs"), PY=sys.executable,
+               CFG=str(ROOT / "configs" / "tiny-moving-mnist.yaml"), TRAIN_S="0.5", PROBE="8", MIN_STEPS="12", EVAL_SEQ="8",
+               SKIP_BENCH="1", SKIP_TESTS="1", EXTRA="--set train.num_threads=1")
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert "probe fp32: rc=0" in summary and "probe bf16: rc=0" in summary and "train rc=0" in summary
+    steps = int(summary.split("run: ")[1].split(", ")[1].split()[0])
+    assert steps >= 12  # at least the floor of the time-boxed run
+    assert json.loads((tmp_path / "runs" / "gpu-trunc" / "metrics.json").read_text())["step"] == steps
+    assert json.loads((tmp_path / "out" / "eval.json").read_text())["sequences"] == 8

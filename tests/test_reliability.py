@@ -409,3 +409,22 @@ def test_cli_exits_with_status_3_on_a_nan_loss(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "non-finite loss or gradient at step 3" in err and "nan_policy=skip" in err
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 2
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 10, 20, 37])
+@pytest.mark.parametrize("warmup", [0.0, 0.05, 0.1, 0.25, 0.5])
+def test_every_schedule_runs_its_whole_length(steps: int, warmup: float) -> None:
+    """Short runs: OneCycleLR raised ZeroDivisionError mid-run when warm-up came to one step."""
+    from convlstm_vp.train.loop import build_scheduler
+
+    for schedule in ("onecycle", "cosine", "constant"):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        sched = build_scheduler(opt, {"steps": steps, "warmup_fraction": warmup, "schedule": schedule, "lr": 0.1})
+        lrs = []
+        for _ in range(steps):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        assert all(0 <= lr <= 0.1 + 1e-12 for lr in lrs), (schedule, lrs)
+        if schedule == "onecycle" and steps >= 4:
+            assert max(lrs) > 0.05 and lrs[-1] < max(lrs)  # warms up to the peak, then anneals

@@ -91,8 +91,12 @@ def build_optimizer(model: nn.Module, tc: dict) -> torch.optim.Optimizer:
 def build_scheduler(opt: torch.optim.Optimizer, tc: dict) -> torch.optim.lr_scheduler.LRScheduler:
     steps = tc["steps"]
     warm = max(int(tc["warmup_fraction"] * steps), 0)
-    if tc["schedule"] == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc["lr"], total_steps=steps, pct_start=max(tc["warmup_fraction"], 1e-3))
+    if tc["schedule"] == "onecycle" and steps >= 4:
+        # OneCycleLR divides by the length of each phase (pct_start * steps - 1 steps of warm-up,
+        # then the rest): keep both at least one step, or it raises ZeroDivisionError mid-run
+        # (e.g. 10 steps with warmup_fraction 0.1). Runs under 4 steps use the cosine path below.
+        pct = min(max(tc["warmup_fraction"], 2.0 / steps), 1.0 - 2.0 / steps)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc["lr"], total_steps=steps, pct_start=pct)
 
     def factor(step: int) -> float:
         if warm and step < warm:
