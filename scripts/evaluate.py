@@ -18,6 +18,7 @@ import torch
 
 from convlstm_vp.data import MovingMNIST, load_digits
 from convlstm_vp.train.checkpoint import CheckpointError, atomic_write_bytes
+from convlstm_vp.train.loop import resolve_device
 from convlstm_vp.train.metrics import FrameMetrics
 from convlstm_vp.train.recognition import digit_accuracy, recognition_accuracy, train_digit_recognizer
 from convlstm_vp.train.tasks.moving_mnist import load_trained, predict
@@ -46,10 +47,10 @@ def main(argv=None) -> dict:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is available")
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
-    model = model.to(device)
+    try:
+        model = model.to(resolve_device(args.device, what="--device"))
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     d = cfg["data"]
     digits = args.digits or d["num_digits"]
     t_in, t_out = cfg["model"]["input_frames"], cfg["model"]["output_frames"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -339,8 +340,6 @@ def test_evaluate_device_option(tiny_run: Path, tmp_path: Path):
 
 def test_gpu_check_script_runs_end_to_end_on_a_tiny_config(tmp_path: Path):
     """scripts/gpu_check.sh (probes, time-boxed training, evaluation) works wherever torch runs."""
-    import os
-
     env = dict(os.environ, OUT=str(tmp_path / "out"), RUNS=str(tmp_path / "runs"), PY=sys.executable,
                CFG=str(ROOT / "configs" / "tiny-moving-mnist.yaml"), TRAIN_S="0.5", PROBE="8", MIN_STEPS="12", EVAL_SEQ="8",
                SKIP_BENCH="1", SKIP_TESTS="1", EXTRA="--set train.num_threads=1")

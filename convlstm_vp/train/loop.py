@@ -109,12 +109,18 @@ def build_scheduler(opt: torch.optim.Optimizer, tc: dict) -> torch.optim.lr_sche
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _device(tc: dict, dist: DistInfo) -> torch.device:
-    if tc["device"] == "cuda" or (tc["device"] == "auto" and torch.cuda.is_available()):
+def resolve_device(choice: str, index: int = 0, what: str = "device") -> torch.device:
+    """``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``; ValueError naming ``what`` when
+    CUDA is asked for and absent."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ValueError("config key 'train.device' is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", dist.local_rank)
+            raise ValueError(f"{what} is 'cuda' but no CUDA device is available")
+        return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+def _device(tc: dict, dist: DistInfo) -> torch.device:
+    return resolve_device(tc["device"], dist.local_rank, "config key 'train.device'")
 
 
 class _StopFlag:
