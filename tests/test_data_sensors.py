@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +294,12 @@ def test_daphnet_time_split_windows():
     everything = Daphnet("train", window=1, step=1, train_fraction=0.999, normalize=False)
     np.testing.assert_array_equal(raw.windows[0, 0], everything.windows[train.boundary, 0])
     assert set(train.labels.tolist()) <= {0, 1} and train.num_classes == 2
+
+
+def test_shipped_datasets_without_aeon_name_the_package_and_the_alternative(monkeypatch):
+    # sys.modules entries set to None make the import fail as if the package were not installed
+    monkeypatch.setitem(sys.modules, "aeon", None)
+    monkeypatch.setitem(sys.modules, "aeon.datasets", None)
+    for make in (lambda: BasicMotions("train"), lambda: Daphnet("train")):
+        with pytest.raises(ModuleNotFoundError, match=r"pip install 'aeon>=1.0'.*root="):
+            make()

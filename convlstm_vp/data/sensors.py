@@ -52,8 +52,21 @@ __all__ = [
 
 
 def aeon_data_dir() -> Path:
-    """The folder of example datasets that the installed ``aeon`` package ships."""
-    import aeon.datasets
+    """The folder of example datasets that the installed ``aeon`` package ships.
+
+    Raises ``ModuleNotFoundError`` naming the package and the alternative (a ``root`` folder
+    holding the files) when ``aeon`` is not installed.
+    """
+    try:
+        import aeon.datasets
+    except ImportError as e:
+        raise ModuleNotFoundError(
+            "BasicMotions and Daphnet read by default the copies that the 'aeon' package ships "
+            "(aeon/datasets/data/), but aeon is not installed: pip install 'aeon>=1.0', or pass "
+            "root= a folder holding BasicMotions_TRAIN.ts / BasicMotions_TEST.ts "
+            "(Daphnet: csv_path= the S06R02E0.csv file)",
+            name="aeon",
+        ) from e
 
     return Path(aeon.datasets.__file__).resolve().parent / "data"
 
