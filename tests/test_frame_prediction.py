@@ -93,6 +93,18 @@ def test_scheduled_sampling_is_driven_by_the_model():
         torch.testing.assert_close(m(x, t), m(x))
 
 
+@pytest.mark.parametrize("schedule", [(1.0, 0.0, 7), (0.9, 0.1, 3), (0.0, 1.0, 1000003)])
+def test_teacher_forcing_tensor_equals_the_reported_probability(schedule):
+    # forward reads the probability as a device tensor (no host sync); it must be the same value
+    # as teacher_forcing_probability(), in the float32 that the sampling comparison uses too
+    m = EncoderForecaster(1, [4], 3, patch_size=4, input_frames=3, output_frames=4, scheduled_sampling=schedule)
+    for n in [0, 1, 2, 3, 5, 6, 7, 8, 50, 333_333, 1_000_003, 2_000_000]:
+        m.sampling_updates.fill_(n)
+        eta = m._teacher_forcing_tensor()
+        assert eta.dim() == 0 and eta.item() == m.teacher_forcing_probability()
+        assert eta.float().item() == torch.tensor(m.teacher_forcing_probability(), dtype=torch.float32).item()
+
+
 def test_apply_dynamic_filter_matches_a_direct_loop():
     torch.manual_seed(0)
     frame = torch.rand(2, 3, 8, 8)
@@ -262,6 +274,9 @@ def test_training_script_writes_checkpoints_logs_and_metrics(tiny_run: Path):
     tags = ea.Tags()
     assert {"train/loss", "train/lr", "eval/mse", "eval/ssim"} <= set(tags["scalars"])
     assert [e.step for e in ea.Scalars("train/loss")] == [2, 4, 6]
+    # the task's per-step logs (0-dim tensors, read by the loop only when it logs) reach TensorBoard
+    per_frame = ea.Scalars("train/mse_per_frame")
+    assert [e.step for e in per_frame] == [2, 4, 6] and all(0 < e.value < 4096 for e in per_frame)
     assert "predictions/sequence_0" in tags["images"]
     gif = ea.Images("videos/sequence_0_truth_vs_prediction")[-1]
     assert gif.encoded_image_string[:6] in (b"GIF87a", b"GIF89a")

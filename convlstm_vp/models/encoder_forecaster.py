@@ -192,6 +192,17 @@ class EncoderForecaster(nn.Module):
         frac = min(float(self.sampling_updates.item()) / float(steps), 1.0)
         return start + (end - start) * frac
 
+    def _teacher_forcing_tensor(self) -> Tensor:
+        """:meth:`teacher_forcing_probability` as a 0-dim float64 tensor on the buffer's device.
+
+        The same IEEE double arithmetic, so the same value, without reading the counter back to
+        the host (on a GPU each ``.item()`` waits for all queued work).
+        """
+        assert self.scheduled_sampling is not None
+        start, end, steps = self.scheduled_sampling
+        frac = (self.sampling_updates.double() / float(steps)).clamp(max=1.0)
+        return start + (end - start) * frac
+
     def _check(self, x: Tensor, frames: int, what: str) -> Tensor:
         expected = describe_sequence(2, True, self.data_format)
         if not isinstance(x, Tensor) or x.dim() != 5:
@@ -233,11 +244,11 @@ class EncoderForecaster(nn.Module):
         hs = list(h_n.unbind(0)) if isinstance(h_n, Tensor) else list(h_n)
         cs = list(c_n.unbind(0)) if isinstance(c_n, Tensor) else list(c_n)
 
-        eta = 0.0
+        eta: Tensor | None = None
         true_frames = None
         if self.training and targets is not None and self.scheduled_sampling is not None:
             true_frames = self._check(targets, self.output_frames, "targets")
-            eta = self.teacher_forcing_probability()
+            eta = self._teacher_forcing_tensor()
             self.sampling_updates += 1
 
         cells = self.forecaster.cells
@@ -253,7 +264,9 @@ class EncoderForecaster(nn.Module):
             pred = self._frame(torch.cat(hs, dim=1), frame)
             outputs.append(pred)
             frame = pred
-            if true_frames is not None and eta > 0 and step + 1 < self.output_frames:
+            if true_frames is not None and step + 1 < self.output_frames:
+                # drawn even once the probability reaches 0 (then never true): deciding "eta > 0"
+                # on the host would cost a device sync per step on a GPU
                 use_true = (torch.rand(pred.shape[0], 1, 1, 1, device=pred.device) < eta).to(pred.dtype)
                 frame = use_true * true_frames[:, step].to(pred.dtype) + (1 - use_true) * pred
         y = sequence_from_internal(torch.stack(outputs, dim=1), 2, True, self.data_format)

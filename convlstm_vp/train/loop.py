@@ -67,6 +67,7 @@ class Task(Protocol):
 
     def train_batch(self, step: int, rank: int, world: int) -> Any: ...
 
+    # (loss, logs): logs maps names to floats or 0-dim tensors, read only on logging steps
     def training_step(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict]: ...
 
     def evaluate(self, model: nn.Module, logger: TBLogger | None, step: int) -> dict: ...
@@ -302,17 +303,22 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 bar = tqdm(total=steps, initial=start_step, desc=cfg.get("name", "train"), dynamic_ncols=True)
             t0 = time.time()
             stop_here(start_step)  # a signal during set-up
+            # One process without a gradient scaler checks the loss after the backward pass, with
+            # the gradient norm (one host sync per step instead of two; on a GPU each sync drains
+            # the queue of launched kernels). DDP ranks must agree before the all-reduce in
+            # backward, and fp16's scaler must not unscale a step it then skips: they check first.
+            deferred_check = dist.world_size == 1 and not use_cuda_amp
             model.train()
             for step in range(start_step, steps):
                 batch = task.train_batch(step, dist.rank, dist.world_size)
                 optimizer.zero_grad(set_to_none=True)
-                problem, loss, logs, reg = None, None, {}, None
+                problem, loss, logs, reg, total = None, None, {}, None, None
                 try:
                     with autocast:
                         loss, logs = task.training_step(model, batch)
                     reg = regularization_loss(unwrap(model)) if has_reg else None
                     total = loss.float() + (reg if reg is not None else 0.0)
-                    if not bool(torch.isfinite(total)):
+                    if not deferred_check and not bool(torch.isfinite(total)):
                         problem = f"loss={float(total.detach())}"
                 except NonFiniteInputError as exc:  # NaN/Inf reached a layer that checks its input
                     problem = str(exc)
@@ -320,11 +326,18 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 if _any_rank(problem is not None, dist) and problem is None:
                     problem = "non-finite loss on another rank"
                 if problem is None:
+                    assert total is not None
                     scaler.scale(total).backward()
                     scaler.unscale_(optimizer)
                     params = [p for p in model.parameters() if p.grad is not None]
                     norm = torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"] if tc["grad_clip"] > 0 else float("inf"))
-                    if not (bool(torch.isfinite(norm)) or use_cuda_amp):  # same on all ranks (all-reduced)
+                    if deferred_check:  # loss and norm read back together: one host sync per step
+                        loss_ok, norm_ok = torch.stack([torch.isfinite(total.detach()), torch.isfinite(norm)]).tolist()
+                        if not loss_ok:
+                            problem = f"loss={float(total.detach())}"
+                        elif not norm_ok:
+                            problem = f"gradient norm={float(norm)}"
+                    elif not (bool(torch.isfinite(norm)) or use_cuda_amp):  # same on all ranks (all-reduced)
                         problem = f"gradient norm={float(norm)}"
                 if problem is not None:
                     if tc["nan_policy"] == "stop":
@@ -349,7 +362,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                     logger.scalar("train/lr", optimizer.param_groups[0]["lr"], done)
                     if reg is not None:
                         logger.scalar("train/regularization", float(reg), done)
-                    logger.scalars(logs, done, prefix="train/")
+                    logger.scalars({k: float(v) if isinstance(v, torch.Tensor) else v for k, v in logs.items()}, done, prefix="train/")
                     logger.scalar("train/sequences_per_second", (done - start_step) * tc["batch_size"] * dist.world_size / max(time.time() - t0, 1e-9), done)
                 if done % tc["eval_every"] == 0 or done == steps:
                     if is_main:
