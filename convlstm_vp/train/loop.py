@@ -394,7 +394,11 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 atomic_write_bytes(run_dir / "metrics.json", json.dumps(result, indent=2).encode())
             if len(set(digests)) > 1:
                 raise RuntimeError(f"the ranks ended with different weights (SHA-256 per rank: {digests})")
-            barrier(dist)  # all ranks leave together; a rank tearing gloo down early can abort
+            # all ranks leave together, with nothing left to do before tearing the process group
+            # down (rank 0's event files are closed first): a rank tearing gloo down while
+            # another is still busy can abort at exit
+            logger.close()
+            barrier(dist)
             return metrics
         finally:
             if logger is not None:
