@@ -188,16 +188,12 @@ class EncoderForecaster(nn.Module):
         """Current probability of feeding the true previous frame in training (0 if disabled)."""
         if self.scheduled_sampling is None:
             return 0.0
-        start, end, steps = self.scheduled_sampling
-        frac = min(float(self.sampling_updates.item()) / float(steps), 1.0)
-        return start + (end - start) * frac
+        return float(self._teacher_forcing_tensor())
 
     def _teacher_forcing_tensor(self) -> Tensor:
-        """:meth:`teacher_forcing_probability` as a 0-dim float64 tensor on the buffer's device.
-
-        The same IEEE double arithmetic, so the same value, without reading the counter back to
-        the host (on a GPU each ``.item()`` waits for all queued work).
-        """
+        """The teacher-forcing probability as a 0-dim float64 tensor on the buffer's device:
+        forward uses it without reading the counter back to the host (on a GPU each read waits
+        for all queued work)."""
         assert self.scheduled_sampling is not None
         start, end, steps = self.scheduled_sampling
         frac = (self.sampling_updates.double() / float(steps)).clamp(max=1.0)

@@ -67,7 +67,7 @@ class Task(Protocol):
 
     def train_batch(self, step: int, rank: int, world: int) -> Any: ...
 
-    # (loss, logs): logs maps names to floats or 0-dim tensors, read only on logging steps
+    # (loss, logs): logs maps names to floats or 0-dim tensors (TBLogger.scalars reads both)
     def training_step(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict]: ...
 
     def evaluate(self, model: nn.Module, logger: TBLogger | None, step: int) -> dict: ...
@@ -362,7 +362,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                     logger.scalar("train/lr", optimizer.param_groups[0]["lr"], done)
                     if reg is not None:
                         logger.scalar("train/regularization", float(reg), done)
-                    logger.scalars({k: float(v) if isinstance(v, torch.Tensor) else v for k, v in logs.items()}, done, prefix="train/")
+                    logger.scalars(logs, done, prefix="train/")
                     logger.scalar("train/sequences_per_second", (done - start_step) * tc["batch_size"] * dist.world_size / max(time.time() - t0, 1e-9), done)
                 if done % tc["eval_every"] == 0 or done == steps:
                     if is_main:

@@ -97,7 +97,11 @@ class TBLogger:
             self.writer.add_scalar(tag, float(value), step)
 
     def scalars(self, values: dict, step: int, prefix: str = "") -> None:
+        """Log the numbers in ``values``: ints, floats and 0-dim tensors (read here, so a training
+        step can hand over device tensors without waiting for them); other entries are skipped."""
         for k, v in values.items():
+            if isinstance(v, Tensor) and v.dim() == 0:
+                v = float(v)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 self.scalar(f"{prefix}{k}", v, step)
 

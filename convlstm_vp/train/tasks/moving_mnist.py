@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -13,8 +11,6 @@ from torch import Tensor, nn
 
 from ...data import MovingMNIST, load_digits, moving_mnist_batch
 from ...models.encoder_forecaster import EncoderForecaster
-from ...nn.functional import check_finite
-from ..distributed import unwrap
 from ..config import TRAIN_DEFAULTS
 from ..metrics import FrameMetrics, frame_mse, frame_ssim
 from ..tb import TBLogger, prediction_strip, side_by_side
@@ -135,30 +131,21 @@ class MovingMNISTTask:
         return loss
 
     def training_step(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict]:
-        """Loss and logs of one batch. The logs are 0-dim tensors (the loop reads them when it
-        logs), so a step on a GPU does not wait for its kernels to finish."""
-        device = next(model.parameters()).device
-        net = unwrap(model)
-        host_check = bool(getattr(net, "check_finite", False))
-        if host_check:  # the model's check, done on the host copy: no device sync
-            check_finite(batch, "frames", f"{type(net).__name__} (check_finite=True)")
-        if device.type == "cuda":
-            batch = batch.pin_memory().to(device, non_blocking=True)
-        else:
-            batch = batch.to(device)
+        """Loss and logs of one batch. The logs are 0-dim tensors (the logger reads them on
+        logging steps), so a step on a GPU does not wait for its kernels to finish."""
+        batch = batch.to(next(model.parameters()).device)
         t_in = self.cfg["model"]["input_frames"]
         x, y = batch[:, :t_in], batch[:, t_in:]
         w = self.cfg["encoder_loss_weight"]
-        with _host_checked(net, host_check):
-            if w > 0:
-                pred, enc = model(x, y, return_encoder_predictions=True)
-                enc_loss = self._loss(enc, x[:, 1:])
-                loss = self._loss(pred, y) + w * enc_loss
-                logs = {"encoder_loss": enc_loss.detach()}
-            else:
-                pred = model(x, y)
-                loss = self._loss(pred, y)
-                logs = {}
+        if w > 0:
+            pred, enc = model(x, y, return_encoder_predictions=True)
+            enc_loss = self._loss(enc, x[:, 1:])
+            loss = self._loss(pred, y) + w * enc_loss
+            logs = {"encoder_loss": enc_loss.detach()}
+        else:
+            pred = model(x, y)
+            loss = self._loss(pred, y)
+            logs = {}
         logs["mse_per_frame"] = frame_mse(pred.detach(), y).mean()
         return loss, logs
 
@@ -166,19 +153,6 @@ class MovingMNISTTask:
     def evaluate(self, model: nn.Module, logger: TBLogger | None, step: int) -> dict:
         result = evaluate_frames(model, self.eval_set(), self.cfg, logger, step)
         return {k: v for k, v in result.items() if k != "per_frame"}
-
-
-@contextmanager
-def _host_checked(net: nn.Module, on: bool) -> Iterator[None]:
-    """Switch ``net.check_finite`` off while ``on``: its input was already checked on the host."""
-    if not on:
-        yield
-        return
-    net.check_finite = False
-    try:
-        yield
-    finally:
-        net.check_finite = True
 
 
 @torch.no_grad()
