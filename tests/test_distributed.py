@@ -53,6 +53,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# a 4-channel model trained on the CPU, one thread per rank, batches of 2
+_TINY_CPU = [
+    "train.num_threads=1", "train.precision=fp32", "train.device=cpu", "train.progress=false",
+    "model.hidden_channels=[4]", "log.examples=1", "train.batch_size=2",
+]  # fmt: skip
+
+
 def _torchrun(run_dir: Path, overrides: list[str], resume: bool = False, script: Path | None = None) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -93,10 +100,8 @@ def _check_rank0_only_outputs(run_dir: Path) -> dict:
 
 def test_two_process_training_agrees_and_resumes_exactly(tmp_path: Path) -> None:
     steps = 6
-    overrides = [
-        "train.num_threads=1", "train.precision=fp32", "train.device=cpu", "train.progress=false",
-        "model.hidden_channels=[4]", "model.input_frames=4", "model.output_frames=4",
-        "data.eval_sequences=4", "data.eval_batch_size=4", "log.examples=1", "train.batch_size=2",
+    overrides = _TINY_CPU + [
+        "model.input_frames=4", "model.output_frames=4", "data.eval_sequences=4", "data.eval_batch_size=4",
         f"train.steps={steps}", "train.checkpoint_every=2", "train.eval_every=3",
         # the coin flips of scheduled sampling come from each rank's own RNG stream
         "model.scheduled_sampling=[1.0,0.0,4]",
@@ -159,10 +164,8 @@ def test_ranks_free_the_ddp_wrapper_before_tearing_the_process_group_down(tmp_pa
     script = tmp_path / "probe.py"
     script.write_text(_PROBE)
     monkeypatch.setenv("PROBE_DIR", str(tmp_path))
-    overrides = [
-        "train.num_threads=1", "train.precision=fp32", "train.device=cpu", "train.progress=false",
-        "model.hidden_channels=[4]", "model.input_frames=2", "model.output_frames=2",
-        "data.eval_sequences=2", "data.eval_batch_size=2", "log.examples=1", "train.batch_size=2",
+    overrides = _TINY_CPU + [
+        "model.input_frames=2", "model.output_frames=2", "data.eval_sequences=2", "data.eval_batch_size=2",
         "train.steps=2", "train.checkpoint_every=2", "train.eval_every=2",
     ]  # fmt: skip
     _wait(_torchrun(tmp_path / "run", overrides, script=script))
