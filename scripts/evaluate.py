@@ -40,11 +40,14 @@ def main(argv=None) -> dict:
     p.add_argument("--json", help="write {mse, mae, ssim, psnr, per_frame, baselines[, recognition]} here")
     p.add_argument("--recognition", action="store_true",
                    help="also report how often a digit classifier recognises each digit in the predicted frames")
+    p.add_argument("--filter-temperature", type=float, default=1.0,
+                   help="softmax temperature of the dynamic-filter kernels; below 1 sharpens them (default 1: as trained)")
     p.add_argument("--recognizer-epochs", type=int, default=6, help="training epochs of that classifier (default 6)")
     args = p.parse_args(argv)
     try:
         model, cfg = load_trained(args.checkpoint)
-    except CheckpointError as exc:
+        model.set_filter_temperature(args.filter_temperature)
+    except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
@@ -73,9 +76,11 @@ def main(argv=None) -> dict:
     out["baselines"] = {k: {m: results[k][m] for m in FrameMetrics.names} for k in ("zeros", "copy_last")}
     out["sequences"] = int(seqs.shape[0])
     out["digits"] = digits
+    out["filter_temperature"] = model.filter_temperature
     out["test_set"] = str(ds.standard_path) if ds.standard_path else f"generated (seed {args.seed}, test digits)"
 
-    print(f"test set: {out['test_set']}, {out['sequences']} sequences, {digits} digits")
+    print(f"test set: {out['test_set']}, {out['sequences']} sequences, {digits} digits"
+          + (f", filter temperature {model.filter_temperature:g}" if model.filter_temperature != 1.0 else ""))
     print(f"{'':>10} {'MSE':>9} {'MAE':>9} {'SSIM':>7} {'PSNR':>7}")
     for name in ("model", "zeros", "copy_last"):
         r = results[name]

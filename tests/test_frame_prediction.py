@@ -195,6 +195,60 @@ def test_composite_head_blends_the_filtered_and_the_drawn_frame():
         EncoderForecaster(1, [4], 3, head="composite", filter_size=0)
 
 
+def test_filter_temperature_divides_the_kernel_logits():
+    torch.manual_seed(0)
+    kw = dict(patch_size=4, input_frames=4, output_frames=3, head="dynamic_filter", filter_size=5)
+    m = EncoderForecaster(1, [8, 6], 3, **kw).eval()
+    x = torch.rand(2, 4, 1, 16, 16)
+    # softmax((W h + b) / T) is the plain model with head weights and bias divided by T
+    scaled = EncoderForecaster(1, [8, 6], 3, **kw).eval()
+    scaled.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        scaled.head.weight.div_(0.5)
+        scaled.head.bias.div_(0.5)
+        plain = m(x)
+        m.set_filter_temperature(0.5)
+        torch.testing.assert_close(m(x), scaled(x))
+        assert not torch.allclose(m(x), plain)
+    assert "filter_temperature=0.5" in repr(m)
+    assert EncoderForecaster(1, [4], 3, head="composite", filter_temperature=2).filter_temperature == 2.0
+    for bad in (0, -1.0, float("inf"), float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match="filter_temperature: expected a finite number > 0"):
+            m.set_filter_temperature(bad)
+    with pytest.raises(ValueError, match="head='conv' has no filter kernels"):
+        EncoderForecaster(1, [4], 3, head="conv", filter_temperature=0.5)
+
+
+def test_motion_input_feeds_the_cells_each_frame_and_its_difference_to_the_one_before():
+    torch.manual_seed(0)
+    m = EncoderForecaster(1, [8, 6], 3, patch_size=4, input_frames=4, output_frames=3, head="dynamic_filter", filter_size=5, motion_input=True)
+    assert m.encoder.cells[0].in_channels == 32 and m.forecaster.cells[0].in_channels == 32
+    seen: dict[str, list] = {"encoder": [], "forecaster": []}
+    m.encoder.register_forward_hook(lambda mod, args, out: seen["encoder"].append(args[0]))
+    cell = m.forecaster.cells[0]
+    step = cell.step
+    cell.step = lambda inp, state: (seen["forecaster"].append(inp), step(inp, state))[1]
+    x = torch.rand(2, 4, 1, 16, 16)
+    with torch.no_grad():
+        y = m(x)
+    (enc,) = seen["encoder"]
+    diffs = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], dim=1)
+    torch.testing.assert_close(enc, torch.cat([patchify(x, 4), patchify(diffs, 4)], dim=2))
+    fc = seen["forecaster"]
+    assert len(fc) == 3
+    # the forecaster starts from the last observed frame and its motion, then reads its own predictions
+    torch.testing.assert_close(fc[0], torch.cat([patchify(x[:, -1:], 4), patchify(x[:, -1:] - x[:, -2:-1], 4)], dim=2)[:, 0])
+    torch.testing.assert_close(fc[1], torch.cat([patchify(y[:, :1], 4), patchify(y[:, :1] - x[:, -1:], 4)], dim=2)[:, 0])
+    torch.testing.assert_close(fc[2], torch.cat([patchify(y[:, 1:2], 4), patchify(y[:, 1:2] - y[:, :1], 4)], dim=2)[:, 0])
+    # a still sequence gives zero motion channels everywhere
+    seen["encoder"].clear()
+    with torch.no_grad():
+        m(x[:, :1].expand(-1, 4, -1, -1, -1))
+    assert (seen["encoder"][0][:, :, 16:] == 0).all()
+    with pytest.raises(TypeError, match="motion_input: expected a bool"):
+        EncoderForecaster(1, [4], 3, motion_input="yes")
+
+
 @pytest.mark.parametrize("head", ["conv", "dynamic_filter", "composite"])
 def test_few_training_steps_reduce_loss(head: str):
     torch.manual_seed(0)
@@ -334,6 +388,21 @@ def test_evaluate_and_predict_end_to_end(tiny_run: Path, tmp_path: Path):
                           "--input", str(tmp_path / "short.npy"), "--output", str(tmp_path / "x.gif")],
                          cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 2 and "needs 4 context frames" in res.stderr
+
+
+def test_evaluate_and_predict_filter_temperature(tiny_run: Path, tmp_path: Path):
+    ck = str(tiny_run / "checkpoints" / "best.pt")
+    runs = {}
+    for t in ("1", "0.5"):
+        out = tmp_path / f"t{t}.json"
+        res = _run("scripts/evaluate.py", "--checkpoint", ck, "--sequences", "4", "--filter-temperature", t, "--json", str(out))
+        runs[t] = json.loads(out.read_text())
+        assert runs[t]["filter_temperature"] == float(t)
+    assert "filter temperature 0.5" in res.stdout and runs["0.5"]["mse"] != runs["1"]["mse"]
+    for script, extra in (("scripts/evaluate.py", ["--sequences", "4"]), ("scripts/predict.py", ["--input", "x.npy", "--output", "x.gif"])):
+        res = subprocess.run([sys.executable, script, "--checkpoint", ck, "--filter-temperature", "0", *extra],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 2 and "filter_temperature: expected a finite number > 0, got 0.0" in res.stderr
 
 
 def test_evaluate_device_option(tiny_run: Path, tmp_path: Path):

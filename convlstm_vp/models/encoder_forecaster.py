@@ -106,6 +106,13 @@ class EncoderForecaster(nn.Module):
             blended with a drawn one through a learned mask); see the module docstring.
         filter_size: odd kernel side for the filter heads; it bounds the motion per
             frame it can express (9 covers 4 px, Moving MNIST moves 3.6 px per frame).
+        filter_temperature: the kernels are ``softmax(logits / filter_temperature)``; below 1
+            sharpens them. Meant for prediction with a trained model (an attribute that
+            ``evaluate.py`` / ``predict.py`` set with ``--filter-temperature``): less blur
+            accumulates over the horizon when each step mixes fewer pixels.
+        motion_input: the cells read each frame joined on channels by its difference to the
+            frame before it (zero for the first input frame), so motion is an input rather than
+            something the first layer must recover from its state.
         scheduled_sampling: ``(start, end, steps)``: in training, the probability of feeding the
             true previous frame decays linearly from ``start`` to ``end`` over ``steps``
             training calls; ``None`` always feeds the model's own prediction.
@@ -132,6 +139,8 @@ class EncoderForecaster(nn.Module):
         output_activation: str | None = None,
         head: str = "conv",
         filter_size: int = 9,
+        filter_temperature: float = 1.0,
+        motion_input: bool = False,
         scheduled_sampling: Sequence[float] | None = None,
         check_finite: bool = True,
         **cell_kwargs: Any,
@@ -149,6 +158,8 @@ class EncoderForecaster(nn.Module):
             raise ValueError(f"filter_size: expected an odd positive int, got {filter_size!r}")
         if output_activation is None:
             output_activation = "sigmoid" if head == "conv" else "identity"
+        if not isinstance(motion_input, bool):
+            raise TypeError(f"motion_input: expected a bool, got {motion_input!r}")
         if scheduled_sampling is not None:
             if len(scheduled_sampling) != 3:
                 raise ValueError(f"scheduled_sampling: expected (start, end, steps), got {scheduled_sampling!r}")
@@ -165,13 +176,18 @@ class EncoderForecaster(nn.Module):
         self._out_act = get_activation(output_activation, "output_activation")
         self.head_type = head
         self.filter_size = filter_size if head != "conv" else None
+        self.motion_input = motion_input
+        self.filter_temperature = 1.0
+        self.set_filter_temperature(filter_temperature)
         self.scheduled_sampling = tuple(scheduled_sampling) if scheduled_sampling is not None else None
         self.check_finite = check_finite
         kernels = kernel_size if isinstance(kernel_size, list) else [kernel_size] * len(hidden)
         c = in_channels * patch_size * patch_size
+        # with motion_input the cells also read the difference to the previous frame
+        c_in = 2 * c if motion_input else c
         # the frames are checked once here, not again by the inner layers
-        self.encoder = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="encoder", check_finite=False, return_all_layers=True, **cell_kwargs)
-        self.forecaster = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="forecaster", check_finite=False, **cell_kwargs)
+        self.encoder = ConvLSTM(c_in, hidden, list(kernels), spatial_dims=2, name="encoder", check_finite=False, return_all_layers=True, **cell_kwargs)
+        self.forecaster = ConvLSTM(c_in, hidden, list(kernels), spatial_dims=2, name="forecaster", check_finite=False, **cell_kwargs)
         # the dynamic filter has one kernel per patch cell, shared by its p x p pixels; the
         # composite head adds a drawn patched frame and a patched mask (c channels each)
         kk = filter_size * filter_size if head != "conv" else 0
@@ -183,6 +199,14 @@ class EncoderForecaster(nn.Module):
                 self.head.bias[kk + c :].fill_(COMPOSITE_MASK_BIAS)
         # number of training calls seen, drives the scheduled-sampling probability
         self.register_buffer("sampling_updates", torch.zeros((), dtype=torch.long))
+
+    def set_filter_temperature(self, value: float) -> None:
+        """Set the softmax temperature of the filter kernels (see the class docstring)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ValueError(f"filter_temperature: expected a finite number > 0, got {value!r}")
+        if self.head_type == "conv" and value != 1.0:
+            raise ValueError(f"filter_temperature: head='conv' has no filter kernels to sharpen, got {value!r}")
+        self.filter_temperature = float(value)
 
     def teacher_forcing_probability(self) -> float:
         """Current probability of feeding the true previous frame in training (0 if disabled)."""
@@ -229,7 +253,7 @@ class EncoderForecaster(nn.Module):
         """
         x = self._check(frames, self.input_frames, "frames")
         p = self.patch_size
-        xp = patchify(x, p)
+        xp = patchify(self._with_motion(x, x[:, :1]), p)
         layer_outputs, (h_n, c_n) = self.encoder(xp)
         encoder_pred = None
         if return_encoder_predictions:
@@ -251,9 +275,11 @@ class EncoderForecaster(nn.Module):
         for cell in cells:
             cell.reset_dropout_masks()
         frame = x[:, -1]  # (B, C, H, W): the previous frame, observed or predicted
+        before = x[:, -2] if x.shape[1] > 1 else frame  # the frame before it (motion_input)
         outputs = []
         for step in range(self.output_frames):
-            inp = patchify(frame.unsqueeze(1), p).squeeze(1)
+            inp = patchify(self._with_motion(frame.unsqueeze(1), before.unsqueeze(1)), p).squeeze(1)
+            before = frame
             for layer, cell in enumerate(cells):
                 hs[layer], cs[layer] = cell.step(inp, (hs[layer], cs[layer]))
                 inp = hs[layer]
@@ -268,6 +294,14 @@ class EncoderForecaster(nn.Module):
         y = sequence_from_internal(torch.stack(outputs, dim=1), 2, True, self.data_format)
         return (y, encoder_pred) if return_encoder_predictions else y
 
+    def _with_motion(self, x: Tensor, first_before: Tensor) -> Tensor:
+        """``(B, T, C, H, W)`` frames, with ``motion_input`` joined on channels by their differences
+        to the frame before each (``first_before`` for the first one; itself gives 0)."""
+        if not self.motion_input:
+            return x
+        before = torch.cat([first_before, x[:, :-1]], dim=1)
+        return torch.cat([x, x - before], dim=2)
+
     def _frame(self, feats: Tensor, previous: Tensor) -> Tensor:
         """Next full-resolution frame ``(N, C, H, W)`` from hidden features ``(N, sum(hidden), h, w)``
         and the previous frame ``(N, C, H, W)`` (used by the dynamic-filter head)."""
@@ -275,7 +309,7 @@ class EncoderForecaster(nn.Module):
         if self.head_type == "conv":
             return self._out_act(unpatchify(z.unsqueeze(1), self.patch_size).squeeze(1))
         kk = self.filter_size * self.filter_size
-        frame = apply_dynamic_filter(previous, torch.softmax(z[:, :kk].float(), dim=1))
+        frame = apply_dynamic_filter(previous, torch.softmax(z[:, :kk].float() / self.filter_temperature, dim=1))
         if self.head_type == "composite":
             drawn, mask = (torch.sigmoid(unpatchify(part.float().unsqueeze(1), self.patch_size).squeeze(1)) for part in z[:, kk:].chunk(2, dim=1))
             frame = mask * frame + (1 - mask) * drawn
@@ -287,5 +321,7 @@ class EncoderForecaster(nn.Module):
             f"input_frames={self.input_frames}, output_frames={self.output_frames}, "
             f"output_activation={self.output_activation!r}, head={self.head_type!r}"
             + (f", filter_size={self.filter_size}" if self.filter_size else "")
+            + (f", filter_temperature={self.filter_temperature}" if self.filter_temperature != 1.0 else "")
+            + (", motion_input=True" if self.motion_input else "")
             + f", scheduled_sampling={self.scheduled_sampling}"
         )

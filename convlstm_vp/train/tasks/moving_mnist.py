@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "peephole": False,
         "head": "conv",  # conv | dynamic_filter | composite
         "filter_size": 9,  # kernel side of the dynamic-filter and composite heads
+        "motion_input": False,  # the cells also read each frame's difference to the one before
         "output_activation": None,  # null: sigmoid for the conv head, identity for the others
         "scheduled_sampling": None,  # [start, end, steps] or null
     },
@@ -87,6 +88,7 @@ def build_model(cfg: dict) -> EncoderForecaster:
         scheduled_sampling=tuple(ss) if ss is not None else None,
         head=m["head"],
         filter_size=m["filter_size"],
+        motion_input=m["motion_input"],
         output_activation=m["output_activation"],
         peephole=m["peephole"],
     )
