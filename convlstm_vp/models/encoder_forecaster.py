@@ -107,8 +107,8 @@ class EncoderForecaster(nn.Module):
         filter_size: odd kernel side for the filter heads; it bounds the motion per
             frame it can express (9 covers 4 px, Moving MNIST moves 3.6 px per frame).
         filter_temperature: the kernels are ``softmax(logits / filter_temperature)``; below 1
-            sharpens them. Meant for prediction with a trained model (an attribute that
-            ``evaluate.py`` / ``predict.py`` set with ``--filter-temperature``): less blur
+            sharpens them. Meant for prediction with a trained model (``set_filter_temperature``,
+            which ``evaluate.py`` / ``predict.py --filter-temperature`` call): less blur
             accumulates over the horizon when each step mixes fewer pixels.
         motion_input: the cells read each frame joined on channels by its difference to the
             frame before it (zero for the first input frame), so motion is an input rather than
@@ -177,7 +177,6 @@ class EncoderForecaster(nn.Module):
         self.head_type = head
         self.filter_size = filter_size if head != "conv" else None
         self.motion_input = motion_input
-        self.filter_temperature = 1.0
         self.set_filter_temperature(filter_temperature)
         self.scheduled_sampling = tuple(scheduled_sampling) if scheduled_sampling is not None else None
         self.check_finite = check_finite
