@@ -1,12 +1,13 @@
 """Evaluate a Moving MNIST checkpoint on the fixed test set.
 
-    python scripts/evaluate.py --checkpoint runs/cpu-quick/checkpoints/best.pt [--digits 3] [--json out.json] [--recognition]
+    python scripts/evaluate.py --checkpoint runs/cpu-quick/checkpoints/best.pt [--digits 3] [--json out.json] [--recognition] [--motion]
 
 Metrics (README, "Metrics"): MSE and MAE per frame summed over pixels and averaged over frames and
 sequences, SSIM (11x11 Gaussian window) and PSNR, plus per-horizon curves. The all-zeros and
 copy-last-frame baselines on the same sequences are printed for reference. With --recognition, a
 digit classifier trained on the training digits reads each digit's 28x28 window in the predicted
-and in the true frames (README, "Metrics").
+and in the true frames (README, "Metrics"). With --motion (filter heads, generated test set), the
+filter kernels' mean source offsets are compared with the digits' true motion.
 """
 
 import argparse
@@ -21,7 +22,7 @@ from convlstm_vp.train.checkpoint import CheckpointError, atomic_write_bytes
 from convlstm_vp.train.loop import resolve_device
 from convlstm_vp.train.metrics import FrameMetrics
 from convlstm_vp.train.recognition import digit_accuracy, recognition_accuracy, train_digit_recognizer
-from convlstm_vp.train.tasks.moving_mnist import load_trained, predict
+from convlstm_vp.train.tasks.moving_mnist import load_trained, motion_error, predict
 
 
 def main(argv=None) -> dict:
@@ -37,11 +38,13 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where the model runs (default auto: CUDA when available)")
-    p.add_argument("--json", help="write {mse, mae, ssim, psnr, per_frame, baselines[, recognition]} here")
+    p.add_argument("--json", help="write {mse, mae, ssim, psnr, per_frame, baselines[, recognition][, motion]} here")
     p.add_argument("--recognition", action="store_true",
                    help="also report how often a digit classifier recognises each digit in the predicted frames")
     p.add_argument("--filter-temperature", type=float, default=1.0,
                    help="softmax temperature of the dynamic-filter kernels; below 1 sharpens them (default 1: as trained)")
+    p.add_argument("--motion", action="store_true",
+                   help="also report how far the filter kernels' mean source offsets are from the digits' true motion (filter heads)")
     p.add_argument("--recognizer-epochs", type=int, default=6, help="training epochs of that classifier (default 6)")
     args = p.parse_args(argv)
     try:
@@ -66,7 +69,13 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: test sequences have {seqs.shape[1]} frames; the model needs {t_in + t_out}")
     seqs = seqs[:, : t_in + t_out]
     x, y = seqs[:, :t_in], seqs[:, t_in:]
-    pred = predict(model, x, args.batch_size, args.precision or cfg["train"]["precision"])
+    if args.motion and model.head_type == "conv":
+        raise SystemExit("error: --motion needs a filter head (model.head dynamic_filter or composite); this checkpoint's head is conv")
+    if args.motion and ds.standard_path is not None:
+        raise SystemExit(f"error: --motion needs digit trajectories; the standard file {ds.standard_path} has none: add --standard-file no")
+    pred = predict(model, x, args.batch_size, args.precision or cfg["train"]["precision"], return_offsets=args.motion)
+    if args.motion:
+        pred, offsets = pred
     results = {}
     for name, guess in (("model", pred), ("zeros", torch.zeros_like(y)), ("copy_last", x[:, -1:].expand_as(y))):
         fm = FrameMetrics()
@@ -108,6 +117,17 @@ def main(argv=None) -> dict:
         for t in range(t_out):
             print(f"{t + 1:>4} {rec['model']['per_frame'][t]:7.3f} {rec['truth']['per_frame'][t]:7.3f}")
         print(f"all {digits} digits right at the last frame: model {rec['model']['all_digits_last']:.3f}, truth {rec['truth']['all_digits_last']:.3f}")
+    if args.motion:
+        truth = [ds.motion(i, model.patch_size) for i in range(len(ds))]
+        target = torch.stack([torch.from_numpy(o) for o, _ in truth])[:, t_in - 1 : t_in - 1 + t_out]
+        weights = torch.stack([torch.from_numpy(w) for _, w in truth])[:, t_in - 1 : t_in - 1 + t_out]
+        out["motion"] = motion_error(offsets, target, weights)
+        mo = out["motion"]
+        print(f"motion: mean |kernel offset - true motion| {mo['mae_px']:.3f} px per component "
+              f"(offsets of zero: {mo['no_motion_mae_px']:.3f}), on cells one digit alone covers:")
+        print(f"{'t':>4} {'model':>7} {'zero':>7}")
+        for t in range(t_out):
+            print(f"{t + 1:>4} {mo['per_frame'][t]:7.3f} {mo['no_motion_per_frame'][t]:7.3f}")
     if args.json:
         atomic_write_bytes(Path(args.json), json.dumps(out, indent=2).encode())
     return out

@@ -249,6 +249,106 @@ def test_motion_input_feeds_the_cells_each_frame_and_its_difference_to_the_one_b
         EncoderForecaster(1, [4], 3, motion_input="yes")
 
 
+def test_motion_targets_move_each_frame_onto_the_next():
+    from convlstm_vp.data import load_digits, motion_targets, render_moving_mnist
+
+    pool = load_digits("datasets", "train", "embedded").images
+    frames, corners, ids = render_moving_mnist(pool, 6, 12, 2, rng=3, return_trajectories=True)
+    offsets, weights = motion_targets(pool, corners, ids, 64, 4)
+    assert offsets.shape == (6, 11, 2, 16, 16) and weights.shape == (6, 11, 1, 16, 16)
+    assert set(np.unique(weights)) <= {0.0, 1.0} and 0.05 < weights.mean() < 0.5
+    # a target cell carries its digit's corner step, backwards: (corner[t-1] - corner[t])
+    steps = corners[:, :, :-1] - corners[:, :, 1:]  # (N, D, T-1, 2)
+    n, t, y, x = np.argwhere(weights[:, :, 0] > 0)[0]
+    assert any((offsets[n, t, :, y, x] == steps[n, d, t]).all() for d in range(2))
+    assert (offsets[np.broadcast_to(weights, offsets.shape) == 0] == 0).all()
+    # reading frame t-1 through one-hot kernels at the target offsets gives frame t on the target
+    # cells (up to ink of the other digit next to a cell), far closer than frame t-1 itself
+    f = torch.from_numpy(frames).float() / 255
+    off = torch.from_numpy(offsets).long() + 4
+    moved_err = copy_err = 0.0
+    for k in range(1, 12):
+        kernels = torch.nn.functional.one_hot(off[:, k - 1, 0] * 9 + off[:, k - 1, 1], 81).permute(0, 3, 1, 2).float()
+        moved = apply_dynamic_filter(f[:, k - 1 : k], kernels)[:, 0]
+        mask = torch.from_numpy(weights[:, k - 1, 0]).repeat_interleave(4, 1).repeat_interleave(4, 2)
+        moved_err += float(((moved - f[:, k]).abs() * mask).sum() / mask.sum())
+        copy_err += float(((f[:, k - 1] - f[:, k]).abs() * mask).sum() / mask.sum())
+    assert moved_err < 0.01 * copy_err
+    # two copies of a digit on top of each other: no cell is owned by one of them
+    same = np.repeat(corners[:1, :1], 2, axis=1)
+    _, w_same = motion_targets(pool, same, np.repeat(ids[:1, :1], 2, axis=1), 64, 4)
+    assert w_same.sum() == 0
+    with pytest.raises(ValueError, match="cell_size must be a positive int dividing"):
+        motion_targets(pool, corners, ids, 64, 5)
+    with pytest.raises(ValueError, match=r"expected corners \(N, D, T, 2\)"):
+        motion_targets(pool, corners[0], ids, 64, 4)
+
+
+def test_return_offsets_gives_the_kernels_mean_source_offset():
+    torch.manual_seed(0)
+    kw = dict(patch_size=4, input_frames=4, output_frames=3, head="dynamic_filter", filter_size=5)
+    m = EncoderForecaster(1, [8, 6], 3, **kw)
+    x = torch.rand(2, 4, 1, 16, 16)
+    y, off = m(x, return_offsets=True)
+    assert off.shape == (2, 3, 2, 4, 4) and torch.equal(y, m(x))
+    y2, enc, off2 = m(x, return_encoder_predictions=True, return_offsets=True)
+    assert enc.shape == (2, 3, 1, 16, 16) and off2.shape == (2, 6, 2, 4, 4)
+    torch.testing.assert_close(off2[:, 3:], off)
+    # kernels that all select the tap 2 rows up and 1 column right read (dy, dx) = (-2, +1)
+    # and shift the frame by it
+    with torch.no_grad():
+        m.head.weight.zero_()
+        m.head.bias.fill_(-30.0)
+        m.head.bias[0 * 5 + 3] = 30.0
+    y, off = m(x, return_offsets=True)
+    torch.testing.assert_close(off, torch.tensor([-2.0, 1.0]).view(1, 1, 2, 1, 1).expand(2, 3, 2, 4, 4))
+    torch.testing.assert_close(y[:, 0, :, 2:, :-1], x[:, -1, :, :-2, 1:])
+    # the offsets are differentiable (a loss on them trains the head)
+    m2 = EncoderForecaster(1, [8, 6], 3, **kw)
+    m2(x, return_offsets=True)[1].abs().sum().backward()
+    assert m2.head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="return_offsets: head='conv' has no filter kernels"):
+        EncoderForecaster(1, [8], 3, patch_size=4, input_frames=4, output_frames=3)(x, return_offsets=True)
+
+
+def test_motion_loss_trains_the_kernels_towards_the_true_motion(tmp_path: Path):
+    from convlstm_vp.train.config import ConfigError
+    from convlstm_vp.train.config import load_config as load
+    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, MovingMNISTTask
+
+    def load_config(path, overrides):
+        return load(path, DEFAULTS, overrides)
+
+    cfg = load_config(TINY, ["motion_loss_weight=1.0", "data.source=embedded"])
+    task = MovingMNISTTask(cfg)
+    frames, offsets, weights = task.train_batch(5, 0, 1)
+    # the same frames as without the motion loss
+    plain = MovingMNISTTask(load_config(TINY, ["data.source=embedded"]))
+    assert torch.equal(frames, plain.train_batch(5, 0, 1))
+    assert offsets.shape == (4, 7, 2, 16, 16) and weights.shape == (4, 7, 1, 16, 16)
+    torch.manual_seed(0)
+    model = task.build_model()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    losses = []
+    for step in range(40):
+        loss, logs = task.training_step(model, task.train_batch(step % 3, 0, 1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(logs["motion_loss"]))
+    assert sum(losses[-3:]) < 0.9 * sum(losses[:3])
+    # the training script logs it
+    run = tmp_path / "mo"
+    _run("scripts/train_moving_mnist.py", "--config", str(TINY), "--run-dir", str(run), "--set", "motion_loss_weight=0.5")
+    ea = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("train/motion_loss")] == [2, 4, 6]
+    with pytest.raises(ConfigError, match="motion_loss_weight"):
+        load_config(TINY, ["motion_loss_weight=-1"])
+    with pytest.raises(ValueError, match="motion_loss_weight.*head 'conv'"):
+        MovingMNISTTask(load_config(TINY, ["motion_loss_weight=1", "model.head=conv"]))
+
+
 @pytest.mark.parametrize("head", ["conv", "dynamic_filter", "composite"])
 def test_few_training_steps_reduce_loss(head: str):
     torch.manual_seed(0)
@@ -388,6 +488,29 @@ def test_evaluate_and_predict_end_to_end(tiny_run: Path, tmp_path: Path):
                           "--input", str(tmp_path / "short.npy"), "--output", str(tmp_path / "x.gif")],
                          cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 2 and "needs 4 context frames" in res.stderr
+
+
+def test_motion_error_and_evaluate_motion(tiny_run: Path, tmp_path: Path):
+    from convlstm_vp.train.tasks.moving_mnist import motion_error
+
+    target = torch.zeros(2, 3, 2, 4, 4)
+    target[:, :, 0] = 3.0
+    weights = torch.zeros(2, 3, 1, 4, 4)
+    weights[:, :, :, :2] = 1.0
+    guess = target.clone()
+    guess[:, 1, 1] = 1.0  # frame 2 wrong by 1 px in x on every cell
+    guess[:, :, :, 2:] = 50.0  # cells without a target do not count
+    mo = motion_error(guess, target, weights)
+    assert mo["per_frame"] == pytest.approx([0.0, 0.5, 0.0])
+    assert mo["mae_px"] == pytest.approx(0.5 / 3) and mo["no_motion_mae_px"] == pytest.approx(1.5)
+    assert mo["no_motion_per_frame"] == pytest.approx([1.5] * 3)
+    # evaluate.py --motion compares the kernels' offsets with the test digits' true motion
+    out = tmp_path / "evalm.json"
+    res = _run("scripts/evaluate.py", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"),
+               "--sequences", "6", "--motion", "--json", str(out))
+    data = json.loads(out.read_text())["motion"]
+    assert len(data["per_frame"]) == 4 and data["no_motion_mae_px"] > 1.0
+    assert 0 < data["mae_px"] < 10 and "true motion" in res.stdout
 
 
 def test_evaluate_and_predict_filter_temperature(tiny_run: Path, tmp_path: Path):

@@ -44,6 +44,15 @@ def test_dataset_trajectories_match_its_frames(tmp_path):
             assert fits.any()
     with pytest.raises(IndexError):
         ds.trajectories(4)
+    # the true motion per cell: each target is a corner step of one of the digits, backwards
+    offsets, weights = ds.motion(1)
+    assert offsets.shape == (7, 2, 16, 16) and weights.shape == (7, 1, 16, 16) and weights.sum() > 0
+    corners, _ = ds.trajectories(1)
+    steps = corners[:, :-1] - corners[:, 1:]  # (D, T-1, 2)
+    for t, y, x in np.argwhere(weights[:, 0] > 0):
+        assert any((offsets[t, :, y, x] == steps[d, t]).all() for d in range(2))
+    with pytest.raises(IndexError):
+        ds.motion(-1)
     # the standard file stores frames only
     root = tmp_path / "data"
     (root / "moving_mnist").mkdir(parents=True)
@@ -51,6 +60,8 @@ def test_dataset_trajectories_match_its_frames(tmp_path):
     std = MovingMNIST(root, "test", length=3, standard_file=True)
     with pytest.raises(ValueError, match="has no trajectories"):
         std.trajectories(0)
+    with pytest.raises(ValueError, match="motion: the standard test file"):
+        std.motion(0)
 
 
 def test_recognizer_reads_true_frames_and_not_blank_ones():

@@ -2,5 +2,5 @@
 
 from .digits import DigitSet, load_digits
 from .mnist_patches import MNISTPatchSequences, patchify, unpatchify
-from .moving_mnist import MovingMNIST, moving_mnist_batch, render_moving_mnist
+from .moving_mnist import MovingMNIST, motion_targets, moving_mnist_batch, render_moving_mnist
 from .sensors import BasicMotions, Daphnet, Opportunity, Standardizer, sliding_windows

@@ -32,6 +32,7 @@ __all__ = [
     "render_moving_mnist",
     "moving_mnist_batch",
     "frames_to_tensor",
+    "motion_targets",
     "standard_test_file",
     "STANDARD_TEST_URL",
     "DEFAULT_SPEED",
@@ -146,6 +147,58 @@ def render_moving_mnist(
     if return_trajectories:
         return frames, corners, digit_ids
     return frames
+
+
+def motion_targets(
+    digits: np.ndarray,
+    corners: np.ndarray,
+    digit_ids: np.ndarray,
+    image_size: int = 64,
+    cell_size: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each cell of each frame comes from: the true motion of the generated digits.
+
+    A digit moves rigidly, so every pixel of frame ``t`` near it is pixel ``p + (corner[t - 1] -
+    corner[t])`` of frame ``t - 1`` (its own ink and the background around it alike). For the
+    ``cell_size`` x ``cell_size`` cells that one digit's ink touches in frame ``t`` or ``t - 1``
+    and no other digit's ink touches in either, that offset is the target; other cells (blank
+    background, where any source is right, and cells two digits share) carry no target.
+
+    Args:
+        digits: the uint8 pool ``(M, h, h)`` the frames were rendered from.
+        corners: integer top-left corners ``(N, D, T, 2)`` as ``(y, x)``, and
+        digit_ids: ``(N, D)``, both as :func:`render_moving_mnist` returns them.
+        image_size: canvas side ``S``; ``cell_size`` must divide it.
+
+    Returns:
+        ``offsets`` float32 ``(N, T - 1, 2, S/c, S/c)``: ``(dy, dx)`` source offset of frames
+        ``1 .. T-1``, and ``weights`` float32 ``(N, T - 1, 1, S/c, S/c)``: 1 where the offset is
+        a target, else 0 (the offset there is 0).
+    """
+    if corners.ndim != 4 or corners.shape[-1] != 2 or digit_ids.shape != corners.shape[:2]:
+        raise ValueError(f"motion_targets: expected corners (N, D, T, 2) and digit_ids (N, D), got {corners.shape} and {digit_ids.shape}")
+    if not isinstance(cell_size, int) or cell_size < 1 or image_size % cell_size:
+        raise ValueError(f"motion_targets: cell_size must be a positive int dividing image_size={image_size}, got {cell_size!r}")
+    n, d, t, _ = corners.shape
+    h = digits.shape[1]
+    g = image_size // cell_size
+    ink = digits > 0
+    touched = np.zeros((n, d, t, g, g), dtype=bool)
+    canvas = np.zeros((image_size, image_size), dtype=bool)
+    for i in range(n):
+        for j in range(d):
+            glyph = ink[digit_ids[i, j]]
+            for k, (y, x) in enumerate(corners[i, j].tolist()):
+                canvas[:] = False
+                canvas[y : y + h, x : x + h] = glyph
+                touched[i, j, k] = canvas.reshape(g, cell_size, g, cell_size).any(axis=(1, 3))
+    near = touched[:, :, 1:] | touched[:, :, :-1]  # (N, D, T-1, g, g)
+    count = near.sum(axis=1, keepdims=True)
+    owned = near & (count == 1)  # one digit only
+    shift = (corners[:, :, :-1] - corners[:, :, 1:]).astype(np.float32)  # (N, D, T-1, 2)
+    offsets = (owned[:, :, :, None] * shift[..., None, None]).sum(axis=1)  # (N, T-1, 2, g, g)
+    weights = owned.any(axis=1)[:, :, None].astype(np.float32)
+    return offsets.astype(np.float32), weights
 
 
 def frames_to_tensor(frames: np.ndarray, data_format: DataFormat = "channels_first") -> torch.Tensor:
@@ -356,12 +409,10 @@ class MovingMNIST(Dataset):
         item = frames_to_tensor(frames, self.data_format)
         return self.transform(item) if self.transform is not None else item
 
-    def trajectories(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Where the digits of sequence ``index`` are and what they are: integer top-left corners
-        ``(D, T, 2)`` as ``(y, x)`` and labels ``(D,)`` (generated sets only: the standard file
-        stores frames, not trajectories)."""
+    def _tracks(self, index: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """Corners ``(1, D, T, 2)`` and digit indices ``(1, D)`` of generated sequence ``index``."""
         if self.standard_path is not None:
-            raise ValueError(f"trajectories: the standard test file {self.standard_path} has no trajectories; "
+            raise ValueError(f"{what}: the standard test file {self.standard_path} has no trajectories; "
                              "use a generated test set (standard_file=False)")
         index = int(index)
         if not 0 <= index < self.length:
@@ -371,7 +422,24 @@ class MovingMNIST(Dataset):
             self.digits.images, 1, self.num_frames, self.num_digits, self.image_size,
             speed=self.speed, rng=self._item_rng(index), return_trajectories=True,
         )
+        return corners, ids
+
+    def trajectories(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Where the digits of sequence ``index`` are and what they are: integer top-left corners
+        ``(D, T, 2)`` as ``(y, x)`` and labels ``(D,)`` (generated sets only: the standard file
+        stores frames, not trajectories)."""
+        corners, ids = self._tracks(index, "trajectories")
+        assert self.digits is not None
         return corners[0], self.digits.labels[ids[0]]
+
+    def motion(self, index: int, cell_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+        """The true motion of sequence ``index`` per ``cell_size`` cell: :func:`motion_targets`'
+        ``(offsets, weights)`` for frames ``1 .. T-1``, ``(T - 1, 2, S/c, S/c)`` and
+        ``(T - 1, 1, S/c, S/c)`` (generated sets only, like :meth:`trajectories`)."""
+        corners, ids = self._tracks(index, "motion")
+        assert self.digits is not None
+        offsets, weights = motion_targets(self.digits.images, corners, ids, self.image_size, cell_size)
+        return offsets[0], weights[0]
 
     def generate_batch(
         self, batch_size: int, rng: np.random.Generator | int | None = None

@@ -241,25 +241,44 @@ class EncoderForecaster(nn.Module):
         return x
 
     def forward(
-        self, frames: Tensor, targets: Tensor | None = None, return_encoder_predictions: bool = False
-    ) -> Tensor | tuple[Tensor, Tensor]:
+        self,
+        frames: Tensor,
+        targets: Tensor | None = None,
+        return_encoder_predictions: bool = False,
+        return_offsets: bool = False,
+    ) -> Tensor | tuple[Tensor, ...]:
         """Predict ``output_frames`` frames; see the class docstring for shapes.
 
         With ``return_encoder_predictions=True`` also return the encoder's one-step-ahead
         predictions of input frames ``1 .. input_frames-1`` (the same head applied to the
         encoder's hidden states), ``(B, input_frames - 1, C, H, W)``: an auxiliary training target
         that gives the encoder a signal at every input step.
+
+        With ``return_offsets=True`` (filter heads only) also return the mean source offset of
+        every filter kernel, float32 ``(B, T', 2, H/p, W/p)`` as ``(dy, dx)`` in pixels: where, on
+        average, each patch cell of each predicted frame reads the frame before it. ``T'`` covers
+        the predicted frames, preceded by the encoder's ``input_frames - 1`` when
+        ``return_encoder_predictions`` is set. It is the motion the model predicts, for a loss
+        against the true motion (``motion_loss_weight`` in the training config).
+
+        Returns ``y``, ``(y, encoder_predictions)``, ``(y, offsets)`` or
+        ``(y, encoder_predictions, offsets)``.
         """
+        if return_offsets and self.head_type == "conv":
+            raise ValueError("return_offsets: head='conv' has no filter kernels, so no offsets; use head='dynamic_filter' or 'composite'")
         x = self._check(frames, self.input_frames, "frames")
         p = self.patch_size
         xp = patchify(self._with_motion(x, x[:, :1]), p)
         layer_outputs, (h_n, c_n) = self.encoder(xp)
         encoder_pred = None
+        offsets: list[Tensor] = []
         if return_encoder_predictions:
             feats = torch.cat(layer_outputs, dim=2)[:, :-1]  # (B, T_in - 1, sum(hidden), h, w)
             b, t = feats.shape[:2]
-            encoder_pred = self._frame(feats.flatten(0, 1), x[:, :-1].flatten(0, 1)).unflatten(0, (b, t))
-            encoder_pred = sequence_from_internal(encoder_pred, 2, True, self.data_format)
+            encoder_pred, enc_offsets = self._frame(feats.flatten(0, 1), x[:, :-1].flatten(0, 1), return_offsets)
+            encoder_pred = sequence_from_internal(encoder_pred.unflatten(0, (b, t)), 2, True, self.data_format)
+            if return_offsets:
+                offsets.append(enc_offsets.unflatten(0, (b, t)))
         hs = list(h_n.unbind(0)) if isinstance(h_n, Tensor) else list(h_n)
         cs = list(c_n.unbind(0)) if isinstance(c_n, Tensor) else list(c_n)
 
@@ -282,8 +301,10 @@ class EncoderForecaster(nn.Module):
             for layer, cell in enumerate(cells):
                 hs[layer], cs[layer] = cell.step(inp, (hs[layer], cs[layer]))
                 inp = hs[layer]
-            pred = self._frame(torch.cat(hs, dim=1), frame)
+            pred, offset = self._frame(torch.cat(hs, dim=1), frame, return_offsets)
             outputs.append(pred)
+            if return_offsets:
+                offsets.append(offset.unsqueeze(1))
             frame = pred
             if true_frames is not None and step + 1 < self.output_frames:
                 # drawn even once the probability reaches 0 (then never true): deciding "eta > 0"
@@ -291,7 +312,8 @@ class EncoderForecaster(nn.Module):
                 use_true = (torch.rand(pred.shape[0], 1, 1, 1, device=pred.device) < eta).to(pred.dtype)
                 frame = use_true * true_frames[:, step].to(pred.dtype) + (1 - use_true) * pred
         y = sequence_from_internal(torch.stack(outputs, dim=1), 2, True, self.data_format)
-        return (y, encoder_pred) if return_encoder_predictions else y
+        extras = ((encoder_pred,) if return_encoder_predictions else ()) + ((torch.cat(offsets, dim=1),) if return_offsets else ())
+        return (y, *extras) if extras else y
 
     def _with_motion(self, x: Tensor, first_before: Tensor) -> Tensor:
         """``(B, T, C, H, W)`` frames, with ``motion_input`` joined on channels by their differences
@@ -301,18 +323,26 @@ class EncoderForecaster(nn.Module):
         before = torch.cat([first_before, x[:, :-1]], dim=1)
         return torch.cat([x, x - before], dim=2)
 
-    def _frame(self, feats: Tensor, previous: Tensor) -> Tensor:
+    def _frame(self, feats: Tensor, previous: Tensor, with_offsets: bool = False) -> tuple[Tensor, Tensor | None]:
         """Next full-resolution frame ``(N, C, H, W)`` from hidden features ``(N, sum(hidden), h, w)``
-        and the previous frame ``(N, C, H, W)`` (used by the dynamic-filter head)."""
+        and the previous frame ``(N, C, H, W)`` (used by the dynamic-filter head); with
+        ``with_offsets`` also the kernels' mean source offsets ``(N, 2, h, w)``, else ``None``."""
         z = self.head(feats)
         if self.head_type == "conv":
-            return self._out_act(unpatchify(z.unsqueeze(1), self.patch_size).squeeze(1))
-        kk = self.filter_size * self.filter_size
-        frame = apply_dynamic_filter(previous, torch.softmax(z[:, :kk].float() / self.filter_temperature, dim=1))
+            return self._out_act(unpatchify(z.unsqueeze(1), self.patch_size).squeeze(1)), None
+        k = self.filter_size
+        kernels = torch.softmax(z[:, : k * k].float() / self.filter_temperature, dim=1)
+        frame = apply_dynamic_filter(previous, kernels)
         if self.head_type == "composite":
-            drawn, mask = (torch.sigmoid(unpatchify(part.float().unsqueeze(1), self.patch_size).squeeze(1)) for part in z[:, kk:].chunk(2, dim=1))
+            drawn, mask = (torch.sigmoid(unpatchify(part.float().unsqueeze(1), self.patch_size).squeeze(1)) for part in z[:, k * k :].chunk(2, dim=1))
             frame = mask * frame + (1 - mask) * drawn
-        return self._out_act(frame)
+        offsets = None
+        if with_offsets:
+            # kernel entry (i, j) in row-major order reads the pixel (i - k//2, j - k//2) away
+            taps = torch.arange(k, device=kernels.device, dtype=kernels.dtype) - k // 2
+            grid = kernels.unflatten(1, (k, k))  # (N, k, k, h, w)
+            offsets = torch.stack([torch.einsum("nijhw,i->nhw", grid, taps), torch.einsum("nijhw,j->nhw", grid, taps)], dim=1)
+        return self._out_act(frame), offsets
 
     def extra_repr(self) -> str:
         return (

@@ -48,7 +48,7 @@ _CHOICES = {
 }
 _POSITIVE = {("train", k) for k in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every")}
 _NON_NEGATIVE = {("train", k) for k in ("lr", "weight_decay", "grad_clip", "num_threads", "warmup_fraction")} | {
-    ("seed",), ("encoder_loss_weight",), ("l1_weight",), ("ssim_weight",)
+    ("seed",), ("encoder_loss_weight",), ("l1_weight",), ("ssim_weight",), ("motion_loss_weight",)
 }
 
 

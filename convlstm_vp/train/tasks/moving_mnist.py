@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...data import MovingMNIST, load_digits, moving_mnist_batch
+from ...data.moving_mnist import frames_to_tensor, motion_targets, render_moving_mnist
 from ...models.encoder_forecaster import EncoderForecaster
 from ..config import TRAIN_DEFAULTS
 from ..metrics import FrameMetrics, frame_mse, frame_ssim
@@ -24,6 +25,9 @@ DEFAULTS: dict[str, Any] = {
     "ssim_weight": 0.0,
     # weight of the auxiliary loss on the encoder's one-step-ahead predictions of the input frames
     "encoder_loss_weight": 0.0,
+    # weight of an L1 loss between the filter kernels' mean source offsets and the generated
+    # digits' true motion (filter heads; see motion_targets); 0 turns it off
+    "motion_loss_weight": 0.0,
     "model": {
         "hidden_channels": [64, 64, 64],
         "kernel_size": 3,
@@ -103,6 +107,9 @@ class MovingMNISTTask:
     def __init__(self, cfg: dict) -> None:
         if cfg["loss"] not in LOSSES:
             raise ValueError(f"config key 'loss': expected one of {LOSSES}, got {cfg['loss']!r}")
+        if cfg["motion_loss_weight"] > 0 and cfg["model"]["head"] == "conv":
+            raise ValueError("config key 'motion_loss_weight': needs model.head 'dynamic_filter' or 'composite' "
+                             "(the conv head has no filter kernels whose motion it could train); got head 'conv'")
         self.cfg = cfg
         d = cfg["data"]
         self.frames = cfg["model"]["input_frames"] + cfg["model"]["output_frames"]
@@ -121,10 +128,18 @@ class MovingMNISTTask:
             self._eval = torch.stack([ds[i] for i in range(len(ds))])
         return self._eval
 
-    def train_batch(self, step: int, rank: int, world: int) -> Tensor:
+    def train_batch(self, step: int, rank: int, world: int) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """Frames ``(B, T, 1, 64, 64)``; with ``motion_loss_weight`` > 0 also the true motion
+        ``(offsets, weights)`` of :func:`~convlstm_vp.data.moving_mnist.motion_targets` (the same
+        frames either way: the generator draws the same numbers)."""
         rng = np.random.default_rng([int(self.cfg["seed"]), step, rank])
-        return moving_mnist_batch(self.cfg["train"]["batch_size"], digits=self.train_digits,
-                                  num_digits=self.cfg["data"]["num_digits"], num_frames=self.frames, rng=rng)
+        b, n = self.cfg["train"]["batch_size"], self.cfg["data"]["num_digits"]
+        if self.cfg["motion_loss_weight"] == 0:
+            return moving_mnist_batch(b, digits=self.train_digits, num_digits=n, num_frames=self.frames, rng=rng)
+        pool = self.train_digits.images
+        frames, corners, ids = render_moving_mnist(pool, b, self.frames, n, rng=rng, return_trajectories=True)
+        offsets, weights = motion_targets(pool, corners, ids, frames.shape[-1], self.cfg["model"]["patch_size"])
+        return frames_to_tensor(frames), torch.from_numpy(offsets), torch.from_numpy(weights)
 
     def _loss(self, pred: Tensor, target: Tensor) -> Tensor:
         loss = frame_loss(self.cfg["loss"], pred, target, self.cfg["l1_weight"])
@@ -135,19 +150,31 @@ class MovingMNISTTask:
     def training_step(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict]:
         """Loss and logs of one batch. The logs are 0-dim tensors (the logger reads them on
         logging steps), so a step on a GPU does not wait for its kernels to finish."""
-        batch = batch.to(next(model.parameters()).device)
+        device = next(model.parameters()).device
+        motion = None
+        if isinstance(batch, (tuple, list)):
+            batch, *motion = (part.to(device) for part in batch)
+        else:
+            batch = batch.to(device)
         t_in = self.cfg["model"]["input_frames"]
         x, y = batch[:, :t_in], batch[:, t_in:]
         w = self.cfg["encoder_loss_weight"]
+        out = model(x, y, return_encoder_predictions=w > 0, return_offsets=motion is not None)
+        pred, rest = (out, ()) if isinstance(out, Tensor) else (out[0], out[1:])
+        loss = self._loss(pred, y)
+        logs = {}
         if w > 0:
-            pred, enc = model(x, y, return_encoder_predictions=True)
-            enc_loss = self._loss(enc, x[:, 1:])
-            loss = self._loss(pred, y) + w * enc_loss
-            logs = {"encoder_loss": enc_loss.detach()}
-        else:
-            pred = model(x, y)
-            loss = self._loss(pred, y)
-            logs = {}
+            enc_loss = self._loss(rest[0], x[:, 1:])
+            loss = loss + w * enc_loss
+            logs["encoder_loss"] = enc_loss.detach()
+        if motion is not None:
+            offsets, weights = motion
+            predicted = rest[-1]
+            # the predicted offsets cover the last predicted.shape[1] frames
+            offsets, weights = offsets[:, -predicted.shape[1]:], weights[:, -predicted.shape[1]:]
+            motion_loss = ((predicted - offsets).abs() * weights).sum() / (2 * weights.sum()).clamp(min=1)
+            loss = loss + self.cfg["motion_loss_weight"] * motion_loss
+            logs["motion_loss"] = motion_loss.detach()
         logs["mse_per_frame"] = frame_mse(pred.detach(), y).mean()
         return loss, logs
 
@@ -158,18 +185,45 @@ class MovingMNISTTask:
 
 
 @torch.no_grad()
-def predict(model: EncoderForecaster, frames: Tensor, batch_size: int = 50, precision: str = "fp32") -> Tensor:
-    """Predict ``(N, output_frames, C, H, W)`` from ``(N, input_frames, C, H, W)`` in batches."""
+def predict(
+    model: EncoderForecaster, frames: Tensor, batch_size: int = 50, precision: str = "fp32", return_offsets: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Predict ``(N, output_frames, C, H, W)`` from ``(N, input_frames, C, H, W)`` in batches; with
+    ``return_offsets`` (filter heads) also the kernels' mean source offsets ``(N, output_frames,
+    2, H/p, W/p)`` (see ``EncoderForecaster.forward``)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(device.type, enabled=False)
-    outs = []
+    outs, offsets = [], []
     with ctx:
         for i in range(0, frames.shape[0], batch_size):
-            outs.append(model(frames[i : i + batch_size].to(device)).float().clamp(0, 1).cpu())
+            out = model(frames[i : i + batch_size].to(device), return_offsets=return_offsets)
+            if return_offsets:
+                out, off = out
+                offsets.append(off.float().cpu())
+            outs.append(out.float().clamp(0, 1).cpu())
     model.train(was_training)
-    return torch.cat(outs)
+    return (torch.cat(outs), torch.cat(offsets)) if return_offsets else torch.cat(outs)
+
+
+def motion_error(offsets: Tensor, target: Tensor, weights: Tensor) -> dict:
+    """Mean absolute error (px, per component) of predicted source offsets ``(N, T, 2, h, w)``
+    against the true motion ``target`` on the cells where ``weights`` ``(N, T, 1, h, w)`` is 1
+    (:func:`~convlstm_vp.data.moving_mnist.motion_targets`): overall and per frame, with the
+    same figure for offsets of zero (a model that predicts no motion) beside it."""
+    def per_frame(guess: Tensor) -> list[float]:
+        err = ((guess - target).abs() * weights).sum(dim=(0, 2, 3, 4))
+        return (err / (2 * weights.sum(dim=(0, 2, 3, 4))).clamp(min=1)).tolist()
+
+    err, still = per_frame(offsets), per_frame(torch.zeros_like(target))
+    total = float(2 * weights.sum().clamp(min=1))
+    return {
+        "mae_px": float(((offsets - target).abs() * weights).sum()) / total,
+        "no_motion_mae_px": float((target.abs() * weights).sum()) / total,
+        "per_frame": err,
+        "no_motion_per_frame": still,
+    }
 
 
 def evaluate_frames(model: nn.Module, sequences: Tensor, cfg: dict, logger: TBLogger | None = None, step: int = 0) -> dict:
