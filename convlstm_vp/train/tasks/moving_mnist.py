@@ -172,7 +172,7 @@ class MovingMNISTTask:
             predicted = rest[-1]
             # the predicted offsets cover the last predicted.shape[1] frames
             offsets, weights = offsets[:, -predicted.shape[1]:], weights[:, -predicted.shape[1]:]
-            motion_loss = ((predicted - offsets).abs() * weights).sum() / (2 * weights.sum()).clamp(min=1)
+            motion_loss = offset_l1(predicted, offsets, weights)
             loss = loss + self.cfg["motion_loss_weight"] * motion_loss
             logs["motion_loss"] = motion_loss.detach()
         logs["mse_per_frame"] = frame_mse(pred.detach(), y).mean()
@@ -207,22 +207,26 @@ def predict(
     return (torch.cat(outs), torch.cat(offsets)) if return_offsets else torch.cat(outs)
 
 
-def motion_error(offsets: Tensor, target: Tensor, weights: Tensor) -> dict:
-    """Mean absolute error (px, per component) of predicted source offsets ``(N, T, 2, h, w)``
-    against the true motion ``target`` on the cells where ``weights`` ``(N, T, 1, h, w)`` is 1
-    (:func:`~convlstm_vp.data.moving_mnist.motion_targets`): overall and per frame, with the
-    same figure for offsets of zero (a model that predicts no motion) beside it."""
-    def per_frame(guess: Tensor) -> list[float]:
-        err = ((guess - target).abs() * weights).sum(dim=(0, 2, 3, 4))
-        return (err / (2 * weights.sum(dim=(0, 2, 3, 4))).clamp(min=1)).tolist()
+def offset_l1(offsets: Tensor, target: Tensor, weights: Tensor, dim: tuple[int, ...] | None = None) -> Tensor:
+    """Mean absolute error (px, per component) of source offsets ``(N, T, 2, h, w)`` against the
+    true motion ``target`` on the cells where ``weights`` ``(N, T, 1, h, w)`` is 1
+    (:func:`~convlstm_vp.data.moving_mnist.motion_targets`), over all of them or per the
+    dimensions left out of ``dim``; differentiable (the training loss ``motion_loss_weight`` weighs)."""
+    dim = tuple(range(offsets.dim())) if dim is None else dim
+    err = ((offsets - target).abs() * weights).sum(dim=dim)
+    return err / (2 * weights.sum(dim=dim)).clamp(min=1)
 
-    err, still = per_frame(offsets), per_frame(torch.zeros_like(target))
-    total = float(2 * weights.sum().clamp(min=1))
+
+def motion_error(offsets: Tensor, target: Tensor, weights: Tensor) -> dict:
+    """:func:`offset_l1` of predicted offsets overall and per frame, with the same figures for
+    offsets of zero (a model that predicts no motion) beside them."""
+    still = torch.zeros_like(target)
+    per_frame = (0, 2, 3, 4)
     return {
-        "mae_px": float(((offsets - target).abs() * weights).sum()) / total,
-        "no_motion_mae_px": float((target.abs() * weights).sum()) / total,
-        "per_frame": err,
-        "no_motion_per_frame": still,
+        "mae_px": float(offset_l1(offsets, target, weights)),
+        "no_motion_mae_px": float(offset_l1(still, target, weights)),
+        "per_frame": offset_l1(offsets, target, weights, per_frame).tolist(),
+        "no_motion_per_frame": offset_l1(still, target, weights, per_frame).tolist(),
     }
 
 
