@@ -37,6 +37,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "deterministic": True,
     "progress": True,
     "device": "auto",  # auto | cpu | cuda
+    # torch.compile every ConvLSTM cell's step (convlstm_vp.nn.compile_cells): on a GPU it fuses
+    # each step's gate arithmetic into a few kernels; the first steps compile (seconds to a
+    # minute); where compiling fails, a warning and eager steps
+    "compile": False,
 }
 
 _CHOICES = {
@@ -45,6 +49,7 @@ _CHOICES = {
     ("train", "precision"): ("fp32", "bf16", "fp16"),
     ("train", "nan_policy"): ("stop", "skip"),
     ("train", "device"): ("auto", "cpu", "cuda"),
+    ("model", "memory_format"): ("contiguous", "channels_last"),
 }
 _POSITIVE = {("train", k) for k in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every")}
 _NON_NEGATIVE = {("train", k) for k in ("lr", "weight_decay", "grad_clip", "num_threads", "warmup_fraction")} | {

@@ -38,6 +38,7 @@ import yaml
 from torch import Tensor, nn
 
 from ..nn.controls import regularization_loss
+from ..nn.fast import compile_cells
 from ..nn.functional import NonFiniteInputError
 from .config import ConfigError, config_error
 from .checkpoint import (
@@ -219,6 +220,8 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 model = task.build_model().to(device)
             except (ValueError, TypeError) as exc:
                 raise config_error(exc, cfg, "building the model", ["model"]) from exc
+            if tc["compile"]:
+                compile_cells(model)
             _check_model_accepts_batches(task, model, cfg, dist)
             if dist.rank:  # same initial weights everywhere, then one dropout/sampling stream per rank
                 _seed_everything(_rank_seed(seed, dist.rank))

@@ -40,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
         "motion_input": False,  # the cells also read each frame's difference to the one before
         "output_activation": None,  # null: sigmoid for the conv head, identity for the others
         "scheduled_sampling": None,  # [start, end, steps] or null
+        # strides of the cells' convolutions: contiguous (NCHW) | channels_last (NHWC; on a GPU
+        # cuDNN's NHWC kernels then need no layout conversions)
+        "memory_format": "contiguous",
     },
     "data": {
         "root": "datasets",
@@ -95,6 +98,7 @@ def build_model(cfg: dict) -> EncoderForecaster:
         motion_input=m["motion_input"],
         output_activation=m["output_activation"],
         peephole=m["peephole"],
+        memory_format=m["memory_format"],
     )
 
 
