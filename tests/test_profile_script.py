@@ -85,3 +85,21 @@ def test_profile_script_rejects_bad_arguments(argv, expected):
     )
     assert proc.returncode == 2
     assert expected in proc.stderr
+
+
+@pytest.mark.parametrize("task, config", [
+    ("patch_classifier", "tiny-patch-classifier.yaml"),
+    ("patch_completion", "tiny-patch-completion.yaml"),
+    ("sensors", "deepconvlstm-tiny.yaml"),
+])
+def test_profiler_steps_every_task(task, config):
+    prof = _script()
+    args = argparse.Namespace(task=task, config=str(ROOT / "configs" / config), overrides=["train.num_threads=1"])
+    t, model, cfg, device = prof.build(args)
+    before = [p.detach().clone() for p in model.parameters()]
+    stepper = prof.Stepper(t, model, cfg, device, total_steps=2)
+    times: dict[str, float] = {}
+    stepper.run()
+    stepper.run(times=times)
+    assert set(times) == set(prof.PHASES) and all(v > 0 for v in times.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "the steps trained nothing"
