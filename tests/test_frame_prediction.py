@@ -284,6 +284,48 @@ def test_motion_targets_move_each_frame_onto_the_next():
         motion_targets(pool, corners[0], ids, 64, 4)
 
 
+def _touched_cells_one_by_one(digits, corners, digit_ids, image_size, c):
+    """Reference: draw every placed glyph's ink on its own canvas and pool it over the cells."""
+    n, d, t, _ = corners.shape
+    h, g = digits.shape[1], image_size // c
+    out = np.zeros((n, d, t, g, g), dtype=bool)
+    for i, j, k in np.ndindex(n, d, t):
+        y, x = corners[i, j, k]
+        canvas = np.zeros((image_size, image_size), dtype=bool)
+        canvas[y : y + h, x : x + h] = digits[digit_ids[i, j]] > 0
+        out[i, j, k] = canvas.reshape(g, c, g, c).any(axis=(1, 3))
+    return out
+
+
+@pytest.mark.parametrize("cell_size, glyph, size", [(4, 28, 64), (1, 5, 12), (2, 7, 16), (8, 28, 64), (3, 10, 24)])
+def test_motion_targets_cells_equal_drawing_each_digit(cell_size, glyph, size):
+    """The per-phase cell maps place every digit exactly where drawing its ink on a canvas does,
+    at every corner the canvas allows (all phases within a cell, both edges)."""
+    from convlstm_vp.data.moving_mnist import _touched_cells
+
+    rng = np.random.default_rng(cell_size)
+    pool = (rng.random((7, glyph, glyph)) < 0.15).astype(np.uint8) * 255
+    pool[0] = 0  # a blank glyph touches nothing
+    corners = rng.integers(0, size - glyph + 1, size=(5, 3, 9, 2))
+    corners[0, 0, :2] = [[0, 0], [size - glyph, size - glyph]]
+    ids = rng.integers(0, 7, size=(5, 3))
+    ids[1, 1] = 0
+    got = _touched_cells(pool, corners, ids, size, cell_size)
+    ref = _touched_cells_one_by_one(pool, corners, ids, size, cell_size)
+    assert got.shape == ref.shape and got.any()
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_motion_targets_rejects_corners_off_the_canvas():
+    from convlstm_vp.data import motion_targets
+
+    pool = np.full((2, 28, 28), 255, dtype=np.uint8)
+    corners = np.zeros((1, 1, 3, 2), dtype=np.int64)
+    corners[0, 0, 2] = [37, 0]
+    with pytest.raises(ValueError, match=r"corners must lie in \[0, 36\] for 28x28 digits on a 64x64 canvas, got values from 0 to 37"):
+        motion_targets(pool, corners, np.zeros((1, 1), dtype=np.int64), 64, 4)
+
+
 def test_return_offsets_gives_the_kernels_mean_source_offset():
     torch.manual_seed(0)
     kw = dict(patch_size=4, input_frames=4, output_frames=3, head="dynamic_filter", filter_size=5)

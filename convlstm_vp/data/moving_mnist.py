@@ -149,6 +149,35 @@ def render_moving_mnist(
     return frames
 
 
+def _touched_cells(digits: np.ndarray, corners: np.ndarray, digit_ids: np.ndarray, image_size: int, c: int) -> np.ndarray:
+    """``(N, D, T, S/c, S/c)`` bool: the ``c`` x ``c`` cells each placed digit's ink touches.
+
+    Which cells a glyph touches depends only on its corner modulo ``c`` (its phase within a cell)
+    and is then moved by whole cells: each used glyph's cell map is computed once per phase, and
+    every placement copies its map into the grid.
+    """
+    n, d, t, _ = corners.shape
+    h = digits.shape[1]
+    g = image_size // c
+    span = -(-(h + c - 1) // c)  # cells a glyph can reach from any phase
+    used, inverse = np.unique(digit_ids, return_inverse=True)
+    ink = digits[used] > 0  # (U, h, h)
+    padded = np.zeros((len(used), c, c, span * c, span * c), dtype=bool)
+    for py in range(c):
+        for px in range(c):
+            padded[:, py, px, py : py + h, px : px + h] = ink
+    local = padded.reshape(len(used), c, c, span, c, span, c).any(axis=(4, 6))  # (U, c, c, span, span)
+    flat = corners.reshape(-1, 2)
+    glyph = np.repeat(inverse.reshape(-1), t)  # the pool row of every (sequence, digit, frame)
+    maps = local[glyph, flat[:, 0] % c, flat[:, 1] % c]  # (M, span, span)
+    steps = np.arange(span)
+    rows = (flat[:, 0] // c)[:, None] + steps  # (M, span)
+    cols = (flat[:, 1] // c)[:, None] + steps
+    grid = np.zeros((len(flat), g + span, g + span), dtype=bool)  # cells past the canvas hold no ink
+    grid[np.arange(len(flat))[:, None, None], rows[:, :, None], cols[:, None, :]] = maps
+    return grid[:, :g, :g].reshape(n, d, t, g, g)
+
+
 def motion_targets(
     digits: np.ndarray,
     corners: np.ndarray,
@@ -181,17 +210,12 @@ def motion_targets(
         raise ValueError(f"motion_targets: cell_size must be a positive int dividing image_size={image_size}, got {cell_size!r}")
     n, d, t, _ = corners.shape
     h = digits.shape[1]
-    g = image_size // cell_size
-    ink = digits > 0
-    touched = np.zeros((n, d, t, g, g), dtype=bool)
-    canvas = np.zeros((image_size, image_size), dtype=bool)
-    for i in range(n):
-        for j in range(d):
-            glyph = ink[digit_ids[i, j]]
-            for k, (y, x) in enumerate(corners[i, j].tolist()):
-                canvas[:] = False
-                canvas[y : y + h, x : x + h] = glyph
-                touched[i, j, k] = canvas.reshape(g, cell_size, g, cell_size).any(axis=(1, 3))
+    if corners.size and (corners.min() < 0 or corners.max() > image_size - h):
+        raise ValueError(
+            f"motion_targets: corners must lie in [0, {image_size - h}] for {h}x{h} digits on a {image_size}x{image_size} "
+            f"canvas, got values from {corners.min()} to {corners.max()}"
+        )
+    touched = _touched_cells(digits, corners, digit_ids, image_size, cell_size)  # (N, D, T, g, g)
     near = touched[:, :, 1:] | touched[:, :, :-1]  # (N, D, T-1, g, g)
     count = near.sum(axis=1, keepdims=True)
     owned = near & (count == 1)  # one digit only
