@@ -37,8 +37,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "deterministic": True,
     "progress": True,
     "device": "auto",  # auto | cpu | cuda
-    # torch.compile every ConvLSTM cell's step (convlstm_vp.nn.compile_cells): on a GPU it fuses
-    # each step's gate arithmetic into a few kernels; the first steps compile (seconds to a
+    # torch.compile every ConvLSTM cell's step (convlstm_vp.nn.compile_cells), which can fuse a
+    # step's many small element-wise kernels on a GPU; the first steps compile (seconds to a
     # minute); where compiling fails, a warning and eager steps
     "compile": False,
 }

@@ -40,8 +40,8 @@ DEFAULTS: dict[str, Any] = {
         "motion_input": False,  # the cells also read each frame's difference to the one before
         "output_activation": None,  # null: sigmoid for the conv head, identity for the others
         "scheduled_sampling": None,  # [start, end, steps] or null
-        # strides of the cells' convolutions: contiguous (NCHW) | channels_last (NHWC; on a GPU
-        # cuDNN's NHWC kernels then need no layout conversions)
+        # strides of the cells' convolutions: contiguous (NCHW) | channels_last (NHWC; no faster
+        # for gpu-openstl on an H100, README "Where a GPU training step's time goes")
         "memory_format": "contiguous",
     },
     "data": {
