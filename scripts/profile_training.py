@@ -33,7 +33,6 @@ import inspect
 import json
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ import torch
 
 from convlstm_vp.nn import compile_cells
 from convlstm_vp.train.config import ConfigError, load_config
-from convlstm_vp.train.loop import _deterministic, _seed_everything, build_optimizer, build_scheduler, resolve_device
+from convlstm_vp.train.loop import _deterministic, _seed_everything, build_optimizer, build_scheduler, resolve_device, training_precision
 
 TASKS = {
     "moving_mnist": ("convlstm_vp.train.tasks.moving_mnist", "MovingMNISTTask"),
@@ -71,13 +70,8 @@ class Stepper:
             kw.update(foreach=optimizer_impl == "foreach", fused=optimizer_impl == "fused")
             self.optimizer = cls(self.optimizer.param_groups[0]["params"], **kw)
         self.scheduler = build_scheduler(self.optimizer, tc)
-        self.use_scaler = device.type == "cuda" and tc["precision"] == "fp16"
+        self.autocast, self.use_scaler = training_precision(device, tc["precision"])
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
-        self.autocast = (
-            torch.autocast(device.type, dtype=torch.bfloat16 if tc["precision"] == "bf16" else torch.float16)
-            if tc["precision"] != "fp32"
-            else nullcontext()
-        )
         self.step_index = 0
 
     def sync(self) -> None:
@@ -170,8 +164,6 @@ def build(args: argparse.Namespace) -> tuple[Any, torch.nn.Module, dict, torch.d
         torch.set_num_threads(tc["num_threads"])
     _seed_everything(int(cfg.get("seed", 0)))
     device = resolve_device(tc["device"], 0, "config key 'train.device'")
-    if tc["precision"] == "fp16" and device.type != "cuda":
-        raise ConfigError("config key 'train.precision': fp16 needs a CUDA device; use bf16 on CPU")
     task = getattr(module, class_name)(cfg)
     model = task.build_model().to(device)
     if tc["compile"]:

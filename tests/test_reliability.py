@@ -428,3 +428,18 @@ def test_every_schedule_runs_its_whole_length(steps: int, warmup: float) -> None
         assert all(0 <= lr <= 0.1 + 1e-12 for lr in lrs), (schedule, lrs)
         if schedule == "onecycle" and steps >= 4:
             assert max(lrs) > 0.05 and lrs[-1] < max(lrs)  # warms up to the peak, then anneals
+
+
+def test_training_precision_gives_the_autocast_and_refuses_fp16_off_cuda():
+    from contextlib import nullcontext
+
+    from convlstm_vp.train.config import ConfigError
+    from convlstm_vp.train.loop import training_precision
+
+    cpu = torch.device("cpu")
+    ctx, scaler = training_precision(cpu, "bf16")
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16 and not scaler
+    ctx, scaler = training_precision(cpu, "fp32")
+    assert isinstance(ctx, nullcontext) and not scaler
+    with pytest.raises(ConfigError, match="'train.precision': fp16 needs a CUDA device"):
+        training_precision(cpu, "fp16")

@@ -208,7 +208,6 @@ def motion_targets(
         raise ValueError(f"motion_targets: expected corners (N, D, T, 2) and digit_ids (N, D), got {corners.shape} and {digit_ids.shape}")
     if not isinstance(cell_size, int) or cell_size < 1 or image_size % cell_size:
         raise ValueError(f"motion_targets: cell_size must be a positive int dividing image_size={image_size}, got {cell_size!r}")
-    n, d, t, _ = corners.shape
     h = digits.shape[1]
     if corners.size and (corners.min() < 0 or corners.max() > image_size - h):
         raise ValueError(

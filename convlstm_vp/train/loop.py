@@ -112,6 +112,17 @@ def build_scheduler(opt: torch.optim.Optimizer, tc: dict) -> torch.optim.lr_sche
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def training_precision(device: torch.device, precision: str) -> tuple[Any, bool]:
+    """``train.precision`` on ``device``: the forward pass's autocast context (a no-op for fp32)
+    and whether fp16 needs a gradient scaler; fp16 off CUDA is a config error."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("config key 'train.precision': fp16 needs a CUDA device; use bf16 on CPU")
+    if precision == "fp32":
+        return nullcontext(), False
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype), precision == "fp16"
+
+
 def resolve_device(choice: str, index: int = 0, what: str = "device") -> torch.device:
     """``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``; ValueError naming ``what`` when
     CUDA is asked for and absent."""
@@ -214,8 +225,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
             seed = int(cfg.get("seed", 0))
             _seed_everything(seed)
             device = _device(tc, dist)
-            if tc["precision"] == "fp16" and device.type != "cuda":
-                raise ConfigError("config key 'train.precision': fp16 needs a CUDA device; use bf16 on CPU")
+            autocast, use_cuda_amp = training_precision(device, tc["precision"])
             try:
                 model = task.build_model().to(device)
             except (ValueError, TypeError) as exc:
@@ -227,7 +237,6 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 _seed_everything(_rank_seed(seed, dist.rank))
             optimizer = build_optimizer(model, tc)
             scheduler = build_scheduler(optimizer, tc)
-            use_cuda_amp = device.type == "cuda" and tc["precision"] == "fp16"
             scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp)
 
             start_step, best_score, skipped = 0, None, 0
@@ -292,11 +301,6 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                     return True
                 return score < best_score if task.best_mode == "min" else score > best_score
 
-            autocast = (
-                torch.autocast(device.type, dtype=torch.bfloat16 if tc["precision"] == "bf16" else torch.float16)
-                if tc["precision"] != "fp32"
-                else nullcontext()
-            )
             steps = tc["steps"]
             has_reg = _has_regularizers(unwrap(model))
             metrics: dict = {}
