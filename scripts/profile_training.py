@@ -70,7 +70,7 @@ class Stepper:
             kw.update(foreach=optimizer_impl == "foreach", fused=optimizer_impl == "fused")
             self.optimizer = cls(self.optimizer.param_groups[0]["params"], **kw)
         self.scheduler = build_scheduler(self.optimizer, tc)
-        self.autocast, self.use_scaler = training_precision(device, tc["precision"])
+        self.autocast, self.use_scaler, self.precision = training_precision(device, tc["precision"])
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
         self.step_index = 0
 
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": name,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "precision": tc["precision"],
+        "precision": stepper.precision,  # auto resolved
         "deterministic": tc["deterministic"],
         "compile": tc["compile"],
         "optimizer": type(stepper.optimizer).__name__,
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if ops is not None:
         report["top_ops"] = ops
-    print(f"{args.config} {' '.join(args.overrides)} on {name} ({tc['precision']}, batch {tc['batch_size']}, "
+    print(f"{args.config} {' '.join(args.overrides)} on {name} ({stepper.precision}, batch {tc['batch_size']}, "
           f"deterministic={tc['deterministic']}, compile={tc['compile']}, "
           f"optimizer {type(stepper.optimizer).__name__} {args.optimizer_impl}); warm-up {args.warmup} steps in {warmup_s:.1f} s")
     print(f"  loop (2 reads/step)   {loop * 1e3:8.2f} ms/step  {1 / loop:7.2f} steps/s")

@@ -32,6 +32,11 @@ def test_quick_benchmark_writes_json_with_expected_keys(tmp_path):
         impls = {c["impl"] for c in cfg["cases"]}
         assert "project" in impls, name
         for case in cfg["cases"]:
+            if "error" in case and case["impl"] != "project":
+                # a reference that cannot run on this machine is reported with the reason, e.g.
+                # torch.nn.LSTM under bf16 autocast on a CPU without native bfloat16 (AVX2)
+                assert case["error"] and case["samples_ms"] == {}, (name, case)
+                continue
             assert CASE_KEYS <= case.keys(), (name, case["name"], CASE_KEYS - case.keys())
             assert case["train_ms"] > 0 and case["fwd_ms"] > 0
             # the derived figures follow from the timings and the analytic FLOPs

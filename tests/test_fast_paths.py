@@ -336,10 +336,9 @@ def test_encoder_forecaster_fast_paths_equal_plain():
         torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-10, msg=lambda m: f"{name}: {m}")
 
 
-def test_deepconvlstm_rank0_recurrence_runs_the_fused_kernel(monkeypatch):
-    model = DeepConvLSTM(6, 4, conv_filters=8, lstm_hidden=16, num_conv_layers=2)
-    assert all(cell.is_plain_lstm() for cell in model.lstm.cells)
-    calls = []
+def _count_torch_lstm(monkeypatch) -> list:
+    """Record every call of torch.lstm (the fused rank-0 kernel); returns the growing list."""
+    calls: list = []
     real = torch.lstm
 
     def counting(*args, **kwargs):
@@ -347,8 +346,45 @@ def test_deepconvlstm_rank0_recurrence_runs_the_fused_kernel(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch, "lstm", counting)
+    return calls
+
+
+def test_deepconvlstm_rank0_recurrence_runs_the_fused_kernel(monkeypatch):
+    model = DeepConvLSTM(6, 4, conv_filters=8, lstm_hidden=16, num_conv_layers=2)
+    assert all(cell.is_plain_lstm() for cell in model.lstm.cells)
+    calls = _count_torch_lstm(monkeypatch)
     model(torch.randn(3, 20, 6)).sum().backward()
     assert len(calls) == model.lstm_layers  # one fused call per layer, no Python step loop
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_rank0_layer_under_cpu_bf16_autocast_skips_torch_lstm_where_bf16_is_emulated(monkeypatch, native_bf16):
+    # torch.lstm has no oneDNN bfloat16 primitive on CPUs without native bfloat16 (AVX2): the
+    # layer must take its step loop there instead of failing, and keep the fused kernel elsewhere
+    from convlstm_vp.nn import fast
+
+    monkeypatch.setattr(fast, "cpu_bf16_native", lambda: native_bf16)
+    torch.manual_seed(0)
+    layer = ConvLSTM(6, [16], 0, spatial_dims=0)
+    assert all(cell.is_plain_lstm() for cell in layer.cells)
+    calls = _count_torch_lstm(monkeypatch)
+    x = torch.randn(3, 7, 6)
+    with torch.no_grad():
+        expected = layer(x)[0]  # float32: the fused kernel
+    assert len(calls) == 1
+    calls.clear()
+    if native_bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        # this CPU cannot run the fused kernel in bf16 (the failure the fallback avoids): only
+        # check that with native bf16 claimed, the layer does call it
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="primitive"):
+            layer(x)
+        assert len(calls) == 1
+        return
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)[0]
+    out.float().sum().backward()
+    assert len(calls) == (1 if native_bf16 else 0)
+    torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.05)  # bfloat16 convolutions
 
 
 # ---------------------------------------------------------------- torch.compile

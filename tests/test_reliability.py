@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -437,9 +438,32 @@ def test_training_precision_gives_the_autocast_and_refuses_fp16_off_cuda():
     from convlstm_vp.train.loop import training_precision
 
     cpu = torch.device("cpu")
-    ctx, scaler = training_precision(cpu, "bf16")
-    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16 and not scaler
-    ctx, scaler = training_precision(cpu, "fp32")
-    assert isinstance(ctx, nullcontext) and not scaler
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # bf16 on a CPU that emulates it warns (below)
+        ctx, scaler, ran = training_precision(cpu, "bf16")
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16 and not scaler and ran == "bf16"
+    ctx, scaler, ran = training_precision(cpu, "fp32")
+    assert isinstance(ctx, nullcontext) and not scaler and ran == "fp32"
     with pytest.raises(ConfigError, match="'train.precision': fp16 needs a CUDA device"):
         training_precision(cpu, "fp16")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, native):
+    from contextlib import nullcontext
+
+    from convlstm_vp.train import loop
+
+    monkeypatch.setattr(loop, "cpu_bf16_native", lambda: native)
+    cpu = torch.device("cpu")
+    ctx, _, ran = loop.training_precision(cpu, "auto")
+    assert ran == ("bf16" if native else "fp32")
+    assert isinstance(ctx, torch.autocast if native else nullcontext)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert loop.resolve_precision(cpu, "bf16") == "bf16"  # an explicit choice is kept ...
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    if native:
+        assert not messages
+    else:  # ... with a warning naming the fix where it is emulated
+        assert len(messages) == 1 and "without native bfloat16" in messages[0] and "train.precision=auto" in messages[0]

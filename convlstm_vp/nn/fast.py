@@ -43,6 +43,29 @@ from . import native
 MemoryFormatArg = Any  # None, "contiguous", "channels_last" or a torch.memory_format
 
 
+def cpu_bf16_native() -> bool:
+    """Whether oneDNN computes bfloat16 on this CPU (AVX-512 or AMX), as torch itself checks.
+
+    Where it does not (e.g. an AVX2-only CPU), bfloat16 autocast on CPU is emulated: the
+    ConvLSTM training steps measured 16x slower than float32 on such a machine, and
+    ``torch.lstm`` under bfloat16 autocast fails to build its oneDNN primitive.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def cpu_bf16_autocast_emulated(device_type: str) -> bool:
+    """True inside a CPU bfloat16 autocast region on a CPU without native bfloat16."""
+    return (
+        device_type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and not cpu_bf16_native()
+    )
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """bfloat16/float16 state arithmetic runs in float32; float32/float64 as they are."""
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype

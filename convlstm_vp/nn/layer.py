@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from . import fast
 from .cell import ConvLSTMCell
 from .controls import LayerControls
 from .functional import check_dtype_device, check_finite
@@ -543,7 +544,9 @@ class ConvLSTM(LayerControls, nn.Module):
 
         ``last_only`` (no lengths): the output holds one step, each direction's final ``h``.
         """
-        if self.fused and all(c.is_plain_lstm() for c in cells):
+        # torch.lstm has no oneDNN primitive for bfloat16 autocast on CPUs without native
+        # bfloat16: there the step loop (the same equations) runs instead
+        if self.fused and all(c.is_plain_lstm() for c in cells) and not fast.cpu_bf16_autocast_emulated(x.device.type):
             return self._run_fused(cells, x, init, lengths)
         outs, hs, cs = [], [], []
         for d, cell in enumerate(cells):

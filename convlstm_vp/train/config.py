@@ -28,7 +28,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "schedule": "onecycle",  # onecycle | cosine | constant
     "warmup_fraction": 0.1,
     "grad_clip": 1.0,  # 0 disables
-    "precision": "fp32",  # fp32 | bf16 | fp16 (fp16 on CUDA only)
+    "precision": "fp32",  # fp32 | bf16 | fp16 (fp16 on CUDA only) | auto (bf16 where the device computes it natively, else fp32)
     "log_every": 10,
     "eval_every": 200,
     "checkpoint_every": 50,
@@ -46,7 +46,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 _CHOICES = {
     ("train", "optimizer"): ("adamw", "adam", "sgd", "rmsprop"),
     ("train", "schedule"): ("onecycle", "cosine", "constant"),
-    ("train", "precision"): ("fp32", "bf16", "fp16"),
+    ("train", "precision"): ("fp32", "bf16", "fp16", "auto"),
     ("train", "nan_policy"): ("stop", "skip"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("model", "memory_format"): ("contiguous", "channels_last"),

@@ -28,6 +28,7 @@ import math
 import signal
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +39,7 @@ import yaml
 from torch import Tensor, nn
 
 from ..nn.controls import regularization_loss
-from ..nn.fast import compile_cells
+from ..nn.fast import compile_cells, cpu_bf16_native
 from ..nn.functional import NonFiniteInputError
 from .config import ConfigError, config_error
 from .checkpoint import (
@@ -112,15 +113,37 @@ def build_scheduler(opt: torch.optim.Optimizer, tc: dict) -> torch.optim.lr_sche
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def training_precision(device: torch.device, precision: str) -> tuple[Any, bool]:
-    """``train.precision`` on ``device``: the forward pass's autocast context (a no-op for fp32)
-    and whether fp16 needs a gradient scaler; fp16 off CUDA is a config error."""
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``train.precision`` as it runs on ``device``: ``auto`` is bf16 where the device computes
+    bfloat16 natively (a CUDA GPU that supports it; a CPU with AVX-512 or AMX, see
+    :func:`convlstm_vp.nn.fast.cpu_bf16_native`) and fp32 elsewhere; other values as given.
+    An explicit bf16 on a CPU that only emulates it warns: it runs, many times slower."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_bf16_native() else "fp32"
+    if precision == "bf16" and device.type == "cpu" and not cpu_bf16_native():
+        warnings.warn(
+            "train.precision=bf16 on a CPU without native bfloat16 (no AVX-512/AMX): autocast emulates it, "
+            "16x slower than fp32 in the ConvLSTM training steps measured on such a CPU; use "
+            "train.precision=auto (fp32 here) or fp32",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return precision
+
+
+def training_precision(device: torch.device, precision: str) -> tuple[Any, bool, str]:
+    """``train.precision`` on ``device``: the forward pass's autocast context (a no-op for fp32),
+    whether fp16 needs a gradient scaler, and the precision that runs (:func:`resolve_precision`);
+    fp16 off CUDA is a config error."""
+    precision = resolve_precision(device, precision)
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("config key 'train.precision': fp16 needs a CUDA device; use bf16 on CPU")
     if precision == "fp32":
-        return nullcontext(), False
+        return nullcontext(), False, precision
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype), precision == "fp16"
+    return torch.autocast(device.type, dtype=dtype), precision == "fp16", precision
 
 
 def resolve_device(choice: str, index: int = 0, what: str = "device") -> torch.device:
@@ -225,7 +248,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
             seed = int(cfg.get("seed", 0))
             _seed_everything(seed)
             device = _device(tc, dist)
-            autocast, use_cuda_amp = training_precision(device, tc["precision"])
+            autocast, use_cuda_amp, precision = training_precision(device, tc["precision"])
             try:
                 model = task.build_model().to(device)
             except (ValueError, TypeError) as exc:
@@ -398,6 +421,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 result["skipped_steps"] = skipped
                 result["train_seconds"] = round(time.time() - t0, 1)
                 result["world_size"] = dist.world_size
+                result["precision"] = precision  # train.precision as it ran (auto resolved)
                 result["weights_sha256"] = digests  # one per rank; DDP keeps them equal
                 atomic_write_bytes(run_dir / "metrics.json", json.dumps(result, indent=2).encode())
             if len(set(digests)) > 1:

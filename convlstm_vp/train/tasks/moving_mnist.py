@@ -13,6 +13,7 @@ from ...data import MovingMNIST, load_digits, moving_mnist_batch
 from ...data.moving_mnist import frames_to_tensor, motion_targets, render_moving_mnist
 from ...models.encoder_forecaster import EncoderForecaster
 from ..config import TRAIN_DEFAULTS
+from ..loop import resolve_precision
 from ..metrics import FrameMetrics, frame_mse, frame_ssim
 from ..tb import TBLogger, prediction_strip, side_by_side
 
@@ -35,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
         "input_frames": 10,
         "output_frames": 10,
         "peephole": False,
-        "head": "conv",  # conv | dynamic_filter | composite
+        "head": "conv",  # conv | dynamic_filter | composite | warp
         "filter_size": 9,  # kernel side of the dynamic-filter and composite heads
         "motion_input": False,  # the cells also read each frame's difference to the one before
         "output_activation": None,  # null: sigmoid for the conv head, identity for the others
@@ -112,7 +113,7 @@ class MovingMNISTTask:
         if cfg["loss"] not in LOSSES:
             raise ValueError(f"config key 'loss': expected one of {LOSSES}, got {cfg['loss']!r}")
         if cfg["motion_loss_weight"] > 0 and cfg["model"]["head"] == "conv":
-            raise ValueError("config key 'motion_loss_weight': needs model.head 'dynamic_filter' or 'composite' "
+            raise ValueError("config key 'motion_loss_weight': needs model.head 'dynamic_filter', 'composite' or 'warp' "
                              "(the conv head has no filter kernels whose motion it could train); got head 'conv'")
         self.cfg = cfg
         d = cfg["data"]
@@ -198,6 +199,7 @@ def predict(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    precision = resolve_precision(device, precision)
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(device.type, enabled=False)
     outs, offsets = [], []
     with ctx:

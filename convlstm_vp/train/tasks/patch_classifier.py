@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ...data import unpatchify
 from ...models.patch_classifier import PatchSequenceClassifier
 from ..config import TRAIN_DEFAULTS, ConfigError
+from ..loop import resolve_precision
 from ..metrics import classification_metrics, confusion_matrix
 from ..tb import TBLogger, confusion_matrix_image
 from .digit_images import captioned_tiles, digit_grid, save_png
@@ -84,6 +85,7 @@ def predict_logits(model: nn.Module, patches: Tensor, batch_size: int, precision
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    precision = resolve_precision(device, precision)
     ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     outs = []
     with ctx:
