@@ -34,7 +34,7 @@ def main(argv=None) -> dict:
     p.add_argument("--root", default=None, help="data root (default: as trained)")
     p.add_argument("--standard-file", choices=["auto", "yes", "no"], default="auto",
                    help="use datasets/moving_mnist/mnist_test_seq.npy (auto: when present and 2 digits)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="default: as trained")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None, help="default: as trained (auto: bf16 where the device computes it natively)")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where the model runs (default auto: CUDA when available)")
@@ -43,6 +43,8 @@ def main(argv=None) -> dict:
                    help="also report how often a digit classifier recognises each digit in the predicted frames")
     p.add_argument("--filter-temperature", type=float, default=1.0,
                    help="softmax temperature of the dynamic-filter kernels; below 1 sharpens them (default 1: as trained)")
+    p.add_argument("--head", choices=["dynamic_filter", "warp"], default=None,
+                   help="render with this head instead of the trained one (the two share their kernels; default: as trained)")
     p.add_argument("--motion", action="store_true",
                    help="also report how far the filter kernels' mean source offsets are from the digits' true motion (filter heads)")
     p.add_argument("--recognizer-epochs", type=int, default=6, help="training epochs of that classifier (default 6)")
@@ -50,6 +52,8 @@ def main(argv=None) -> dict:
     try:
         model, cfg = load_trained(args.checkpoint)
         model.set_filter_temperature(args.filter_temperature)
+        if args.head:
+            model.set_head(args.head)
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -70,7 +74,7 @@ def main(argv=None) -> dict:
     seqs = seqs[:, : t_in + t_out]
     x, y = seqs[:, :t_in], seqs[:, t_in:]
     if args.motion and model.head_type == "conv":
-        raise SystemExit("error: --motion needs a filter head (model.head dynamic_filter or composite); this checkpoint's head is conv")
+        raise SystemExit("error: --motion needs a filter head (model.head dynamic_filter, composite or warp); this checkpoint's head is conv")
     if args.motion and ds.standard_path is not None:
         raise SystemExit(f"error: --motion needs digit trajectories; the standard file {ds.standard_path} has none: add --standard-file no")
     pred = predict(model, x, args.batch_size, args.precision or cfg["train"]["precision"], return_offsets=args.motion)
@@ -86,10 +90,12 @@ def main(argv=None) -> dict:
     out["sequences"] = int(seqs.shape[0])
     out["digits"] = digits
     out["filter_temperature"] = model.filter_temperature
+    out["head"] = model.head_type
     out["test_set"] = str(ds.standard_path) if ds.standard_path else f"generated (seed {args.seed}, test digits)"
 
     print(f"test set: {out['test_set']}, {out['sequences']} sequences, {digits} digits"
-          + (f", filter temperature {model.filter_temperature:g}" if model.filter_temperature != 1.0 else ""))
+          + (f", filter temperature {model.filter_temperature:g}" if model.filter_temperature != 1.0 else "")
+          + (f", head {args.head}" if args.head else ""))
     print(f"{'':>10} {'MSE':>9} {'MAE':>9} {'SSIM':>7} {'PSNR':>7}")
     for name in ("model", "zeros", "copy_last"):
         r = results[name]

@@ -83,6 +83,8 @@ def main(argv=None) -> Path:
     p.add_argument("--input", required=True, help=".npy, .gif or a video file")
     p.add_argument("--output", required=True, help="out.gif, out.mp4, out.avi or out.npy")
     p.add_argument("--start", type=int, default=0, help="index of the first context frame")
+    p.add_argument("--head", choices=["dynamic_filter", "warp"], default=None,
+                   help="render with this head instead of the trained one (the two share their kernels; default: as trained)")
     p.add_argument("--filter-temperature", type=float, default=1.0,
                    help="softmax temperature of the dynamic-filter kernels; below 1 sharpens them (default 1: as trained)")
     p.add_argument("--fps", type=float, default=4.0)
@@ -90,6 +92,8 @@ def main(argv=None) -> Path:
     try:
         model, cfg = load_trained(args.checkpoint)
         model.set_filter_temperature(args.filter_temperature)
+        if args.head:
+            model.set_head(args.head)
         frames = read_frames(Path(args.input))
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

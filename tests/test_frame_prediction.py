@@ -14,7 +14,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from convlstm_vp import ConvLSTM
-from convlstm_vp.models.encoder_forecaster import EncoderForecaster, apply_dynamic_filter, patchify, unpatchify
+from convlstm_vp.models.encoder_forecaster import EncoderForecaster, apply_dynamic_filter, patchify, sample_displaced, unpatchify
 from convlstm_vp.train.checkpoint import load_checkpoint
 from convlstm_vp.train.metrics import FrameMetrics, frame_mse, frame_ssim
 from convlstm_vp.train.tasks.moving_mnist import frame_loss, load_trained
@@ -193,6 +193,100 @@ def test_composite_head_blends_the_filtered_and_the_drawn_frame():
     assert float(fresh.head.bias[41:].min()) > 1.0 and float(fresh.head.bias[25:41].max()) < -2.0
     with pytest.raises(ValueError, match="filter_size: expected an odd"):
         EncoderForecaster(1, [4], 3, head="composite", filter_size=0)
+
+
+def test_sample_displaced_shifts_and_interpolates_bilinearly():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 8, 10)
+    d = torch.zeros(2, 2, 8, 10)
+    d[:, 0], d[:, 1] = 2.0, -1.0  # out[y, x] = x[y + 2, x - 1]
+    out = sample_displaced(x, d)
+    torch.testing.assert_close(out[..., :-2, 1:], x[..., 2:, :-1])
+    assert float(out[..., -2:, :].abs().max()) < 1e-6 and float(out[..., :, 0].abs().max()) < 1e-6  # off the frame reads 0
+    d.zero_()
+    d[:, 1] = 0.5  # half a pixel to the right: the mean of the two neighbours
+    torch.testing.assert_close(sample_displaced(x, d)[..., :-1], 0.5 * (x[..., :-1] + x[..., 1:]))
+    with pytest.raises(ValueError, match=r"expected displacement \(B, 2, H, W\)"):
+        sample_displaced(x, d[:, :1])
+
+
+def _two_tap_kernels(m: EncoderForecaster, taps: list[tuple[int, int]]) -> None:
+    """Head weights 0 and equal large biases on ``taps`` ((dy, dx) each): every kernel splits
+    its weight evenly between those source offsets."""
+    k = m.filter_size
+    with torch.no_grad():
+        m.head.weight.zero_()
+        m.head.bias.fill_(-60.0)
+        for dy, dx in taps:
+            m.head.bias[(dy + k // 2) * k + dx + k // 2] = 30.0
+
+
+def test_warp_head_samples_the_source_once_so_blur_does_not_pile_up():
+    torch.manual_seed(0)
+    kw = dict(patch_size=4, input_frames=4, output_frames=4, filter_size=9)
+    warp = EncoderForecaster(1, [8, 6], 3, head="warp", **kw)
+    filt = EncoderForecaster(1, [8, 6], 3, head="dynamic_filter", **kw)
+    filt.load_state_dict(warp.state_dict())
+    assert warp.head.out_channels == 81 and warp.output_activation == "identity"
+    x = torch.rand(2, 4, 1, 32, 32)
+    # fresh weights: frames in range, gradients reach every parameter
+    y, enc, off = warp(x, return_encoder_predictions=True, return_offsets=True)
+    assert y.shape == (2, 4, 1, 32, 32) and enc.shape == (2, 3, 1, 32, 32) and off.shape == (2, 7, 2, 8, 8)
+    assert float(y.detach().min()) >= 0.0 and float(y.detach().max()) <= 1.0 + 1e-6
+    (y.sum() + enc.sum()).backward()
+    assert [n for n, p in warp.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
+    # kernels reading half 2 px and half 3 px to the right: the filter head mixes the two copies
+    # again at every step (binomial blur), the warp head reads the last frame once, 2.5 px per step on
+    for m in (warp, filt):
+        _two_tap_kernels(m, [(0, 2), (0, 3)])
+    with torch.no_grad():
+        yw, ow = warp(x, return_offsets=True)
+        yf = filt(x)
+    last = x[:, -1]
+    torch.testing.assert_close(ow, torch.tensor([0.0, 2.5]).view(1, 1, 2, 1, 1).expand(2, 4, 2, 8, 8))
+    torch.testing.assert_close(yw[:, 0], yf[:, 0])  # one step: the same two-pixel mix
+    inner = slice(0, 32 - 4 * 3)  # columns whose sources stay on the frame for 4 steps
+    for k in range(1, 5):
+        d = torch.zeros(2, 2, 32, 32)
+        d[:, 1] = 2.5 * k
+        torch.testing.assert_close(yw[:, k - 1], sample_displaced(last, d), atol=1e-5, rtol=0)
+    torch.testing.assert_close(yw[:, 1, ..., inner], last[..., 5 : 5 + 20])  # 2 steps: exactly 5 px, sharp
+    binomial = 0.25 * last[..., 4 : 4 + 20] + 0.5 * last[..., 5 : 5 + 20] + 0.25 * last[..., 6 : 6 + 20]
+    torch.testing.assert_close(yf[:, 1, ..., inner], binomial)
+
+
+def test_set_head_switches_between_the_heads_that_share_their_kernels():
+    torch.manual_seed(0)
+    kw = dict(patch_size=4, input_frames=3, output_frames=3, filter_size=5)
+    filt = EncoderForecaster(1, [8], 3, head="dynamic_filter", **kw)
+    warp = EncoderForecaster(1, [8], 3, head="warp", **kw)
+    warp.load_state_dict(filt.state_dict())  # the same parameters
+    x = torch.rand(2, 3, 1, 16, 16)
+    with torch.no_grad():
+        filtered = filt(x)
+        filt.set_head("warp")
+        torch.testing.assert_close(filt(x), warp(x))
+        filt.set_head("dynamic_filter")
+        torch.testing.assert_close(filt(x), filtered)
+    for model, head in ((EncoderForecaster(1, [8], 3, **{**kw, "head": "conv"}), "warp"), (filt, "composite")):
+        with pytest.raises(ValueError, match="set_head: only"):
+            model.set_head(head)
+
+
+def test_warp_head_restarts_from_a_teacher_forced_frame():
+    torch.manual_seed(0)
+    m = EncoderForecaster(1, [8], 3, patch_size=4, input_frames=3, output_frames=4, head="warp", filter_size=5,
+                          scheduled_sampling=(1.0, 1.0, 10))
+    _two_tap_kernels(m, [(1, 0)])  # every pixel reads the one below: content moves up 1 px per step
+    x, targets = torch.rand(2, 3, 1, 16, 16), torch.rand(2, 4, 1, 16, 16)
+    m.train()
+    y = m(x, targets)
+    torch.testing.assert_close(y[:, 0, ..., :-1, :], x[:, -1, ..., 1:, :])
+    for k in range(1, 4):  # each step warps the true frame before it, not the drift since the inputs
+        torch.testing.assert_close(y[:, k, ..., :-1, :], targets[:, k - 1, ..., 1:, :])
+    m.eval()  # free running: the inputs' last frame, moved k px
+    y = m(x)
+    torch.testing.assert_close(y[:, 3, ..., :-4, :], x[:, -1, ..., 4:, :])
 
 
 def test_filter_temperature_divides_the_kernel_logits():
@@ -391,7 +485,7 @@ def test_motion_loss_trains_the_kernels_towards_the_true_motion(tmp_path: Path):
         MovingMNISTTask(load_config(TINY, ["motion_loss_weight=1", "model.head=conv"]))
 
 
-@pytest.mark.parametrize("head", ["conv", "dynamic_filter", "composite"])
+@pytest.mark.parametrize("head", ["conv", "dynamic_filter", "composite", "warp"])
 def test_few_training_steps_reduce_loss(head: str):
     torch.manual_seed(0)
     m = EncoderForecaster(1, [8], 3, patch_size=4, input_frames=3, output_frames=3, head=head, filter_size=9)
@@ -401,7 +495,9 @@ def test_few_training_steps_reduce_loss(head: str):
     batch = moving_mnist_batch(4, source="embedded", num_frames=6, image_size=32, rng=0)
     losses = []
     for _ in range(15):
-        loss = frame_loss("bce", m(batch[:, :3]), batch[:, 3:])
+        # the warp head's frames are sharp from the start: it trains with L1 + MSE (BCE punishes a
+        # sharp pixel in the wrong place at -log(eps))
+        loss = frame_loss("l1+mse" if head == "warp" else "bce", m(batch[:, :3]), batch[:, 3:])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -568,6 +664,22 @@ def test_evaluate_and_predict_filter_temperature(tiny_run: Path, tmp_path: Path)
         res = subprocess.run([sys.executable, script, "--checkpoint", ck, "--filter-temperature", "0", *extra],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert res.returncode == 2 and "filter_temperature: expected a finite number > 0, got 0.0" in res.stderr
+
+
+def test_evaluate_and_predict_head_option(tiny_run: Path, tmp_path: Path):
+    """--head warp renders a dynamic-filter checkpoint with the warp head (same kernels)."""
+    ck = str(tiny_run / "checkpoints" / "best.pt")
+    runs = {}
+    for head in ("dynamic_filter", "warp"):
+        out = tmp_path / f"{head}.json"
+        res = _run("scripts/evaluate.py", "--checkpoint", ck, "--sequences", "4", "--head", head, "--json", str(out))
+        runs[head] = json.loads(out.read_text())
+        assert runs[head]["head"] == head and f"head {head}" in res.stdout
+    assert runs["warp"]["mse"] != runs["dynamic_filter"]["mse"]
+    np.save(tmp_path / "in.npy", np.random.default_rng(0).random((6, 64, 64)).astype(np.float32))
+    gif = tmp_path / "w.gif"
+    _run("scripts/predict.py", "--checkpoint", ck, "--input", str(tmp_path / "in.npy"), "--output", str(gif), "--head", "warp")
+    assert gif.stat().st_size > 0
 
 
 def test_evaluate_device_option(tiny_run: Path, tmp_path: Path):

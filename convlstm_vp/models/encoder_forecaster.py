@@ -21,6 +21,12 @@ Reads top to bottom:
    Finn et al. (2016, CDNA): the same 1x1 convolution also draws a frame (sigmoid) and a
    per-pixel mask (sigmoid), and the prediction is ``mask * filtered + (1 - mask) * drawn``, so
    the model can redraw what the previous frame lost (digits that overlapped, blur).
+   ``head="warp"`` keeps the same kernels but does not filter its own predictions: each kernel
+   moves a per-pixel displacement field (a pixel's new displacement is its kernel's average of
+   tap offset plus the displacement found there), and the frame is the last observed frame (or
+   the last teacher-forced one) sampled bilinearly at it (``sample_displaced``). Kernels that mix
+   a 2 px and a 3 px step then read 2.5 px per step, and after ten steps one sharp sample, where
+   repeated filtering would have spread the digit over a ten-step binomial blur.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ def unpatchify(x: Tensor, patch_size: int) -> Tensor:
     return rearrange(x, "b t (c p1 p2) h w -> b t c (h p1) (w p2)", p1=patch_size, p2=patch_size)
 
 
-HEADS = ("conv", "dynamic_filter", "composite")
+HEADS = ("conv", "dynamic_filter", "composite", "warp")
 # initial bias of the composite head's mask logits: start close to the pure dynamic filter
 COMPOSITE_MASK_BIAS = 2.0
 COMPOSITE_DRAW_BIAS = -4.0
@@ -87,6 +93,30 @@ def apply_dynamic_filter(frame: Tensor, weights: Tensor) -> Tensor:
     return out.view(b, hs, ws, c, s, s).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 
+def sample_displaced(frame: Tensor, displacement: Tensor) -> Tensor:
+    """Sample ``frame`` at every pixel displaced by ``displacement``, bilinearly.
+
+    Args:
+        frame: ``(B, C, H, W)``.
+        displacement: ``(B, 2, H, W)`` as ``(dy, dx)`` in pixels.
+
+    Returns:
+        ``(B, C, H, W)`` with ``out[b, c, y, x] = frame[b, c, y + dy, x + dx]`` interpolated
+        bilinearly between the four nearest pixels; outside the frame reads 0.
+    """
+    b, c, h, w = frame.shape
+    if displacement.shape != (b, 2, h, w):
+        raise ValueError(f"sample_displaced: expected displacement (B, 2, H, W) = {(b, 2, h, w)}, got {tuple(displacement.shape)}")
+    d = displacement.float()
+    ys = torch.arange(h, device=d.device, dtype=d.dtype).view(1, h, 1)
+    xs = torch.arange(w, device=d.device, dtype=d.dtype).view(1, 1, w)
+    # grid_sample's normalised coordinates, x first; align_corners=True maps -1 and 1 to pixel centres 0 and size-1
+    gy = (ys + d[:, 0]) * (2.0 / max(h - 1, 1)) - 1.0
+    gx = (xs + d[:, 1]) * (2.0 / max(w - 1, 1)) - 1.0
+    grid = torch.stack([gx, gy], dim=-1)
+    return F.grid_sample(frame.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
 class EncoderForecaster(nn.Module):
     """ConvLSTM encoder-forecaster.
 
@@ -102,8 +132,9 @@ class EncoderForecaster(nn.Module):
             convex combination of pixels of the previous frame, and of a drawn frame) is
             already in range.
         head: "conv" (the 1x1 convolution draws the frame), "dynamic_filter" (it gives a
-            per-pixel kernel applied to the previous frame) or "composite" (that filtered frame
-            blended with a drawn one through a learned mask); see the module docstring.
+            per-pixel kernel applied to the previous frame), "composite" (that filtered frame
+            blended with a drawn one through a learned mask) or "warp" (the kernels carry a
+            displacement field; the last observed frame sampled at it); see the module docstring.
         filter_size: odd kernel side for the filter heads; it bounds the motion per
             frame it can express (9 covers 4 px, Moving MNIST moves 3.6 px per frame).
         filter_temperature: the kernels are ``softmax(logits / filter_temperature)``; below 1
@@ -190,7 +221,7 @@ class EncoderForecaster(nn.Module):
         # the dynamic filter has one kernel per patch cell, shared by its p x p pixels; the
         # composite head adds a drawn patched frame and a patched mask (c channels each)
         kk = filter_size * filter_size if head != "conv" else 0
-        head_out = {"conv": c, "dynamic_filter": kk, "composite": kk + 2 * c}[head]
+        head_out = {"conv": c, "dynamic_filter": kk, "composite": kk + 2 * c, "warp": kk}[head]
         self.head = nn.Conv2d(sum(hidden), head_out, kernel_size=1)
         if head == "composite":
             with torch.no_grad():  # start near the plain filter: mask ~0.88, drawn frame ~0.02
@@ -206,6 +237,17 @@ class EncoderForecaster(nn.Module):
         if self.head_type == "conv" and value != 1.0:
             raise ValueError(f"filter_temperature: head='conv' has no filter kernels to sharpen, got {value!r}")
         self.filter_temperature = float(value)
+
+    def set_head(self, head: str) -> None:
+        """Switch between the two heads that share their parameters, ``"dynamic_filter"`` and
+        ``"warp"`` (the same kernels: filtering the previous prediction, or moving a displacement
+        field and sampling the last observed frame once). Meant for prediction with a trained
+        model (``evaluate.py`` / ``predict.py --head``): the filter head's kernels then render
+        sharp frames instead of frames whose blur piles up over the horizon."""
+        shared = ("dynamic_filter", "warp")
+        if head not in shared or self.head_type not in shared:
+            raise ValueError(f"set_head: only {shared} share their parameters; this model's head is {self.head_type!r}, asked for {head!r}")
+        self.head_type = head
 
     def teacher_forcing_probability(self) -> float:
         """Current probability of feeding the true previous frame in training (0 if disabled)."""
@@ -265,7 +307,7 @@ class EncoderForecaster(nn.Module):
         ``(y, encoder_predictions, offsets)``.
         """
         if return_offsets and self.head_type == "conv":
-            raise ValueError("return_offsets: head='conv' has no filter kernels, so no offsets; use head='dynamic_filter' or 'composite'")
+            raise ValueError("return_offsets: head='conv' has no filter kernels, so no offsets; use head='dynamic_filter', 'composite' or 'warp'")
         x = self._check(frames, self.input_frames, "frames")
         p = self.patch_size
         xp = patchify(self._with_motion(x, x[:, :1]), p)
@@ -275,7 +317,7 @@ class EncoderForecaster(nn.Module):
         if return_encoder_predictions:
             feats = torch.cat(layer_outputs, dim=2)[:, :-1]  # (B, T_in - 1, sum(hidden), h, w)
             b, t = feats.shape[:2]
-            encoder_pred, enc_offsets = self._frame(feats.flatten(0, 1), x[:, :-1].flatten(0, 1), return_offsets)
+            encoder_pred, enc_offsets, _ = self._frame(feats.flatten(0, 1), x[:, :-1].flatten(0, 1), return_offsets)
             encoder_pred = sequence_from_internal(encoder_pred.unflatten(0, (b, t)), 2, True, self.data_format)
             if return_offsets:
                 offsets.append(enc_offsets.unflatten(0, (b, t)))
@@ -294,6 +336,10 @@ class EncoderForecaster(nn.Module):
             cell.reset_dropout_masks()
         frame = x[:, -1]  # (B, C, H, W): the previous frame, observed or predicted
         before = x[:, -2] if x.shape[1] > 1 else frame  # the frame before it (motion_input)
+        # the warp head samples the last observed (or teacher-forced) frame, ``source``, at the
+        # displacement its kernels have accumulated since, instead of filtering its own prediction
+        warp = self.head_type == "warp"
+        source, displacement = frame, None
         outputs = []
         for step in range(self.output_frames):
             inp = patchify(self._with_motion(frame.unsqueeze(1), before.unsqueeze(1)), p).squeeze(1)
@@ -301,7 +347,7 @@ class EncoderForecaster(nn.Module):
             for layer, cell in enumerate(cells):
                 hs[layer], cs[layer] = cell.step(inp, (hs[layer], cs[layer]))
                 inp = hs[layer]
-            pred, offset = self._frame(torch.cat(hs, dim=1), frame, return_offsets)
+            pred, offset, displacement = self._frame(torch.cat(hs, dim=1), source if warp else frame, return_offsets, displacement)
             outputs.append(pred)
             if return_offsets:
                 offsets.append(offset.unsqueeze(1))
@@ -310,7 +356,11 @@ class EncoderForecaster(nn.Module):
                 # drawn even once the probability reaches 0 (then never true): deciding "eta > 0"
                 # on the host would cost a device sync per step on a GPU
                 use_true = (torch.rand(pred.shape[0], 1, 1, 1, device=pred.device) < eta).to(pred.dtype)
-                frame = use_true * true_frames[:, step].to(pred.dtype) + (1 - use_true) * pred
+                true_frame = true_frames[:, step].to(pred.dtype)
+                frame = use_true * true_frame + (1 - use_true) * pred
+                if warp:  # a true frame fed restarts the warp from it, with no displacement
+                    source = use_true * true_frame + (1 - use_true) * source
+                    displacement = (1 - use_true) * displacement
         y = sequence_from_internal(torch.stack(outputs, dim=1), 2, True, self.data_format)
         extras = ((encoder_pred,) if return_encoder_predictions else ()) + ((torch.cat(offsets, dim=1),) if return_offsets else ())
         return (y, *extras) if extras else y
@@ -323,26 +373,42 @@ class EncoderForecaster(nn.Module):
         before = torch.cat([first_before, x[:, :-1]], dim=1)
         return torch.cat([x, x - before], dim=2)
 
-    def _frame(self, feats: Tensor, previous: Tensor, with_offsets: bool = False) -> tuple[Tensor, Tensor | None]:
+    def _frame(
+        self, feats: Tensor, previous: Tensor, with_offsets: bool = False, displacement: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Next full-resolution frame ``(N, C, H, W)`` from hidden features ``(N, sum(hidden), h, w)``
-        and the previous frame ``(N, C, H, W)`` (used by the dynamic-filter head); with
-        ``with_offsets`` also the kernels' mean source offsets ``(N, 2, h, w)``, else ``None``."""
+        and the previous frame ``(N, C, H, W)`` (used by the filter heads; for ``warp`` the frame
+        it samples, with ``displacement`` ``(N, 2, H, W)`` accumulated since, ``None`` for none).
+
+        Returns ``(frame, offsets, displacement)``: with ``with_offsets`` the kernels' mean source
+        offsets ``(N, 2, h, w)``, else ``None``; for ``warp`` the new accumulated displacement,
+        else ``None``."""
         z = self.head(feats)
         if self.head_type == "conv":
-            return self._out_act(unpatchify(z.unsqueeze(1), self.patch_size).squeeze(1)), None
+            return self._out_act(unpatchify(z.unsqueeze(1), self.patch_size).squeeze(1)), None, None
         k = self.filter_size
         kernels = torch.softmax(z[:, : k * k].float() / self.filter_temperature, dim=1)
-        frame = apply_dynamic_filter(previous, kernels)
-        if self.head_type == "composite":
-            drawn, mask = (torch.sigmoid(unpatchify(part.float().unsqueeze(1), self.patch_size).squeeze(1)) for part in z[:, k * k :].chunk(2, dim=1))
-            frame = mask * frame + (1 - mask) * drawn
         offsets = None
-        if with_offsets:
+        if with_offsets or self.head_type == "warp":
             # kernel entry (i, j) in row-major order reads the pixel (i - k//2, j - k//2) away
             taps = torch.arange(k, device=kernels.device, dtype=kernels.dtype) - k // 2
             grid = kernels.unflatten(1, (k, k))  # (N, k, k, h, w)
             offsets = torch.stack([torch.einsum("nijhw,i->nhw", grid, taps), torch.einsum("nijhw,j->nhw", grid, taps)], dim=1)
-        return self._out_act(frame), offsets
+        if self.head_type == "warp":
+            # a pixel reads, through its kernel, the previous prediction around it, which read the
+            # source frame at those pixels' displacements: so its source coordinate is the kernel's
+            # average of (tap offset + displacement there); one bilinear sample of the source then
+            # gives the frame, so blur does not pile up over the horizon as repeated filtering does
+            p = self.patch_size
+            new = offsets.repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
+            if displacement is not None:
+                new = new + apply_dynamic_filter(displacement.float(), kernels)
+            return self._out_act(sample_displaced(previous, new)), (offsets if with_offsets else None), new
+        frame = apply_dynamic_filter(previous, kernels)
+        if self.head_type == "composite":
+            drawn, mask = (torch.sigmoid(unpatchify(part.float().unsqueeze(1), self.patch_size).squeeze(1)) for part in z[:, k * k :].chunk(2, dim=1))
+            frame = mask * frame + (1 - mask) * drawn
+        return self._out_act(frame), offsets, None
 
     def extra_repr(self) -> str:
         return (
