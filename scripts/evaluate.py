@@ -41,8 +41,9 @@ def main(argv=None) -> dict:
     p.add_argument("--json", help="write {mse, mae, ssim, psnr, per_frame, baselines[, recognition][, motion]} here")
     p.add_argument("--recognition", action="store_true",
                    help="also report how often a digit classifier recognises each digit in the predicted frames")
-    p.add_argument("--filter-temperature", type=float, default=1.0,
-                   help="softmax temperature of the dynamic-filter kernels; below 1 sharpens them (default 1: as trained)")
+    p.add_argument("--filter-temperature", type=float, default=None,
+                   help="softmax temperature of the filter kernels; below 1 sharpens them (default: the config's "
+                        "model.eval_filter_temperature, 1 unless set)")
     p.add_argument("--head", choices=["dynamic_filter", "warp"], default=None,
                    help="render with this head instead of the trained one (the two share their kernels; default: as trained)")
     p.add_argument("--motion", action="store_true",
@@ -51,7 +52,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     try:
         model, cfg = load_trained(args.checkpoint)
-        model.set_filter_temperature(args.filter_temperature)
+        if args.filter_temperature is not None:
+            model.set_filter_temperature(args.filter_temperature)
         if args.head:
             model.set_head(args.head)
     except (CheckpointError, ValueError) as exc:

@@ -85,13 +85,15 @@ def main(argv=None) -> Path:
     p.add_argument("--start", type=int, default=0, help="index of the first context frame")
     p.add_argument("--head", choices=["dynamic_filter", "warp"], default=None,
                    help="render with this head instead of the trained one (the two share their kernels; default: as trained)")
-    p.add_argument("--filter-temperature", type=float, default=1.0,
-                   help="softmax temperature of the dynamic-filter kernels; below 1 sharpens them (default 1: as trained)")
+    p.add_argument("--filter-temperature", type=float, default=None,
+                   help="softmax temperature of the filter kernels; below 1 sharpens them (default: the config's "
+                        "model.eval_filter_temperature, 1 unless set)")
     p.add_argument("--fps", type=float, default=4.0)
     args = p.parse_args(argv)
     try:
         model, cfg = load_trained(args.checkpoint)
-        model.set_filter_temperature(args.filter_temperature)
+        if args.filter_temperature is not None:
+            model.set_filter_temperature(args.filter_temperature)
         if args.head:
             model.set_head(args.head)
         frames = read_frames(Path(args.input))

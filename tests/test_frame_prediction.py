@@ -666,6 +666,30 @@ def test_evaluate_and_predict_filter_temperature(tiny_run: Path, tmp_path: Path)
         assert res.returncode == 2 and "filter_temperature: expected a finite number > 0, got 0.0" in res.stderr
 
 
+def test_eval_filter_temperature_sharpens_predictions_not_training(tmp_path: Path):
+    from convlstm_vp.train.config import load_config as load
+    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, MovingMNISTTask
+
+    runs = {}
+    for t in ("1.0", "0.5"):
+        run = tmp_path / f"t{t}"
+        _run("scripts/train_moving_mnist.py", "--config", str(TINY), "--run-dir", str(run), "--set", f"model.eval_filter_temperature={t}")
+        runs[t] = json.loads((run / "metrics.json").read_text())
+    assert runs["1.0"]["weights_sha256"] == runs["0.5"]["weights_sha256"]  # the same training ...
+    assert runs["1.0"]["mse"] != runs["0.5"]["mse"]  # ... evaluated with other kernels
+    ck = str(tmp_path / "t0.5" / "checkpoints" / "last.pt")
+    model, _ = load_trained(ck)
+    assert model.filter_temperature == 0.5
+    for extra, expected in (([], 0.5), (["--filter-temperature", "1"], 1.0)):  # evaluate.py: the config's, unless told
+        out = tmp_path / f"ev{expected}.json"
+        _run("scripts/evaluate.py", "--checkpoint", ck, "--sequences", "4", "--json", str(out), *extra)
+        assert json.loads(out.read_text())["filter_temperature"] == expected
+    for bad, match in ((["model.eval_filter_temperature=0"], "finite number > 0"),
+                       (["model.eval_filter_temperature=0.5", "model.head=conv"], "conv head has no filter kernels")):
+        with pytest.raises(ValueError, match=match):
+            MovingMNISTTask(load(TINY, DEFAULTS, ["data.source=embedded", *bad]))
+
+
 def test_evaluate_and_predict_head_option(tiny_run: Path, tmp_path: Path):
     """--head warp renders a dynamic-filter checkpoint with the warp head (same kernels)."""
     ck = str(tiny_run / "checkpoints" / "best.pt")

@@ -44,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "data": dict(DATA_DEFAULTS),
     "log": {"misclassified": 32},  # misclassified test digits shown per evaluation
-    "train": dict(TRAIN_DEFAULTS, batch_size=64, lr=3e-3, precision="bf16", eval_every=500),
+    "train": dict(TRAIN_DEFAULTS, batch_size=64, lr=3e-3, precision="auto", eval_every=500),
 }
 
 

@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "data": dict(DATA_DEFAULTS),
     "log": {"examples": 10},
-    "train": dict(TRAIN_DEFAULTS, batch_size=64, lr=3e-3, precision="bf16", eval_every=500),
+    "train": dict(TRAIN_DEFAULTS, batch_size=64, lr=3e-3, precision="auto", eval_every=500),
 }
 
 MISSING = 0.35  # grey level of the patches the model has not seen, in the "input" picture
