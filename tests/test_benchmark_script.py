@@ -48,5 +48,11 @@ def test_quick_benchmark_writes_json_with_expected_keys(tmp_path):
     assert floors.keys() == {"moving_mnist", "patch", "deepconvlstm"}
     for f in floors.values():
         assert isinstance(f["measured"], float) and isinstance(f["met"], bool)
+    # the floors compare the project at the default training precision (auto): bf16 only where
+    # the CPU computes it natively
+    from convlstm_vp.nn.fast import cpu_bf16_native
+
+    main = "bf16" if cpu_bf16_native() else "fp32"
+    assert floors["moving_mnist"]["project"] == floors["patch"]["project"] == f"project {main}"
     # the table is printed too
     assert "| case" in proc.stdout and "floors:" in proc.stdout
