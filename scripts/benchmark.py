@@ -80,7 +80,7 @@ from convlstm_vp import ConvLSTM
 from convlstm_vp.models.deepconvlstm import DeepConvLSTM
 from convlstm_vp.models.encoder_forecaster import EncoderForecaster, patchify, unpatchify
 from convlstm_vp.models.patch_classifier import PatchSequenceClassifier
-from convlstm_vp.nn.fast import cpu_bf16_native
+from convlstm_vp.train.loop import resolve_precision
 
 CONFIGS = ("moving_mnist", "patch", "deepconvlstm", "layer", "openstl")
 
@@ -283,9 +283,8 @@ def _model_cases(device: torch.device, reference: Callable[[], nn.Module],
     """Reference fp32/bf16, the project in every precision and with single fast paths switched."""
     cases = [Case("reference fp32", "reference", "fp32", reference, role="reference"),
              Case("reference bf16", "reference", "bf16", reference)]
-    # the training default the floors compare: on CPU precision auto (bf16 where the CPU computes
-    # it natively, fp32 where it would be emulated), on CUDA fp16
-    main = ("bf16" if cpu_bf16_native() else "fp32") if device.type == "cpu" else "fp16"
+    # the training default the floors compare: on CPU precision auto, on CUDA fp16
+    main = resolve_precision(device, "auto") if device.type == "cpu" else "fp16"
     for prec in _precisions(device):
         cases.append(Case(f"project {prec}", "project", prec, project(), role="project" if prec == main else ""))
     if not variants:

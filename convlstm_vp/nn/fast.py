@@ -27,6 +27,7 @@ rounding of the dtype in use); ``tests/test_fast_paths.py`` checks each one.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import types
@@ -43,6 +44,7 @@ from . import native
 MemoryFormatArg = Any  # None, "contiguous", "channels_last" or a torch.memory_format
 
 
+@functools.cache  # the CPU does not change within a process; asked on every layer call under autocast
 def cpu_bf16_native() -> bool:
     """Whether oneDNN computes bfloat16 on this CPU (AVX-512 or AMX), as torch itself checks.
 

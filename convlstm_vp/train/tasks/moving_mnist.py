@@ -246,18 +246,16 @@ def motion_error(offsets: Tensor, target: Tensor, weights: Tensor) -> dict:
     }
 
 
-def evaluate_frames(model: nn.Module, sequences: Tensor, cfg: dict, logger: TBLogger | None = None, step: int = 0) -> dict:
+def evaluate_frames(model: EncoderForecaster, sequences: Tensor, cfg: dict, logger: TBLogger | None = None, step: int = 0) -> dict:
     """MSE/MAE/SSIM/PSNR of ``model`` on ``sequences`` ``(N, T, 1, H, W)``; logs examples if asked."""
     t_in = cfg["model"]["input_frames"]
     x, y = sequences[:, :t_in], sequences[:, t_in:]
-    trained_temperature = getattr(model, "filter_temperature", 1.0)
-    if hasattr(model, "set_filter_temperature"):  # other tasks reuse this with models without filters
-        model.set_filter_temperature(cfg["model"].get("eval_filter_temperature", 1.0))
+    trained_temperature = model.filter_temperature  # predict at the configured one, then train on at this
+    model.set_filter_temperature(cfg["model"]["eval_filter_temperature"])
     try:
         pred = predict(model, x, cfg["data"]["eval_batch_size"], cfg["train"]["precision"])
     finally:
-        if hasattr(model, "set_filter_temperature"):
-            model.set_filter_temperature(trained_temperature)
+        model.set_filter_temperature(trained_temperature)
     fm = FrameMetrics()
     fm.update(pred, y)
     result = fm.compute()
