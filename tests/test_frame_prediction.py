@@ -29,6 +29,12 @@ def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return res
 
 
+def _evaluate(ck: str, out: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """evaluate.py on 4 test sequences with ``--json out``: the run and the JSON it wrote."""
+    res = _run("scripts/evaluate.py", "--checkpoint", ck, "--sequences", "4", "--json", str(out), *extra)
+    return res, json.loads(out.read_text())
+
+
 def test_patchify_round_trip_and_shape():
     x = torch.rand(2, 3, 1, 64, 64)
     p = patchify(x, 4)
@@ -655,9 +661,7 @@ def test_evaluate_and_predict_filter_temperature(tiny_run: Path, tmp_path: Path)
     ck = str(tiny_run / "checkpoints" / "best.pt")
     runs = {}
     for t in ("1", "0.5"):
-        out = tmp_path / f"t{t}.json"
-        res = _run("scripts/evaluate.py", "--checkpoint", ck, "--sequences", "4", "--filter-temperature", t, "--json", str(out))
-        runs[t] = json.loads(out.read_text())
+        res, runs[t] = _evaluate(ck, tmp_path / f"t{t}.json", "--filter-temperature", t)
         assert runs[t]["filter_temperature"] == float(t)
     assert "filter temperature 0.5" in res.stdout and runs["0.5"]["mse"] != runs["1"]["mse"]
     for script, extra in (("scripts/evaluate.py", ["--sequences", "4"]), ("scripts/predict.py", ["--input", "x.npy", "--output", "x.gif"])):
@@ -681,9 +685,7 @@ def test_eval_filter_temperature_sharpens_predictions_not_training(tmp_path: Pat
     model, _ = load_trained(ck)
     assert model.filter_temperature == 0.5
     for extra, expected in (([], 0.5), (["--filter-temperature", "1"], 1.0)):  # evaluate.py: the config's, unless told
-        out = tmp_path / f"ev{expected}.json"
-        _run("scripts/evaluate.py", "--checkpoint", ck, "--sequences", "4", "--json", str(out), *extra)
-        assert json.loads(out.read_text())["filter_temperature"] == expected
+        assert _evaluate(ck, tmp_path / f"ev{expected}.json", *extra)[1]["filter_temperature"] == expected
     for bad, match in ((["model.eval_filter_temperature=0"], "finite number > 0"),
                        (["model.eval_filter_temperature=0.5", "model.head=conv"], "conv head has no filter kernels")):
         with pytest.raises(ValueError, match=match):
@@ -695,9 +697,7 @@ def test_evaluate_and_predict_head_option(tiny_run: Path, tmp_path: Path):
     ck = str(tiny_run / "checkpoints" / "best.pt")
     runs = {}
     for head in ("dynamic_filter", "warp"):
-        out = tmp_path / f"{head}.json"
-        res = _run("scripts/evaluate.py", "--checkpoint", ck, "--sequences", "4", "--head", head, "--json", str(out))
-        runs[head] = json.loads(out.read_text())
+        res, runs[head] = _evaluate(ck, tmp_path / f"{head}.json", "--head", head)
         assert runs[head]["head"] == head and f"head {head}" in res.stdout
     assert runs["warp"]["mse"] != runs["dynamic_filter"]["mse"]
     np.save(tmp_path / "in.npy", np.random.default_rng(0).random((6, 64, 64)).astype(np.float32))
