@@ -77,6 +77,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from convlstm_vp import ConvLSTM
+from convlstm_vp.nn import Implementation
 from convlstm_vp.models.deepconvlstm import DeepConvLSTM
 from convlstm_vp.models.encoder_forecaster import EncoderForecaster, patchify, unpatchify
 from convlstm_vp.models.patch_classifier import PatchSequenceClassifier
@@ -290,13 +291,11 @@ def _model_cases(device: torch.device, reference: Callable[[], nn.Module],
     if not variants:
         return cases
     for prec, what, kw in (
-        ("bf16", "torch-op gates", {"native_gates": False}),
-        ("bf16", "batched input conv", {"batch_input_conv": True}),
-        ("bf16", "per-step input conv", {"batch_input_conv": False}),
-        ("bf16", "channels_last", {"memory_format": "channels_last"}),
-        ("fp32", "channels_last", {"memory_format": "channels_last"}),
-        ("fp32", "fast paths off", {"fused_gates": False, "fused_conv": False, "matmul_input": False,
-                                    "skip_zero_state": False, "batch_input_conv": True}),
+        ("bf16", "torch-op gates", {"implementation": Implementation(native_gates=False)}),
+        ("bf16", "batched input conv", {"implementation": Implementation(batch_input_conv=True)}),
+        ("bf16", "per-step input conv", {"implementation": Implementation(batch_input_conv=False)}),
+        ("fp32", "implementation fused", {"implementation": "fused"}),
+        ("fp32", "implementation plain", {"implementation": "plain"}),
     ):
         note = ", ".join(f"{k}={v!r}" for k, v in kw.items())
         cases.append(Case(f"project {prec}, {what}", "project", prec, project(**kw), note=note))

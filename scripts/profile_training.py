@@ -17,7 +17,7 @@ Builds the task and the model from a config exactly as the training scripts do (
      trace is written to ``DIR/trace.json`` (open it in chrome://tracing or Perfetto).
 
 The parameters keep training through every part, so the numbers are those of a run that has
-started, not of step 0. With ``--set train.compile=true`` the cells' steps compile during the
+started, not of step 0. With ``--set train.implementation=compiled`` the cells' steps compile during the
 warm-up (give it 20 steps or so).
 
 Examples:
@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from convlstm_vp.nn import compile_cells
+from convlstm_vp.nn import set_implementation
 from convlstm_vp.train.config import ConfigError, load_config
 from convlstm_vp.train.loop import _deterministic, _seed_everything, build_optimizer, build_scheduler, resolve_device, training_precision
 
@@ -166,8 +166,7 @@ def build(args: argparse.Namespace) -> tuple[Any, torch.nn.Module, dict, torch.d
     device = resolve_device(tc["device"], 0, "config key 'train.device'")
     task = getattr(module, class_name)(cfg)
     model = task.build_model().to(device)
-    if tc["compile"]:
-        compile_cells(model)
+    set_implementation(model, tc["implementation"])
     model.train()
     return task, model, cfg, device
 
@@ -225,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "precision": stepper.precision,  # auto resolved
         "deterministic": tc["deterministic"],
-        "compile": tc["compile"],
+        "implementation": tc["implementation"],
         "optimizer": type(stepper.optimizer).__name__,
         "optimizer_impl": args.optimizer_impl,
         "batch_size": tc["batch_size"],
@@ -241,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if ops is not None:
         report["top_ops"] = ops
     print(f"{args.config} {' '.join(args.overrides)} on {name} ({stepper.precision}, batch {tc['batch_size']}, "
-          f"deterministic={tc['deterministic']}, compile={tc['compile']}, "
+          f"deterministic={tc['deterministic']}, implementation={tc['implementation']}, "
           f"optimizer {type(stepper.optimizer).__name__} {args.optimizer_impl}); warm-up {args.warmup} steps in {warmup_s:.1f} s")
     print(f"  loop (2 reads/step)   {loop * 1e3:8.2f} ms/step  {1 / loop:7.2f} steps/s")
     print(f"  no reads              {no_reads * 1e3:8.2f} ms/step  {1 / no_reads:7.2f} steps/s")

@@ -327,4 +327,4 @@ def test_cell_errors_name_shape_and_layout():
     with pytest.raises(ValueError, match="proj_size"):
         ConvLSTMCell(2, 3, spatial_dims=2, proj_size=2)
     with pytest.raises(ValueError, match="dropout"):
-        ConvLSTMCell(2, 3, dropout=1.0)
+        ConvLSTMCell(2, 3, input_dropout=1.0)

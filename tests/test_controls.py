@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import convlstm_vp
 from convlstm_vp import L1, L2, L1L2, ConvLSTM, ConvLSTMCell, regularization_loss
+from convlstm_vp.nn import Implementation
 
 SPATIAL = {0: (), 2: (4, 4)}
 
@@ -20,8 +21,8 @@ class Stack(nn.Module):
 
     def __init__(self, rank: int, fused: bool = True, **second_kwargs) -> None:
         super().__init__()
-        self.first = ConvLSTM(2, 3, spatial_dims=rank, fused=fused, name="first")
-        self.second = ConvLSTM(3, 4, spatial_dims=rank, fused=fused, name="second", **second_kwargs)
+        self.first = ConvLSTM(2, 3, spatial_dims=rank, implementation=Implementation(torch_lstm=fused), name="first")
+        self.second = ConvLSTM(3, 4, spatial_dims=rank, implementation=Implementation(torch_lstm=fused), name="second", **second_kwargs)
         self.head = nn.Linear(4, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,8 +244,8 @@ def _input_and_weight_grads(layer: nn.Module, x: torch.Tensor, w: torch.Tensor):
 @pytest.mark.parametrize("scale", [0.5, -1.0])
 def test_grad_scale_scales_only_the_input_gradient(rank, fused, bidirectional, scale):
     torch.manual_seed(6)
-    base = ConvLSTM(2, 3, spatial_dims=rank, num_layers=2, bidirectional=bidirectional, fused=fused)
-    scaled = ConvLSTM(2, 3, spatial_dims=rank, num_layers=2, bidirectional=bidirectional, fused=fused,
+    base = ConvLSTM(2, 3, spatial_dims=rank, num_layers=2, bidirectional=bidirectional, implementation=Implementation(torch_lstm=fused))
+    scaled = ConvLSTM(2, 3, spatial_dims=rank, num_layers=2, bidirectional=bidirectional, implementation=Implementation(torch_lstm=fused),
                       grad_scale=scale)
     scaled.load_state_dict(base.state_dict())
     assert base.cells[0].is_plain_lstm() == (rank == 0)

@@ -1,4 +1,5 @@
-"""Fast paths of the cell and layer (issue 8): every switch gives the plain path's numbers.
+"""Fast paths of the cell and layer (issue 8): every path of ``Implementation`` gives the plain
+path's numbers.
 
 Each test builds the same weights twice, one with the fast path on and one with it off, and
 compares outputs, final states and every gradient (float64 where the comparison should be
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from convlstm_vp import ConvLSTM, ConvLSTMCell, DeepConvLSTM
 from convlstm_vp.models.encoder_forecaster import EncoderForecaster
-from convlstm_vp.nn import compile_cells, fast, lstm_gates
+from convlstm_vp.nn import IMPLEMENTATIONS, Implementation, fast, lstm_gates, set_implementation
 
 SPATIAL = {0: (), 1: (7,), 2: (5, 6), 3: (3, 4, 4)}
 
@@ -53,10 +54,27 @@ def _assert_same(a, b, atol: float) -> None:
     torch.testing.assert_close(x_a, x_b, rtol=0, atol=atol)
 
 
+def impl(**paths) -> Implementation:
+    """The default ("fused") paths with some switched (``fused`` names ``torch_lstm``)."""
+    if "fused" in paths:
+        paths["torch_lstm"] = paths.pop("fused")
+    return Implementation(**paths)
+
+
 def _pair(rank: int, fast_kw: dict, plain_kw: dict, dtype=torch.float64, **kw) -> tuple[ConvLSTM, ConvLSTM]:
+    """Two layers with the same weights, built with ``fast_kw`` and ``plain_kw``; path flags
+    (fields of ``Implementation``, ``fused`` for ``torch_lstm``) in them and in the shared ``kw``
+    make each layer's ``implementation``, other keys are layer arguments."""
+    flags = {f for f in Implementation.__dataclass_fields__} | {"fused"}
+
+    def build(own: dict) -> ConvLSTM:
+        args = {**kw, **own}
+        paths = {k: args.pop(k) for k in list(args) if k in flags}
+        return ConvLSTM(3, [4, 5], spatial_dims=rank, dtype=dtype, implementation=impl(**paths), **args)
+
     torch.manual_seed(rank + 7)
-    a = ConvLSTM(3, [4, 5], spatial_dims=rank, dtype=dtype, **kw, **fast_kw)
-    b = ConvLSTM(3, [4, 5], spatial_dims=rank, dtype=dtype, **kw, **plain_kw)
+    a = build(fast_kw)
+    b = build(plain_kw)
     b.load_state_dict(a.state_dict())
     return a, b
 
@@ -158,7 +176,7 @@ def test_concatenated_conv_equals_two_convolutions(rank):
     # matmul_input off: with 3 input channels the first layer would use the input matrix product
     kw = {"batch_input_conv": False, "matmul_input": False}
     a, b = _pair(rank, {**kw, "fused_conv": True}, {**kw, "fused_conv": False})
-    assert all(cell._concat_ok and not cell._matmul_input for cell in a.cells)
+    assert all(cell._concat_ok and not cell.paths("cpu").matmul_input for cell in a.cells)
     _assert_same(_run(a, _input(rank)), _run(b, _input(rank)), atol=1e-10)
 
 
@@ -172,8 +190,8 @@ def test_concatenated_conv_is_not_used_where_the_convolutions_differ():
     assert not cell._concat_ok
     # and the per-step path still computes the same as the batched one there
     torch.manual_seed(4)
-    a = ConvLSTM(3, 4, 3, stride=2, batch_input_conv=False, dtype=torch.float64)
-    b = ConvLSTM(3, 4, 3, stride=2, batch_input_conv=True, dtype=torch.float64)
+    a = ConvLSTM(3, 4, 3, stride=2, implementation=impl(batch_input_conv=False), dtype=torch.float64)
+    b = ConvLSTM(3, 4, 3, stride=2, implementation=impl(batch_input_conv=True), dtype=torch.float64)
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 4, 3, 6, 6, dtype=torch.float64)
     _assert_same(_run(a, x), _run(b, x), atol=1e-10)
@@ -184,21 +202,21 @@ def test_concatenated_conv_is_not_used_where_the_convolutions_differ():
 @pytest.mark.parametrize("batched", [True, False])
 def test_input_matrix_product_equals_the_convolution(rank, stride, padding, batched):
     torch.manual_seed(rank + stride)
-    kw = dict(spatial_dims=rank, stride=stride, padding=padding, batch_input_conv=batched, dtype=torch.float64)
-    a = ConvLSTM(1, 3, 3, matmul_input=True, **kw)  # 1 x 3^rank <= 32 products per output
-    b = ConvLSTM(1, 3, 3, matmul_input=False, **kw)
+    kw = dict(spatial_dims=rank, stride=stride, padding=padding, dtype=torch.float64)
+    a = ConvLSTM(1, 3, 3, implementation=impl(matmul_input=True, batch_input_conv=batched), **kw)  # 1 x 3^rank <= 32 products per output
+    b = ConvLSTM(1, 3, 3, implementation=impl(matmul_input=False, batch_input_conv=batched), **kw)
     b.load_state_dict(a.state_dict())
-    assert a.cells[0]._matmul_input and not b.cells[0]._matmul_input
+    assert a.cells[0]._matmul_ok and a.cells[0].paths("cpu").matmul_input and not b.cells[0].paths("cpu").matmul_input
     x = torch.randn(2, 3, 1, *[7] * rank, dtype=torch.float64)
     _assert_same(_run(a, x), _run(b, x), atol=1e-10)
 
 
 def test_input_matrix_product_only_for_few_inputs_per_output():
-    assert ConvLSTMCell(1, 4, 3)._matmul_input  # 1 x 3 x 3 = 9 products per output
-    assert ConvLSTMCell(3, 4, 3)._matmul_input  # 27
-    assert not ConvLSTMCell(4, 4, 3)._matmul_input  # 36
-    assert not ConvLSTMCell(1, 4, 3, dilation=2)._matmul_input
-    assert not ConvLSTMCell(1, 4, spatial_dims=0)._matmul_input
+    assert ConvLSTMCell(1, 4, 3)._matmul_ok  # 1 x 3 x 3 = 9 products per output
+    assert ConvLSTMCell(3, 4, 3)._matmul_ok  # 27
+    assert not ConvLSTMCell(4, 4, 3)._matmul_ok  # 36
+    assert not ConvLSTMCell(1, 4, 3, dilation=2)._matmul_ok
+    assert not ConvLSTMCell(1, 4, spatial_dims=0)._matmul_ok
 
 
 @pytest.mark.parametrize("rank", [1, 2])
@@ -239,26 +257,33 @@ def test_last_step_output_equals_last_of_sequence(bidirectional):
     torch.testing.assert_close(x_a, x2.grad, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("rank", [2, 3])
-def test_channels_last_memory_format_gives_the_same_numbers(rank):
-    a, b = _pair(rank, {"memory_format": "channels_last"}, {})
-    _assert_same(_run(a, _input(rank)), _run(b, _input(rank)), atol=1e-10)
-    # float32 (oneDNN) convolutions keep the format: the states really are NHWC / NDHWC
-    fmt = torch.channels_last if rank == 2 else torch.channels_last_3d
-    a32, b32 = a.float(), b.float()
-    ra, rb = _run(a32, _input(rank, dtype=torch.float32)), _run(b32, _input(rank, dtype=torch.float32))
-    assert all(t.is_contiguous(memory_format=fmt) for t in ra[1] + ra[2])
-    assert not any(t.is_contiguous(memory_format=fmt) for t in rb[1] + rb[2])
-    _assert_same(ra, rb, atol=1e-4)  # float32 sums of magnitude ~10 in different orders
+def test_implementation_is_validated_and_auto_picks_per_device():
+    with pytest.raises(ValueError, match="implementation: expected 'auto', 'plain', 'fused', 'compiled'"):
+        ConvLSTMCell(2, 3, spatial_dims=1, implementation="fast")
+    with pytest.raises(ValueError, match="implementation"):
+        ConvLSTM(2, 3, implementation=None)
+    layer = ConvLSTM(2, 3, num_layers=2)
+    assert layer.implementation == "auto"
+    assert layer.cells[0].paths("cpu") == IMPLEMENTATIONS["fused"]
+    assert layer.cells[0].paths("cuda") == IMPLEMENTATIONS["plain"]
+    layer.implementation = "plain"  # one assignment switches every cell
+    assert all(cell.paths("cpu") == IMPLEMENTATIONS["plain"] for cell in layer.cells)
+    assert "implementation='plain'" in repr(layer)
+    set_implementation(layer, "compiled")
+    assert all(cell.paths("cpu").compile for cell in layer.cells)
 
 
-def test_memory_format_is_validated():
-    with pytest.raises(ValueError, match="memory_format"):
-        ConvLSTMCell(2, 3, spatial_dims=1, memory_format="channels_last")
-    with pytest.raises(ValueError, match="memory_format"):
-        ConvLSTMCell(2, 3, memory_format="nhwc")
-    with pytest.raises(ValueError, match="batch_input_conv"):
-        ConvLSTM(2, 3, batch_input_conv="sometimes")
+@pytest.mark.parametrize("name", ["plain", "fused"])
+@pytest.mark.parametrize("rank", [0, 1, 2, 3])
+def test_named_implementations_equal_the_plain_step_loop(rank, name):
+    # the reference: every path off, rank 0 included (no torch.lstm)
+    reference = Implementation(**{f: False for f in Implementation.__dataclass_fields__})
+    torch.manual_seed(rank)
+    a = ConvLSTM(3, [4, 5], spatial_dims=rank, dtype=torch.float64, implementation=name)
+    b = ConvLSTM(3, [4, 5], spatial_dims=rank, dtype=torch.float64, implementation=reference)
+    b.load_state_dict(a.state_dict())
+    x = _input(rank)
+    _assert_same(_run(a, x), _run(b, x), atol=1e-10)
 
 
 @pytest.mark.parametrize("rank", [1, 2])
@@ -325,7 +350,7 @@ def test_encoder_forecaster_fast_paths_equal_plain():
     torch.manual_seed(8)
     kw = dict(hidden_channels=[4, 5], kernel_size=3, patch_size=2, input_frames=3, output_frames=2)
     a = EncoderForecaster(1, **kw).double()
-    b = EncoderForecaster(1, **kw, fused_gates=False, fused_conv=False, skip_zero_state=False).double()
+    b = EncoderForecaster(1, **kw, implementation="plain").double()
     b.load_state_dict(a.state_dict())
     x = torch.rand(2, 3, 1, 8, 8, dtype=torch.float64)
     ya, yb = a(x), b(x)
@@ -390,7 +415,7 @@ def test_rank0_layer_under_cpu_bf16_autocast_skips_torch_lstm_where_bf16_is_emul
 # ---------------------------------------------------------------- torch.compile
 def test_compile_gives_the_same_numbers_as_eager():
     a, b = _pair(1, {"compile": True}, {}, dtype=torch.float32)
-    assert all(cell.compiled for cell in a.cells)
+    assert all(cell.paths("cpu").compile for cell in a.cells)
     x = _input(1, t=3, dtype=torch.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # compiling must work on this machine
@@ -419,12 +444,12 @@ def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", broken)
     a, b = _pair(2, {}, {}, dtype=torch.float64)
-    compile_cells(a)
+    set_implementation(a, "compiled")
     with pytest.warns(RuntimeWarning, match="no backend here"):
         ra = _run(a, _input(2))
     _assert_same(ra, _run(b, _input(2)), atol=1e-12)
-    compile_cells(a, enabled=False)
-    assert not any(cell.compiled for cell in a.cells)
+    a.implementation = "fused"
+    assert not any(cell.paths("cpu").compile or cell._compiled_fns for cell in a.cells)
 
 
 def test_compile_without_a_cxx_compiler_warns_and_runs_eagerly(monkeypatch):
@@ -440,11 +465,10 @@ def test_compile_without_a_cxx_compiler_warns_and_runs_eagerly(monkeypatch):
 def test_a_compiled_cell_can_be_deep_copied():
     import copy
 
-    cell = ConvLSTMCell(2, 3)
-    cell.set_compile(True)
+    cell = ConvLSTMCell(2, 3, implementation="compiled")
     cell._compiled_fns = {"recurrent": object()}  # stands for compiled code, which must not be copied
     twin = copy.deepcopy(cell)
-    assert twin.compiled and twin._compiled_fns is None
+    assert twin.paths("cpu").compile and twin._compiled_fns is None
     torch.testing.assert_close(twin.weight_hh, cell.weight_hh)
     assert F.mse_loss(twin.weight_ih, cell.weight_ih).item() == 0.0
 
@@ -474,7 +498,7 @@ def test_double_backward_needs_the_plain_gates():
     torch.manual_seed(13)
     x = torch.randn(2, 3, 2, 5, requires_grad=True)
     for fused, works in ((True, False), (False, True)):
-        layer = ConvLSTM(2, 3, spatial_dims=1, fused_gates=fused)
+        layer = ConvLSTM(2, 3, spatial_dims=1, implementation=impl(fused_gates=fused))
         (g,) = torch.autograd.grad(layer(x)[0].square().sum(), x, create_graph=True)
         if works:
             g.square().sum().backward()

@@ -739,26 +739,8 @@ def test_gpu_check_script_runs_end_to_end_on_a_tiny_config(tmp_path: Path):
     assert json.loads((tmp_path / "out" / "eval.json").read_text())["sequences"] == 8
 
 
-def test_model_memory_format_config_builds_channels_last_cells_with_the_same_predictions():
-    from convlstm_vp.train.config import ConfigError, load_config
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, build_model
-
-    frames = torch.rand(2, 8, 1, 32, 32)
-    out = {}
-    for fmt in ("contiguous", "channels_last"):
-        cfg = load_config(str(TINY), DEFAULTS, [f"model.memory_format={fmt}"])
-        torch.manual_seed(0)
-        m = build_model(cfg).eval()
-        assert {c.memory_format for c in m.modules() if hasattr(c, "memory_format") and hasattr(c, "weight_hh")} == {fmt}
-        with torch.no_grad():
-            out[fmt] = m(frames[:, :4])
-    torch.testing.assert_close(out["channels_last"], out["contiguous"], rtol=1e-4, atol=1e-5)
-    with pytest.raises(ConfigError, match="model.memory_format.*'contiguous', 'channels_last'.*'nhwc'"):
-        load_config(str(TINY), DEFAULTS, ["model.memory_format=nhwc"])
-
-
-def test_train_compile_runs_every_cell_step_through_torch_compile(tmp_path: Path, monkeypatch):
-    """fit() with train.compile=true hands each cell's step functions to torch.compile (here a
+def test_train_implementation_compiled_runs_every_cell_step_through_torch_compile(tmp_path: Path, monkeypatch):
+    """fit() with train.implementation=compiled hands each cell's step functions to torch.compile (here a
     recording stand-in that returns them unchanged) and trains to the eager run's weights."""
     from convlstm_vp.nn import ConvLSTMCell
     from convlstm_vp.train.config import load_config
@@ -774,8 +756,8 @@ def test_train_compile_runs_every_cell_step_through_torch_compile(tmp_path: Path
     monkeypatch.setattr(torch, "compile", recording_compile)
     sets = ["train.num_threads=1", "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2"]
     weights, models = {}, {}
-    for flag in ("false", "true"):
-        cfg = load_config(str(TINY), DEFAULTS, sets + [f"train.compile={flag}"])
+    for flag, implementation in (("false", "fused"), ("true", "compiled")):
+        cfg = load_config(str(TINY), DEFAULTS, sets + [f"train.implementation={implementation}"])
         task = MovingMNISTTask(cfg)
         built = []
         build = task.build_model
@@ -784,8 +766,8 @@ def test_train_compile_runs_every_cell_step_through_torch_compile(tmp_path: Path
         models[flag] = built[0]
         weights[flag] = load_checkpoint(tmp_path / flag / "checkpoints" / "last.pt")["model"]
     cells = [m for m in models["true"].modules() if isinstance(m, ConvLSTMCell)]
-    assert cells and all(c.compiled for c in cells)
-    assert not any(c.compiled for c in models["false"].modules() if isinstance(c, ConvLSTMCell))
+    assert cells and all(c.paths("cpu").compile for c in cells)
+    assert not any(c.paths("cpu").compile for c in models["false"].modules() if isinstance(c, ConvLSTMCell))
     # every cell compiled its own step functions (training steps and the evaluation)
     owners = {f.__self__ for f in compiled}
     assert owners == set(cells)

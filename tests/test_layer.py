@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from convlstm_vp import ConvLSTM
+from convlstm_vp.nn import Implementation
 
 SPATIAL = {0: (), 1: (6,), 2: (4, 5), 3: (3, 3, 4)}
 
@@ -123,7 +124,7 @@ def test_per_layer_strides_shrink_the_state():
 @pytest.mark.parametrize("rank,fused", [(0, True), (0, False), (2, False)])
 def test_stateful_carries_state_and_reset_state_forgets_it(rank, fused):
     torch.manual_seed(8)
-    layer = ConvLSTM(2, 3, spatial_dims=rank, num_layers=2, stateful=True, fused=fused)
+    layer = ConvLSTM(2, 3, spatial_dims=rank, num_layers=2, stateful=True, implementation=Implementation(torch_lstm=fused))
     x = torch.randn(2, 6, 2, *SPATIAL[rank])
     full = _twin(layer)
     y_full, (h_full, _) = full(x)
@@ -164,7 +165,7 @@ def test_initial_state_is_used():
                                                       (2, False, False), (2, False, True)])
 def test_lengths_equal_running_each_sequence_truncated(rank, fused, bidirectional):
     torch.manual_seed(10)
-    layer = ConvLSTM(2, 3, spatial_dims=rank, num_layers=2, bidirectional=bidirectional, fused=fused)
+    layer = ConvLSTM(2, 3, spatial_dims=rank, num_layers=2, bidirectional=bidirectional, implementation=Implementation(torch_lstm=fused))
     x = torch.randn(3, 5, 2, *SPATIAL[rank])
     lengths = torch.tensor([2, 5, 3])
     y, (h, c) = layer(x, lengths=lengths)
@@ -208,9 +209,9 @@ def test_go_backwards_equals_running_on_the_flipped_sequence(rank):
                                                       (2, False, False), (2, True, False)])
 def test_return_sequences_false_gives_the_last_valid_step(rank, bidirectional, fused):
     torch.manual_seed(12)
-    seq = ConvLSTM(2, 3, spatial_dims=rank, bidirectional=bidirectional, fused=fused)
+    seq = ConvLSTM(2, 3, spatial_dims=rank, bidirectional=bidirectional, implementation=Implementation(torch_lstm=fused))
     last = _twin(seq, return_sequences=False)
-    last.fused = fused
+    last.implementation = Implementation(torch_lstm=fused)
     x = torch.randn(3, 5, 2, *SPATIAL[rank])
     lengths = torch.tensor([5, 2, 4])
     y, (h, _) = seq(x, lengths=lengths)
@@ -337,3 +338,47 @@ def test_repr_lists_the_configuration():
     text = repr(ConvLSTM(2, 3, spatial_dims=1, num_layers=2, bidirectional=True, stateful=True, name="enc"))
     assert "name='enc'" in text and "bidirectional=True" in text and "stateful=True" in text
     assert "spatial_dims=1" in text and "kernel_size=(3,)" in text
+
+
+@pytest.mark.parametrize("cls,rank", [("ConvLSTM1d", 1), ("ConvLSTM2d", 2), ("ConvLSTM3d", 3)])
+def test_rank_classes_fix_spatial_dims_and_equal_convlstm(cls, rank):
+    import convlstm_vp
+
+    layer_cls = getattr(convlstm_vp, cls)
+    torch.manual_seed(0)
+    fixed = layer_cls(2, 3, 3, 2, data_format="channels_last")
+    general = ConvLSTM(2, 3, 3, 2, spatial_dims=rank, data_format="channels_last")
+    general.load_state_dict(fixed.state_dict())
+    assert isinstance(fixed, ConvLSTM) and fixed.spatial_dims == rank and fixed.num_layers == 2
+    x = torch.randn(2, 4, *([5] * rank), 2)
+    torch.testing.assert_close(fixed(x)[0], general(x)[0], rtol=0, atol=0)
+    with pytest.raises(TypeError, match=f"{cls} fixes spatial_dims={rank}"):
+        layer_cls(2, 3, spatial_dims=0)
+
+
+def test_no_two_modules_of_the_package_import_each_other():
+    """Not even lazily inside a function (DESIGN.md): every relative import, at any depth."""
+    import ast
+    from pathlib import Path
+
+    import convlstm_vp
+
+    root = Path(convlstm_vp.__file__).parent
+    modules = {p.relative_to(root.parent).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__"): p
+               for p in root.rglob("*.py")}
+    edges = set()
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+                for alias in node.names:
+                    full = f"{target}.{alias.name}"
+                    dep = full if full in modules else target
+                    if dep in modules and dep != name:
+                        edges.add((name, dep))
+    mutual = sorted((a, b) for a, b in edges if (b, a) in edges and a < b and not b.startswith(a + ".") and not a.startswith(b + "."))
+    assert not mutual, f"modules that import each other: {mutual}"
+    assert not any(a.startswith("convlstm_vp.nn") and not b.startswith("convlstm_vp.nn") for a, b in edges), "nn/ imports outside nn/"

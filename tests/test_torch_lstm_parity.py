@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from convlstm_vp import ConvLSTM
+from convlstm_vp.nn import Implementation
 
 TOL = 1e-5
 IN, HID, T, B = 3, 5, 6, 3
@@ -28,7 +29,7 @@ def _pair(num_layers: int, bidirectional: bool, proj_size: int, batch_first: boo
         batch_first=batch_first, bias=bias,
     )
     layer = ConvLSTM.from_torch_lstm(lstm)
-    layer.fused = fused
+    layer.implementation = Implementation(torch_lstm=fused)
     return lstm, layer
 
 
@@ -141,8 +142,8 @@ def test_weights_are_copied_not_shared():
 
 def test_fused_and_step_loop_agree_with_lengths():
     torch.manual_seed(3)
-    a = ConvLSTM(IN, HID, num_layers=2, spatial_dims=0, bidirectional=True, fused=True)
-    b = ConvLSTM(IN, HID, num_layers=2, spatial_dims=0, bidirectional=True, fused=False)
+    a = ConvLSTM(IN, HID, num_layers=2, spatial_dims=0, bidirectional=True, implementation="fused")
+    b = ConvLSTM(IN, HID, num_layers=2, spatial_dims=0, bidirectional=True, implementation=Implementation(torch_lstm=False))
     b.load_state_dict(a.state_dict())
     x = torch.randn(B, T, IN)
     lengths = [T, 1, 4]

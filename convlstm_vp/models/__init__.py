@@ -1,3 +1,8 @@
+"""Models built on the ConvLSTM cell: the encoder-forecaster (frame prediction), the 7x7-patch
+sequence classifier and DeepConvLSTM (sensor activity recognition)."""
 
 from .deepconvlstm import DeepConvLSTM
+from .encoder_forecaster import EncoderForecaster
 from .patch_classifier import PatchSequenceClassifier
+
+__all__ = ["EncoderForecaster", "PatchSequenceClassifier", "DeepConvLSTM"]

@@ -43,8 +43,15 @@ from .functional import (
     resolve_pads,
 )
 from .controls import LayerControls, RegularizerArg, get_regularizer
-from .fast import CompiledStep, MemoryFormatArg, lstm_gates, resolve_memory_format, to_memory_format
-from .layout import describe_frame
+from .fast import (
+    CompiledStep,
+    Implementation,
+    ImplementationArg,
+    check_implementation,
+    lstm_gates,
+    resolve_implementation,
+)
+from .layout import describe_frame, frame_from_internal, frame_to_internal
 
 State = tuple[Tensor, Tensor]
 
@@ -70,28 +77,17 @@ class ConvLSTMCell(LayerControls, nn.Module):
         peephole: add the Hadamard peephole terms ``w_ci, w_cf, w_co``. Their shape is
             ``(H, *peephole_size)`` when ``peephole_size`` is given (Shi et al.: one weight per
             state element), else ``(H, 1, ...)`` (one weight per channel, any frame size).
-        dropout: input dropout probability; one mask per sequence, training mode only.
+        input_dropout: dropout on the input ``x`` (Keras's ``dropout``); one mask per sequence,
+            training mode only.
         recurrent_dropout: dropout on ``h_{t-1}`` before the state-to-state convolution;
             one mask per sequence, training mode only.
         proj_size: rank 0 only: project ``h`` to this size with ``weight_hr`` (as torch.nn.LSTM).
-        fused_gates: fast path for the sigmoid/tanh gates without peepholes
-            (:func:`convlstm_vp.nn.fast.lstm_gates`): fewer operations, in place without
-            autograd, and the state arithmetic in float32 when the gates come from a low
-            precision (autocast) convolution while ``c`` is float32. False runs the plain
-            equations below one operation at a time.
-        native_gates: with ``fused_gates``, on CPU run the gate arithmetic as one compiled C
-            loop forward and one backward (:mod:`convlstm_vp.nn.native`, built with the system
-            C compiler on first use; without one, torch operations after a ``RuntimeWarning``).
-        fused_conv: when the cell is stepped with a raw input (:meth:`step`, the layer's
-            ``batch_input_conv=False``, the encoder-forecaster's forecaster), compute both
-            convolutions as one convolution over the concatenated ``[x, h]`` with the
-            concatenated weights (needs stride 1, dilation 1, "same" padding and equal input and
-            recurrent kernels; otherwise two convolutions). Same result, one larger product.
-        matmul_input: compute the input-to-state convolution as unfold + one matrix product when
-            it has very few inputs per output (``in_channels · prod(kernel_size) <= 32``, e.g.
-            one-channel patches, and dilation 1): a convolution kernel is inefficient there.
-        memory_format: ``"channels_last"`` (rank 2 or 3) runs the convolutions on NHWC/NDHWC
-            strided tensors; outputs have the same shapes, only their strides differ.
+        implementation: how the step is computed, never what: "auto" (default: "fused" on
+            CPU, "plain" elsewhere, what the benchmark measured fastest), "plain" (the equations
+            one operation at a time), "fused" (fused gate arithmetic, a C kernel for it on CPU,
+            one convolution over ``[x, h]``, a matrix product for tiny input convolutions),
+            "compiled" ("fused" through ``torch.compile``), or an
+            :class:`~convlstm_vp.nn.Implementation` (single paths, for tests and benchmarks).
         kernel_initializer, recurrent_initializer, bias_initializer, peephole_initializer:
             names (``glorot_uniform``, ``orthogonal``, ``zeros``, ``lstm_uniform``, ...) or
             callables that fill a tensor in place.
@@ -136,15 +132,11 @@ class ConvLSTMCell(LayerControls, nn.Module):
         unit_forget_bias: bool = True,
         peephole: bool = False,
         peephole_size: Sequence[int] | None = None,
-        dropout: float = 0.0,
+        input_dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         proj_size: int = 0,
         data_format: str = "channels_first",
-        fused_gates: bool = True,
-        native_gates: bool = True,
-        fused_conv: bool = True,
-        matmul_input: bool = True,
-        memory_format: MemoryFormatArg = None,
+        implementation: ImplementationArg = "auto",
         kernel_initializer: Initializer = "glorot_uniform",
         recurrent_initializer: Initializer = "orthogonal",
         bias_initializer: Initializer = "zeros",
@@ -172,7 +164,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
             raise ValueError("proj_size: only supported at spatial_dims=0 (as in torch.nn.LSTM)")
         if proj_size >= hidden_channels and proj_size:
             raise ValueError(f"proj_size: must be smaller than hidden_channels={hidden_channels}, got {proj_size}")
-        for what, p in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+        for what, p in (("input_dropout", input_dropout), ("recurrent_dropout", recurrent_dropout)):
             if not 0.0 <= float(p) < 1.0:
                 raise ValueError(f"{what}: expected a probability in [0, 1), got {p!r}")
         if data_format not in ("channels_first", "channels_last"):
@@ -195,13 +187,8 @@ class ConvLSTMCell(LayerControls, nn.Module):
             tuple(lo for lo, _ in self._hh_pads) if all(lo == hi for lo, hi in self._hh_pads) else None
         )
         self._ih_pads_cache: dict[tuple[int, ...], tuple[tuple[int, int], ...]] = {}
-        self.fused_gates = bool(fused_gates)
-        self.native_gates = bool(native_gates)
-        self.fused_conv = bool(fused_conv)
-        self.memory_format = memory_format
-        self._memory_format = resolve_memory_format(memory_format, n)
-        self._compile_kwargs: dict[str, Any] | None = None
         self._compiled_fns: dict[str, CompiledStep] | None = None
+        self.implementation = implementation  # validated by the property's setter
         self._conv_fn = (None, F.conv1d, F.conv2d, F.conv3d)[n]
         self._standard_gates = (
             activation_name(activation) == "tanh"
@@ -210,10 +197,8 @@ class ConvLSTMCell(LayerControls, nn.Module):
             and not peephole
         )
         # unfold + matrix product instead of a convolution with very few input channels
-        self.matmul_input = bool(matmul_input)
-        self._matmul_input = (
-            self.matmul_input
-            and n > 0
+        self._matmul_ok = (
+            n > 0
             and all(v == 1 for v in self.dilation)
             and in_channels * math.prod(self.kernel_size) <= 32
         )
@@ -234,7 +219,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
         self._out_act = get_activation(activation if output_activation is None else output_activation, "output_activation")
         self.unit_forget_bias = unit_forget_bias
         self.peephole = peephole
-        self.dropout = float(dropout)
+        self.input_dropout = float(input_dropout)
         self.recurrent_dropout = float(recurrent_dropout)
         self.proj_size = proj_size
         self.data_format = data_format
@@ -310,7 +295,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
             and activation_name(self.recurrent_activation) == "sigmoid"
             and (self.output_activation is None or activation_name(self.output_activation) == "tanh")
             and not self.peephole
-            and self.dropout == 0.0
+            and self.input_dropout == 0.0
             and self.recurrent_dropout == 0.0
         )
 
@@ -349,7 +334,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
         """Zero state ``(h, c)`` for ``batch`` sequences, internal channels-first layout."""
         h = torch.zeros(batch, self.out_channels, *spatial_out, device=device, dtype=dtype)
         c = torch.zeros(batch, self.hidden_channels, *spatial_out, device=device, dtype=dtype)
-        return to_memory_format(h, self._memory_format), to_memory_format(c, self._memory_format)
+        return h, c
 
     # ------------------------------------------------------------------ dropout masks
     def reset_dropout_masks(self) -> None:
@@ -379,9 +364,8 @@ class ConvLSTMCell(LayerControls, nn.Module):
         """Input-to-state term of a batch of frames ``(N, C, *spatial)``: ``(N, 4H, *spatial_out)``."""
         if self.spatial_dims == 0:
             return F.linear(x, self.weight_ih, bias)
-        if self._matmul_input:
+        if self._matmul_ok and self.paths(x.device.type).matmul_input:
             return self._input_matmul(x, bias)
-        x = to_memory_format(x, self._memory_format)
         return conv_nd(x, self.weight_ih, bias, self._ih_pads(x.shape[2:]), self.stride, self.dilation)
 
     def _input_matmul(self, x: Tensor, bias: Tensor | None) -> Tensor:
@@ -401,10 +385,8 @@ class ConvLSTMCell(LayerControls, nn.Module):
         cols = cols.permute(0, *range(2, 2 + n), 1, *range(2 + n, 2 + 2 * n)).reshape(-1, self.weight_ih[0].numel())
         w = self.weight_ih.reshape(self.weight_ih.shape[0], -1)
         out = cols @ w.t() if bias is None else torch.addmm(bias, cols, w.t())
-        # back to the cell's memory format: the gate arithmetic is fastest when gates and state agree
-        return out.view(x.shape[0], *out_size, -1).movedim(-1, 1).contiguous(
-            memory_format=self._memory_format or torch.contiguous_format
-        )
+        # contiguous like the state: the gate arithmetic is fastest when gates and state agree
+        return out.view(x.shape[0], *out_size, -1).movedim(-1, 1).contiguous()
 
     def _hh_conv(self, h: Tensor) -> Tensor:
         """State-to-state term (stride 1, "same"), no bias."""
@@ -423,8 +405,8 @@ class ConvLSTMCell(LayerControls, nn.Module):
             ``(B, T, 4H, *spatial_out)``.
         """
         b, t = x.shape[:2]
-        if self.training and self.dropout > 0:
-            self._input_mask = self._mask(self._input_mask, x[:, 0], self.dropout)
+        if self.training and self.input_dropout > 0:
+            self._input_mask = self._mask(self._input_mask, x[:, 0], self.input_dropout)
             x = x * self._input_mask.unsqueeze(1)
         out = self._input_conv(x.reshape(b * t, *x.shape[2:]), self._bias())
         return out.reshape(b, t, *out.shape[1:])
@@ -447,12 +429,12 @@ class ConvLSTMCell(LayerControls, nn.Module):
             x: ``(B, C, *spatial)`` channels-first frame.
             state: ``(h, c)`` each ``(B, H, *spatial_out)`` (e.g. from :meth:`initial_state`).
         Returns:
-            ``(h, c)``. With ``fused_conv`` and a "same"/stride-1 cell the two convolutions run as
-            one over ``[x, h]``; the input dropout mask is the one :meth:`input_transform` uses.
+            ``(h, c)``. With the fused paths and a "same"/stride-1 cell the two convolutions run
+            as one over ``[x, h]``; the input dropout mask is the one :meth:`input_transform` uses.
         """
         h, c = state
-        if self.training and self.dropout > 0:
-            self._input_mask = self._mask(self._input_mask, x, self.dropout)
+        if self.training and self.input_dropout > 0:
+            self._input_mask = self._mask(self._input_mask, x, self.input_dropout)
             x = x * self._input_mask
         return self._run("step", x, self._recurrent_dropout(h), c)
 
@@ -462,8 +444,8 @@ class ConvLSTMCell(LayerControls, nn.Module):
         ``a`` is the precomputed input term ``xg`` (``batched=True``) or the raw frame ``x``.
         ``c`` is the initial cell state (zeros from :meth:`initial_state`).
         """
-        if not batched and self.training and self.dropout > 0:
-            self._input_mask = self._mask(self._input_mask, a, self.dropout)
+        if not batched and self.training and self.input_dropout > 0:
+            self._input_mask = self._mask(self._input_mask, a, self.input_dropout)
             a = a * self._input_mask
         return self._run("first_recurrent" if batched else "first_step", a, None, c)
 
@@ -474,14 +456,31 @@ class ConvLSTMCell(LayerControls, nn.Module):
         "first_step": "_first_step_core",
     }
 
+    def paths(self, device_type: str) -> Implementation:
+        """The computation paths this cell takes on a device of type ``device_type``."""
+        impl = self._paths_cache.get(device_type)
+        if impl is None:
+            impl = self._paths_cache[device_type] = resolve_implementation(self.implementation, device_type)
+        return impl
+
+    @property
+    def implementation(self) -> ImplementationArg:
+        """The ``implementation`` argument; assigning a new one switches the paths."""
+        return self._implementation
+
+    @implementation.setter
+    def implementation(self, value: ImplementationArg) -> None:
+        self._implementation = check_implementation(value)
+        self._paths_cache: dict[str, Implementation] = {}
+        self._compiled_fns = None
+
     def _run(self, which: str, a: Tensor, h: Tensor | None, c: Tensor) -> State:
-        if self._compile_kwargs is None:
+        if not self.paths(a.device.type).compile:
             return getattr(self, self._CORES[which])(a, h, c)
         if self._compiled_fns is None:
             what = f"ConvLSTMCell(spatial_dims={self.spatial_dims})"
             self._compiled_fns = {
-                k: CompiledStep(getattr(self, name), f"{what} {k.replace('_', ' ')}", **self._compile_kwargs)
-                for k, name in self._CORES.items()
+                k: CompiledStep(getattr(self, name), f"{what} {k.replace('_', ' ')}") for k, name in self._CORES.items()
             }
         return self._compiled_fns[which](a, h, c)
 
@@ -498,13 +497,13 @@ class ConvLSTMCell(LayerControls, nn.Module):
 
     def _step_core(self, x: Tensor, h: Tensor, c: Tensor) -> State:
         bias = self._bias()
-        if self.fused_conv and self._concat_ok and not self._matmul_input:
+        paths = self.paths(x.device.type)
+        if paths.fused_conv and self._concat_ok and not (paths.matmul_input and self._matmul_ok):
             w = torch.cat([self.weight_ih, self.weight_hh], dim=1)
             xh = torch.cat([x, h], dim=1)
             if self.spatial_dims == 0:
                 gates = F.linear(xh, w, bias)
             else:
-                xh = to_memory_format(xh, self._memory_format)
                 gates = self._conv_fn(xh, w, bias, 1, self._hh_padding)
         else:
             return self._update(self._input_conv(x, bias), c, self._hh_conv(h))
@@ -512,8 +511,9 @@ class ConvLSTMCell(LayerControls, nn.Module):
 
     def _update(self, gates: Tensor, c: Tensor, other: Tensor | None = None) -> State:
         """Gate arithmetic: ``(h_t, c_t)`` from the pre-activations ``gates (+ other)`` and ``c_{t-1}``."""
-        if self.fused_gates and self._standard_gates:
-            h, c = lstm_gates(gates, c, self.native_gates, other)
+        paths = self.paths(gates.device.type)
+        if paths.fused_gates and self._standard_gates:
+            h, c = lstm_gates(gates, c, paths.native_gates, other)
         else:
             if other is not None:
                 gates = gates + other
@@ -532,21 +532,6 @@ class ConvLSTMCell(LayerControls, nn.Module):
             h = F.linear(h, self.weight_hr)
         return h, c
 
-    # ------------------------------------------------------------------ torch.compile
-    def set_compile(self, enabled: bool = True, **compile_kwargs: Any) -> None:
-        """Run the per-step computation through ``torch.compile`` (``compile_kwargs`` go to it).
-
-        The first step compiles; where compiling fails (e.g. no C++ compiler for the CPU
-        backend) a ``RuntimeWarning`` says why and the cell runs eagerly.
-        """
-        self._compile_kwargs = dict(compile_kwargs) if enabled else None
-        self._compiled_fns = None
-
-    @property
-    def compiled(self) -> bool:
-        """Whether :meth:`set_compile` switched compilation on."""
-        return self._compile_kwargs is not None
-
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
         state["_compiled_fns"] = None  # compiled code is rebuilt on first use, never copied
@@ -561,8 +546,6 @@ class ConvLSTMCell(LayerControls, nn.Module):
         Returns:
             ``(h, c)`` in the same layout as ``x``.
         """
-        from .layout import frame_from_internal, frame_to_internal
-
         n = self.spatial_dims
         if not isinstance(x, Tensor):
             raise TypeError(f"ConvLSTMCell expects a torch.Tensor input, got {type(x).__name__}")
@@ -661,24 +644,29 @@ class ConvLSTMCell(LayerControls, nn.Module):
             s += f", output_activation={activation_name(self.output_activation)!r}"
         if self.peephole:
             s += f", peephole=True, peephole_size={self.peephole_size}"
-        if self.dropout:
-            s += f", dropout={self.dropout}"
+        if self.input_dropout:
+            s += f", input_dropout={self.input_dropout}"
         if self.recurrent_dropout:
             s += f", recurrent_dropout={self.recurrent_dropout}"
         if self.proj_size:
             s += f", proj_size={self.proj_size}"
         if self.data_format != "channels_first":
             s += f", data_format={self.data_format!r}"
-        for flag in ("fused_gates", "native_gates", "fused_conv", "matmul_input"):
-            if not getattr(self, flag):
-                s += f", {flag}=False"
-        if self.memory_format is not None:
-            s += f", memory_format={self.memory_format!r}"
-        if self.compiled:
-            s += ", compile=True"
+        if self.implementation != "auto":
+            s += f", implementation={self.implementation!r}"
         for what in ("kernel", "recurrent", "bias"):
             reg = getattr(self, f"{what}_regularizer")
             if reg is not None:
                 s += f", {what}_regularizer={reg!r}"
         controls = self._controls_repr()
         return s + (", " + controls if controls else "")
+
+
+def set_implementation(module: nn.Module, implementation: ImplementationArg) -> nn.Module:
+    """Set ``implementation`` on every :class:`ConvLSTMCell` in ``module`` (a layer, a model);
+    see :class:`ConvLSTMCell`. Returns ``module``."""
+    check_implementation(implementation)
+    for m in module.modules():
+        if isinstance(m, ConvLSTMCell):
+            m.implementation = implementation
+    return module

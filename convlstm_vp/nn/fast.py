@@ -1,28 +1,33 @@
-"""Fast paths of the ConvLSTM cell and sequence layer.
+"""The computation paths of the ConvLSTM cell and sequence layer, and the one switch over them.
 
-Every path here is switchable and computes the same numbers as the plain path (within the
-rounding of the dtype in use); ``tests/test_fast_paths.py`` checks each one.
+Every path computes the same numbers as the plain equations (within the rounding of the dtype in
+use); ``tests/test_fast_paths.py`` checks each one. Callers choose with one argument,
+``implementation`` (:class:`Implementation`, :func:`resolve_implementation`):
 
-- :func:`lstm_gates` (``fused_gates=True`` on the cell): the gate arithmetic fused. On CPU
-  with ``native_gates=True`` it is one compiled C loop forward and one backward
-  (:mod:`convlstm_vp.nn.native`), the input and state convolution outputs summed inside in
-  float32. Otherwise it is a few torch operations: one sigmoid over all four gate slices
-  (``tanh(x) = 2σ(2x) − 1``), ``c_t`` from one ``addcmul``, one custom autograd node with a
-  hand-written backward instead of about twenty, and without autograd (eval /
+- ``"plain"``: the equations one operation at a time; the input convolution of all steps as
+  one batched call, then per step the state convolution and the gate arithmetic.
+- ``"fused"``: the fast paths below, all on.
+- ``"compiled"``: ``"fused"`` with each cell step run through ``torch.compile``.
+- ``"auto"`` (default): per device, what ``scripts/benchmark.py`` measured fastest there:
+  ``"fused"`` on CPU, ``"plain"`` elsewhere (on an H200 the fused paths were slower than the
+  plain one; docs/performance.md).
+
+The fast paths:
+
+- :func:`lstm_gates`: the gate arithmetic fused. On CPU it is one compiled C loop forward and
+  one backward (:mod:`convlstm_vp.nn.native`), the input and state convolution outputs summed
+  inside in float32. Otherwise it is a few torch operations: one sigmoid over all four gate
+  slices (``tanh(x) = 2σ(2x) − 1``), ``c_t`` from one ``addcmul``, one custom autograd node with
+  a hand-written backward instead of about twenty, and without autograd (eval /
   ``torch.no_grad``) in-place activations on the gate buffer. Either way the state arithmetic
   runs in float32 when the gates come from a bfloat16/float16 (autocast) convolution, so a
-  float32 ``c`` stays float32: the convolutions run in low precision, the long-lived state
-  sums do not.
+  float32 ``c`` stays float32.
 - Per-step work in :class:`~convlstm_vp.nn.ConvLSTMCell`: one convolution over ``[x, h]``
   (``fused_conv``), unfold + matrix product for input convolutions with very few inputs
-  (``matmul_input``), no state convolution from a zero state; in
-  :class:`~convlstm_vp.nn.ConvLSTM`: ``batch_input_conv`` and ``skip_zero_state``.
-- :func:`compile_cells` / ``ConvLSTM(..., compile=True)``: the per-step computation of every
-  cell runs through ``torch.compile`` (falls back to eager with a warning where compiling is
-  impossible, e.g. no C compiler for the CPU backend).
-- :func:`resolve_memory_format`: ``memory_format="channels_last"`` keeps input, state and gate
-  tensors of a rank-2/3 layer in NHWC / NDHWC strides (oneDNN and cuDNN convolutions avoid
-  layout reorders); the logical shapes do not change.
+  (``matmul_input``); in :class:`~convlstm_vp.nn.ConvLSTM`: the input convolution per step on
+  CPU instead of batched over time (``batch_input_conv``), no state convolution from a zero
+  state (``skip_zero_state``), rank-0 layers through the fused ``torch.lstm`` kernel
+  (``torch_lstm``).
 """
 
 from __future__ import annotations
@@ -33,15 +38,83 @@ import shutil
 import types
 import warnings
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import native
 
-MemoryFormatArg = Any  # None, "contiguous", "channels_last" or a torch.memory_format
+
+@dataclass(frozen=True)
+class Implementation:
+    """Which computation paths a cell and a layer take; every choice gives the same numbers.
+
+    Users pick one of the named sets (``implementation="auto" | "plain" | "fused" |
+    "compiled"``); single fields are for tests and the benchmark, which compare one path at a
+    time.
+
+    Attributes:
+        fused_gates: gate arithmetic through :func:`lstm_gates` (sigmoid/tanh cells without
+            peepholes); False runs the equations one operation at a time.
+        native_gates: with ``fused_gates`` on CPU, the compiled C loop of :mod:`.native`.
+        fused_conv: a cell stepped with a raw input computes both convolutions as one over
+            ``[x, h]`` (stride 1, dilation 1, "same" padding and equal kernels).
+        matmul_input: the input convolution as unfold + one matrix product when it has very
+            few inputs per output (``in_channels · prod(kernel_size) <= 32``, dilation 1).
+        batch_input_conv: the layer computes the input convolution of all ``T`` steps in one
+            call (True) or each frame with its step (False); None: per step on CPU for rank 1-3
+            cells whose step is one ``[x, h]`` convolution or a small matrix product, batched
+            otherwise.
+        skip_zero_state: the first step from a zero state skips the state convolution.
+        torch_lstm: rank-0 layers of plain LSTM cells run the fused ``torch.lstm`` kernel.
+        compile: each cell step runs through ``torch.compile`` (eager, after one
+            ``RuntimeWarning``, where compiling is impossible).
+    """
+
+    fused_gates: bool = True
+    native_gates: bool = True
+    fused_conv: bool = True
+    matmul_input: bool = True
+    batch_input_conv: bool | None = None
+    skip_zero_state: bool = True
+    torch_lstm: bool = True
+    compile: bool = False
+
+
+IMPLEMENTATIONS: dict[str, Implementation] = {
+    "plain": Implementation(
+        fused_gates=False, native_gates=False, fused_conv=False, matmul_input=False,
+        batch_input_conv=True, skip_zero_state=False,
+    ),
+    "fused": Implementation(),
+    "compiled": Implementation(compile=True),
+}
+ImplementationArg = Union[str, Implementation]
+
+
+def check_implementation(value: ImplementationArg) -> ImplementationArg:
+    """``value`` if it names an implementation ("auto" or a key of :data:`IMPLEMENTATIONS`) or is one."""
+    if isinstance(value, Implementation) or (isinstance(value, str) and (value == "auto" or value in IMPLEMENTATIONS)):
+        return value
+    raise ValueError(
+        f"implementation: expected 'auto', {', '.join(repr(k) for k in IMPLEMENTATIONS)} or an Implementation, got {value!r}"
+    )
+
+
+def resolve_implementation(value: ImplementationArg, device_type: str) -> Implementation:
+    """The paths that ``value`` means on a device of type ``device_type`` ("cpu", "cuda", ...).
+
+    "auto" is "fused" on CPU and "plain" elsewhere: that is what the benchmark measured fastest
+    (docs/performance.md).
+    """
+    if isinstance(value, Implementation):
+        return value
+    if value == "auto":
+        value = "fused" if device_type == "cpu" else "plain"
+    return IMPLEMENTATIONS[value]
 
 
 @functools.cache  # the CPU does not change within a process; asked on every layer call under autocast
@@ -172,7 +245,7 @@ def lstm_gates(gates: Tensor, c: Tensor, use_native: bool = True, other: Tensor 
 
     With autograd, one custom backward node replaces about twenty autograd nodes; it is not
     differentiable twice (for double backward, e.g. gradient penalties, use
-    ``fused_gates=False``).
+    ``implementation="plain"``).
     """
     if torch.compiler.is_compiling():
         # inside torch.compile: plain differentiable operations, which inductor fuses forward and
@@ -190,24 +263,6 @@ def lstm_gates(gates: Tensor, c: Tensor, use_native: bool = True, other: Tensor 
     out_dtype = torch.promote_types(gates.dtype, c.dtype)
     *_, c_new, _, h = _gates_forward(gates, c, _compute_dtype(out_dtype), inplace=True)
     return h.to(out_dtype), c_new.to(out_dtype)
-
-
-# ---------------------------------------------------------------------------- memory format
-def resolve_memory_format(value: MemoryFormatArg, spatial_dims: int) -> torch.memory_format | None:
-    """``None``/"contiguous" → None (default strides); "channels_last" → the rank's format."""
-    if value is None or value == "contiguous" or value is torch.contiguous_format:
-        return None
-    if value in ("channels_last", torch.channels_last, torch.channels_last_3d):
-        if spatial_dims == 2:
-            return torch.channels_last
-        if spatial_dims == 3:
-            return torch.channels_last_3d
-        raise ValueError(f"memory_format='channels_last' needs spatial_dims 2 or 3, got spatial_dims={spatial_dims}")
-    raise ValueError(f"memory_format: expected None, 'contiguous' or 'channels_last', got {value!r}")
-
-
-def to_memory_format(t: Tensor, fmt: torch.memory_format | None) -> Tensor:
-    return t if fmt is None else t.contiguous(memory_format=fmt)
 
 
 # ---------------------------------------------------------------------------- torch.compile
@@ -273,18 +328,3 @@ class CompiledStep:
     def _fail(self, reason: str) -> None:
         self.failed = reason
         warnings.warn(f"torch.compile of {self.what} is unavailable ({reason}); running it eagerly", RuntimeWarning, stacklevel=3)
-
-
-def compile_cells(module: nn.Module, enabled: bool = True, **compile_kwargs: Any) -> nn.Module:
-    """Switch ``torch.compile`` of the per-step computation on (or off) for every cell in ``module``.
-
-    Works for any model built on :class:`~convlstm_vp.nn.ConvLSTMCell` (also for models such as
-    the encoder-forecaster that step cells themselves). ``compile_kwargs`` go to
-    ``torch.compile`` (e.g. ``mode="max-autotune"``). Returns ``module``.
-    """
-    from .cell import ConvLSTMCell
-
-    for m in module.modules():
-        if isinstance(m, ConvLSTMCell):
-            m.set_compile(enabled, **compile_kwargs)
-    return module

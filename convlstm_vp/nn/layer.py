@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import fast
-from .cell import ConvLSTMCell
+from .cell import ConvLSTMCell, set_implementation
+from .fast import Implementation, ImplementationArg, check_implementation
 from .controls import LayerControls
 from .functional import check_dtype_device, check_finite
 from .layout import (
@@ -68,21 +69,17 @@ class ConvLSTM(LayerControls, nn.Module):
         stateful: carry the final state into the next call (detached); ``reset_state()``
             forgets it.
         go_backwards: process the sequence backwards and return the reversed sequence (Keras).
-        fused: at rank 0, run layers whose cells compute plain LSTM equations with the fused
-            ``torch.lstm`` kernel (oneDNN / cuDNN). Numerically equal to the step loop.
-        batch_input_conv: True computes the input-to-state convolution of all ``T`` steps as
-            one batched call before the time loop (one large product instead of ``T`` small
-            ones); False steps each frame on its own, with one convolution over the
-            concatenated ``[x, h]`` per step where the cell allows it (``fused_conv``).
-            "auto" (default) steps frame by frame on CPU for rank 1-3 cells whose per-step
-            convolution is one ``[x, h]`` convolution or a small input matrix product (faster
-            there in ``scripts/benchmark.py``), and batches otherwise (GPU, rank 0, strided
-            cells). Same results either way.
-        skip_zero_state: without a given state the first step starts from ``h_0 = 0``, so its
-            state-to-state convolution is skipped (its result is zero). False computes it.
-        compile: run every cell's per-step computation through ``torch.compile``
-            (:func:`convlstm_vp.nn.compile_cells`); the first call compiles. Where compiling
-            is impossible a ``RuntimeWarning`` says why and the layer runs eagerly.
+        implementation: how the layer computes, never what (the same numbers either way):
+            "auto" (default) picks per device what ``scripts/benchmark.py`` measured fastest
+            ("fused" on CPU, "plain" elsewhere); "plain" runs the equations one operation at a
+            time with the input convolution of all steps batched; "fused" the fast paths (fused
+            gate arithmetic, a C kernel for it on CPU, one ``[x, h]`` convolution per step, no
+            state convolution from a zero state, ``torch.lstm`` at rank 0); "compiled" is
+            "fused" with every cell step through ``torch.compile`` (eager, after a
+            ``RuntimeWarning``, where compiling is impossible). An
+            :class:`~convlstm_vp.nn.Implementation` picks single paths (tests, benchmarks).
+            Rank-0 layers of plain LSTM cells always use ``torch.lstm`` (oneDNN / cuDNN) except
+            under an :class:`Implementation` with ``torch_lstm=False``.
         name: optional layer name, shown in ``repr``; :meth:`tag` builds TensorBoard tags
             from it (``layer.tag("grad_norm")`` → ``"encoder/grad_norm"``).
         trainable: False creates the layer frozen; :meth:`freeze` / :meth:`unfreeze` (or
@@ -141,10 +138,7 @@ class ConvLSTM(LayerControls, nn.Module):
         padding: Any = "same",
         dilation: Any = 1,
         recurrent_kernel_size: Any = None,
-        fused: bool = True,
-        batch_input_conv: bool | str = "auto",
-        skip_zero_state: bool = True,
-        compile: bool = False,
+        implementation: ImplementationArg = "auto",
         name: str | None = None,
         trainable: bool = True,
         store_gradients: bool = False,
@@ -165,8 +159,8 @@ class ConvLSTM(LayerControls, nn.Module):
             raise ValueError(f"num_layers: expected an int >= 1, got {num_layers!r}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
-        if "dropout" in cell_kwargs or "data_format" in cell_kwargs:
-            raise TypeError("pass the cell's input dropout as input_dropout=; data_format is the layer's own argument")
+        if "data_format" in cell_kwargs:
+            raise TypeError("data_format is the layer's own argument")
         if spatial_dims not in (0, 1, 2, 3):
             raise ValueError(f"spatial_dims: expected 0, 1, 2 or 3, got {spatial_dims!r}")
         self.in_channels = in_channels
@@ -182,11 +176,7 @@ class ConvLSTM(LayerControls, nn.Module):
         self.return_all_layers = return_all_layers
         self.stateful = stateful
         self.go_backwards = go_backwards
-        self.fused = fused
-        if batch_input_conv not in (True, False, "auto"):
-            raise ValueError(f"batch_input_conv: expected True, False or 'auto', got {batch_input_conv!r}")
-        self.batch_input_conv = batch_input_conv
-        self.skip_zero_state = skip_zero_state
+        check_implementation(implementation)
         self.check_finite = check_finite
         hidden = _per_layer(hidden_channels, num_layers, "hidden_channels")
         kernels = _per_layer(kernel_size, num_layers, "kernel_size")
@@ -209,17 +199,15 @@ class ConvLSTM(LayerControls, nn.Module):
                         padding=paddings[l],
                         dilation=dilations[l],
                         recurrent_kernel_size=rkernels[l],
-                        dropout=input_dropout,
+                        input_dropout=input_dropout,
                         recurrent_dropout=recurrent_dropout,
                         proj_size=proj_size,
+                        implementation=implementation,
                         **cell_kwargs,
                     )
                 )
             layer_in = (proj_size or hidden[l]) * self.num_directions
         self.cells = nn.ModuleList(cells)
-        if compile:
-            for cell in self.cells:
-                cell.set_compile(True)
         self.out_channels = layer_in
         self._state: tuple[Any, Any] | None = None
         self._init_controls(name=name, trainable=trainable, store_gradients=store_gradients, grad_scale=grad_scale)
@@ -264,6 +252,15 @@ class ConvLSTM(LayerControls, nn.Module):
                     if src.shape != dst.shape:
                         raise ValueError(f"{n}{sfx}: expected shape {tuple(dst.shape)}, got {tuple(src.shape)}")
                     dst.copy_(src)
+
+    @property
+    def implementation(self) -> ImplementationArg:
+        """The cells' ``implementation``; assigning one sets it on every cell."""
+        return self.cells[0].implementation
+
+    @implementation.setter
+    def implementation(self, value: ImplementationArg) -> None:
+        set_implementation(self, value)
 
     # ------------------------------------------------------------------ state
     def reset_state(self) -> None:
@@ -544,9 +541,10 @@ class ConvLSTM(LayerControls, nn.Module):
 
         ``last_only`` (no lengths): the output holds one step, each direction's final ``h``.
         """
+        paths = cells[0].paths(x.device.type)
         # torch.lstm has no oneDNN primitive for bfloat16 autocast on CPUs without native
         # bfloat16: there the step loop (the same equations) runs instead
-        if self.fused and all(c.is_plain_lstm() for c in cells) and not fast.cpu_bf16_autocast_emulated(x.device.type):
+        if paths.torch_lstm and all(c.is_plain_lstm() for c in cells) and not fast.cpu_bf16_autocast_emulated(x.device.type):
             return self._run_fused(cells, x, init, lengths)
         outs, hs, cs = [], [], []
         for d, cell in enumerate(cells):
@@ -557,18 +555,19 @@ class ConvLSTM(LayerControls, nn.Module):
             cs.append(c)
         return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), hs, cs
 
-    def _batches_input(self, cell: ConvLSTMCell, x: Tensor) -> bool:
+    @staticmethod
+    def _batches_input(cell: ConvLSTMCell, paths: Implementation, device_type: str) -> bool:
         """Whether to compute the input convolution of all steps in one call (``batch_input_conv``)."""
-        if self.batch_input_conv == "auto":
+        if paths.batch_input_conv is None:
             # CPU, rank >= 1, and the per-step convolution is one [x, h] convolution or a small
             # input matrix product: step frame by frame (measured faster by scripts/benchmark.py,
             # and no (B, T, 4H, ...) buffer, whose allocation page-faults on every call).
             # Elsewhere (GPU, rank 0, strided cells) one batched convolution over all steps.
-            per_step = x.device.type == "cpu" and cell.spatial_dims > 0 and (
-                (cell.fused_conv and cell._concat_ok) or cell._matmul_input
+            per_step = device_type == "cpu" and cell.spatial_dims > 0 and (
+                (paths.fused_conv and cell._concat_ok) or (paths.matmul_input and cell._matmul_ok)
             )
             return not per_step
-        return bool(self.batch_input_conv)
+        return paths.batch_input_conv
 
     def _run_cell(
         self,
@@ -585,7 +584,8 @@ class ConvLSTM(LayerControls, nn.Module):
             spatial = cell.output_spatial_size(x.shape[3:]) if cell.spatial_dims else ()
             # the state keeps the input's dtype: float32 under autocast, so c accumulates in float32
             state = cell.initial_state(b, spatial, x.device, x.dtype)
-        batched = self._batches_input(cell, x)
+        paths = cell.paths(x.device.type)
+        batched = self._batches_input(cell, paths, x.device.type)
         if batched:
             inputs, step_fn = cell.input_transform(x).unbind(1), cell.recurrent_step
         else:
@@ -598,7 +598,7 @@ class ConvLSTM(LayerControls, nn.Module):
             valid = (torch.arange(t, device=x.device).unsqueeze(1) < lengths.to(x.device).unsqueeze(0))
             valid = valid.reshape(t, *view)
         for step in range(t):
-            if step == 0 and zero_state and self.skip_zero_state:
+            if step == 0 and zero_state and paths.skip_zero_state:
                 h_new, c_new = cell.first_step(inputs[0], c, batched)  # h_0 = 0: no recurrent conv
             else:
                 h_new, c_new = step_fn(inputs[step], (h, c))
@@ -668,9 +668,46 @@ class ConvLSTM(LayerControls, nn.Module):
             s += f", proj_size={self.proj_size}"
         if self.dropout:
             s += f", dropout={self.dropout}"
-        if self.batch_input_conv != "auto":
-            s += f", batch_input_conv={self.batch_input_conv}"
-        if not self.skip_zero_state:
-            s += ", skip_zero_state=False"
+        if self.implementation != "auto":
+            s += f", implementation={self.implementation!r}"
         controls = self._controls_repr()
         return s + (", " + controls if controls else "")
+
+
+class _FixedRank(ConvLSTM):
+    """:class:`ConvLSTM` with ``spatial_dims`` fixed by the subclass (as Keras's ConvLSTM1D/2D/3D)."""
+
+    rank = 2
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int | list[int],
+        kernel_size: int | Sequence[int] | list = 3,
+        num_layers: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if "spatial_dims" in kwargs:
+            raise TypeError(f"{type(self).__name__} fixes spatial_dims={self.rank}; use ConvLSTM to choose it")
+        super().__init__(in_channels, hidden_channels, kernel_size, num_layers, spatial_dims=self.rank, **kwargs)
+
+
+class ConvLSTM1d(_FixedRank):
+    """ConvLSTM over sequences of 1-D signals ``(B, T, C, L)``: ``ConvLSTM(..., spatial_dims=1)``
+    (Keras ``ConvLSTM1D``). Arguments and call as :class:`ConvLSTM`."""
+
+    rank = 1
+
+
+class ConvLSTM2d(_FixedRank):
+    """ConvLSTM over sequences of frames ``(B, T, C, H, W)``: ``ConvLSTM(..., spatial_dims=2)``
+    (Keras ``ConvLSTM2D``). Arguments and call as :class:`ConvLSTM`."""
+
+    rank = 2
+
+
+class ConvLSTM3d(_FixedRank):
+    """ConvLSTM over sequences of volumes ``(B, T, C, D, H, W)``: ``ConvLSTM(..., spatial_dims=3)``
+    (Keras ``ConvLSTM3D``). Arguments and call as :class:`ConvLSTM`."""
+
+    rank = 3

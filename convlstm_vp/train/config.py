@@ -37,10 +37,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "deterministic": True,
     "progress": True,
     "device": "auto",  # auto | cpu | cuda
-    # torch.compile every ConvLSTM cell's step (convlstm_vp.nn.compile_cells), which can fuse a
-    # step's many small element-wise kernels on a GPU; the first steps compile (seconds to a
-    # minute); where compiling fails, a warning and eager steps
-    "compile": False,
+    # the ConvLSTM cells' computation paths (convlstm_vp.nn.Implementation): auto picks per
+    # device what the benchmark measured fastest; compiled runs every cell step through
+    # torch.compile (the first steps compile; where compiling fails, a warning and eager steps)
+    "implementation": "auto",  # auto | plain | fused | compiled
 }
 
 _CHOICES = {
@@ -49,11 +49,11 @@ _CHOICES = {
     ("train", "precision"): ("fp32", "bf16", "fp16", "auto"),
     ("train", "nan_policy"): ("stop", "skip"),
     ("train", "device"): ("auto", "cpu", "cuda"),
-    ("model", "memory_format"): ("contiguous", "channels_last"),
+    ("train", "implementation"): ("auto", "plain", "fused", "compiled"),
 }
 _POSITIVE = {("train", k) for k in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every")}
 _NON_NEGATIVE = {("train", k) for k in ("lr", "weight_decay", "grad_clip", "num_threads", "warmup_fraction")} | {
-    ("seed",), ("encoder_loss_weight",), ("l1_weight",), ("ssim_weight",), ("motion_loss_weight",)
+    ("seed",), ("encoder_loss_weight",), ("l1_weight",), ("motion_loss_weight",)
 }
 
 

@@ -39,7 +39,8 @@ import yaml
 from torch import Tensor, nn
 
 from ..nn.controls import regularization_loss
-from ..nn.fast import compile_cells, cpu_bf16_native
+from ..nn import set_implementation
+from ..nn.fast import cpu_bf16_native
 from ..nn.functional import NonFiniteInputError
 from .config import ConfigError, config_error
 from .checkpoint import (
@@ -253,8 +254,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 model = task.build_model().to(device)
             except (ValueError, TypeError) as exc:
                 raise config_error(exc, cfg, "building the model", ["model"]) from exc
-            if tc["compile"]:
-                compile_cells(model)
+            set_implementation(model, tc["implementation"])
             _check_model_accepts_batches(task, model, cfg, dist)
             if dist.rank:  # same initial weights everywhere, then one dropout/sampling stream per rank
                 _seed_everything(_rank_seed(seed, dist.rank))

@@ -46,9 +46,6 @@ DEFAULTS: dict[str, Any] = {
         # overrides it); training itself always runs at 1. Below 1 sharpens the kernels, so less
         # blur piles up over the horizon: SSIM up, MSE a little worse (README "Results")
         "eval_filter_temperature": 1.0,
-        # strides of the cells' convolutions: contiguous (NCHW) | channels_last (NHWC; no faster
-        # for gpu-openstl on an H100, README "Where a GPU training step's time goes")
-        "memory_format": "contiguous",
     },
     "data": {
         "root": "datasets",
@@ -104,7 +101,6 @@ def build_model(cfg: dict) -> EncoderForecaster:
         motion_input=m["motion_input"],
         output_activation=m["output_activation"],
         peephole=m["peephole"],
-        memory_format=m["memory_format"],
     )
 
 
