@@ -49,11 +49,10 @@ _CHOICES = {
     ("train", "precision"): ("fp32", "bf16", "fp16", "auto"),
     ("train", "nan_policy"): ("stop", "skip"),
     ("train", "device"): ("auto", "cpu", "cuda"),
-    ("model", "memory_format"): ("contiguous", "channels_last"),
 }
 _POSITIVE = {("train", k) for k in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every")}
 _NON_NEGATIVE = {("train", k) for k in ("lr", "weight_decay", "grad_clip", "num_threads", "warmup_fraction")} | {
-    ("seed",), ("encoder_loss_weight",), ("l1_weight",), ("ssim_weight",), ("motion_loss_weight",)
+    ("seed",), ("encoder_loss_weight",), ("l1_weight",), ("motion_loss_weight",)
 }
 
 
