@@ -124,6 +124,17 @@ def scheduled_sampling(spec: Sequence[float] | None, step: int) -> float:
     return start + (end - start) * frac
 
 
+def teacher_forcing(spec: Sequence[float] | None, step: int) -> float | Tensor:
+    """What a training step passes as ``EncoderForecaster.forecast(teacher_forcing=...)``: the
+    number 0 without a schedule; with one, :func:`scheduled_sampling` at ``step`` as a 0-dim
+    float64 tensor, which the model mixes in even once it is 0 (it cannot read it without a host
+    sync). So a run keeps one computation (the same coin draws, the same autograd graph) over its
+    whole schedule, bit for bit the one of the counter the model used to keep."""
+    if spec is None:
+        return 0.0
+    return torch.tensor(scheduled_sampling(spec, step), dtype=torch.float64)
+
+
 class MovingMNISTTask:
     """Batches are generated on the fly from the train digit pool, seeded by (seed, step, rank)."""
 
@@ -189,7 +200,7 @@ class MovingMNISTTask:
         t_in = self.cfg["model"]["input_frames"]
         x, y = batch[:, :t_in], batch[:, t_in:]
         w = self.cfg["encoder_loss_weight"]
-        forcing = scheduled_sampling(self.cfg["model"]["scheduled_sampling"], step)
+        forcing = teacher_forcing(self.cfg["model"]["scheduled_sampling"], step)
         # the model may be wrapped (DistributedDataParallel): forecast is reached through forward's wrapper
         out = _forecast(model, x, y, teacher_forcing=forcing, encoder_predictions=w > 0, offsets=motion is not None)
         pred = out.frames

@@ -28,7 +28,7 @@ from ..config import TRAIN_DEFAULTS, ConfigError
 from ..metrics import FrameMetrics
 from ..tb import TBLogger
 from .digit_images import captioned_tiles, digit_grid, save_png
-from .moving_mnist import LOSSES, check_scheduled_sampling, frame_loss, predict, scheduled_sampling
+from .moving_mnist import LOSSES, check_scheduled_sampling, frame_loss, predict, teacher_forcing
 from .moving_mnist import build_model as build_encoder_forecaster
 from .patch_classifier import DIGIT_SIZE, check_data_config
 from .patch_data import DATA_DEFAULTS, PatchDigitPool, subset_indices, test_patch_set
@@ -98,7 +98,7 @@ class PatchCompletionTask:
         batch = batch.to(next(model.parameters()).device)
         t_in = self.cfg["model"]["input_frames"]
         x, y = batch[:, :t_in], batch[:, t_in:]
-        pred = model(x, y, scheduled_sampling(self.cfg["model"]["scheduled_sampling"], step))
+        pred = model(x, y, teacher_forcing(self.cfg["model"]["scheduled_sampling"], step))
         return frame_loss(self.cfg["loss"], pred, y), {}
 
     @torch.no_grad()
