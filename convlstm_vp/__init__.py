@@ -1,7 +1,7 @@
 """convlstm_vp: spatiotemporal sequence learning with one N-dimensional ConvLSTM cell."""
 
 from .nn import L1, L2, L1L2, ConvLSTM, ConvLSTM1d, ConvLSTM2d, ConvLSTM3d, ConvLSTMCell, Regularizer, regularization_loss
-from .models import DeepConvLSTM, EncoderForecaster, PatchSequenceClassifier
+from .models import DeepConvLSTM, EncoderForecaster, Forecast, PatchSequenceClassifier
 
 __version__ = "0.1.0"
 
@@ -12,6 +12,7 @@ __all__ = [
     "ConvLSTM2d",
     "ConvLSTM3d",
     "EncoderForecaster",
+    "Forecast",
     "PatchSequenceClassifier",
     "DeepConvLSTM",
     "regularization_loss",

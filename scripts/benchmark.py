@@ -400,8 +400,8 @@ def deepconvlstm_model_config(device: torch.device, quick: bool) -> Config:
     channels, b, window = 113, 100, 24
     if quick:
         channels, b = 5, 4
-    kw = {"conv_mode": "per_channel"} if not quick else {"conv_mode": "per_channel", "conv_filters": 4, "lstm_hidden": 8}
-    filters, hidden = kw.get("conv_filters", 64), kw.get("lstm_hidden", 128)
+    kw = {"conv_mode": "per_channel"} if not quick else {"conv_mode": "per_channel", "conv_filters": 4, "hidden_channels": 8}
+    filters, hidden = kw.get("conv_filters", 64), kw.get("hidden_channels", 128)
     steps = window - 4 * 4
     conv = 0
     t, c_in = window, 1

@@ -6,7 +6,7 @@ Metrics (README, "Metrics"): MSE and MAE per frame summed over pixels and averag
 sequences, SSIM (11x11 Gaussian window) and PSNR, plus per-horizon curves. The all-zeros and
 copy-last-frame baselines on the same sequences are printed for reference. With --recognition, a
 digit classifier trained on the training digits reads each digit's 28x28 window in the predicted
-and in the true frames (README, "Metrics"). With --motion (filter heads, generated test set), the
+and in the true frames (README, "Metrics"). With --motion (dynamic-filter head, generated test set), the
 filter kernels' mean source offsets are compared with the digits' true motion.
 """
 
@@ -44,18 +44,17 @@ def main(argv=None) -> dict:
     p.add_argument("--filter-temperature", type=float, default=None,
                    help="softmax temperature of the filter kernels; below 1 sharpens them (default: the config's "
                         "model.eval_filter_temperature, 1 unless set)")
-    p.add_argument("--head", choices=["dynamic_filter", "warp"], default=None,
-                   help="render with this head instead of the trained one (the two share their kernels; default: as trained)")
+    p.add_argument("--render", choices=["filter", "warp"], default="filter",
+                   help="how a dynamic-filter model renders its frames: filter each previous prediction (default, as "
+                        "trained) or warp: move a displacement field with the same kernels and sample the last input once")
     p.add_argument("--motion", action="store_true",
-                   help="also report how far the filter kernels' mean source offsets are from the digits' true motion (filter heads)")
+                   help="also report how far the filter kernels' mean source offsets are from the digits' true motion (dynamic filter)")
     p.add_argument("--recognizer-epochs", type=int, default=6, help="training epochs of that classifier (default 6)")
     args = p.parse_args(argv)
     try:
         model, cfg = load_trained(args.checkpoint)
-        if args.filter_temperature is not None:
-            model.set_filter_temperature(args.filter_temperature)
-        if args.head:
-            model.set_head(args.head)
+        temperature = cfg["model"]["eval_filter_temperature"] if args.filter_temperature is None else args.filter_temperature
+        model.check_rendering(temperature, args.render)
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -76,10 +75,11 @@ def main(argv=None) -> dict:
     seqs = seqs[:, : t_in + t_out]
     x, y = seqs[:, :t_in], seqs[:, t_in:]
     if args.motion and model.head_type == "conv":
-        raise SystemExit("error: --motion needs a filter head (model.head dynamic_filter, composite or warp); this checkpoint's head is conv")
+        raise SystemExit("error: --motion needs the dynamic-filter head (model.head dynamic_filter); this checkpoint's head is conv")
     if args.motion and ds.standard_path is not None:
         raise SystemExit(f"error: --motion needs digit trajectories; the standard file {ds.standard_path} has none: add --standard-file no")
-    pred = predict(model, x, args.batch_size, args.precision or cfg["train"]["precision"], return_offsets=args.motion)
+    pred = predict(model, x, args.batch_size, args.precision or cfg["train"]["precision"], return_offsets=args.motion,
+                   filter_temperature=temperature, render=args.render)
     if args.motion:
         pred, offsets = pred
     results = {}
@@ -91,13 +91,14 @@ def main(argv=None) -> dict:
     out["baselines"] = {k: {m: results[k][m] for m in FrameMetrics.names} for k in ("zeros", "copy_last")}
     out["sequences"] = int(seqs.shape[0])
     out["digits"] = digits
-    out["filter_temperature"] = model.filter_temperature
+    out["filter_temperature"] = temperature
     out["head"] = model.head_type
+    out["render"] = args.render
     out["test_set"] = str(ds.standard_path) if ds.standard_path else f"generated (seed {args.seed}, test digits)"
 
     print(f"test set: {out['test_set']}, {out['sequences']} sequences, {digits} digits"
-          + (f", filter temperature {model.filter_temperature:g}" if model.filter_temperature != 1.0 else "")
-          + (f", head {args.head}" if args.head else ""))
+          + (f", filter temperature {temperature:g}" if temperature != 1.0 else "")
+          + (f", rendered by {args.render}" if args.render != "filter" else ""))
     print(f"{'':>10} {'MSE':>9} {'MAE':>9} {'SSIM':>7} {'PSNR':>7}")
     for name in ("model", "zeros", "copy_last"):
         r = results[name]

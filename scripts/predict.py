@@ -83,8 +83,9 @@ def main(argv=None) -> Path:
     p.add_argument("--input", required=True, help=".npy, .gif or a video file")
     p.add_argument("--output", required=True, help="out.gif, out.mp4, out.avi or out.npy")
     p.add_argument("--start", type=int, default=0, help="index of the first context frame")
-    p.add_argument("--head", choices=["dynamic_filter", "warp"], default=None,
-                   help="render with this head instead of the trained one (the two share their kernels; default: as trained)")
+    p.add_argument("--render", choices=["filter", "warp"], default="filter",
+                   help="how a dynamic-filter model renders its frames: filter each previous prediction (default, as "
+                        "trained) or warp: move a displacement field with the same kernels and sample the last input once")
     p.add_argument("--filter-temperature", type=float, default=None,
                    help="softmax temperature of the filter kernels; below 1 sharpens them (default: the config's "
                         "model.eval_filter_temperature, 1 unless set)")
@@ -92,10 +93,8 @@ def main(argv=None) -> Path:
     args = p.parse_args(argv)
     try:
         model, cfg = load_trained(args.checkpoint)
-        if args.filter_temperature is not None:
-            model.set_filter_temperature(args.filter_temperature)
-        if args.head:
-            model.set_head(args.head)
+        temperature = cfg["model"]["eval_filter_temperature"] if args.filter_temperature is None else args.filter_temperature
+        model.check_rendering(temperature, args.render)
         frames = read_frames(Path(args.input))
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -109,7 +108,7 @@ def main(argv=None) -> Path:
     resized = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
     seq = torch.from_numpy(resized).float().clamp(0, 1).unsqueeze(1)  # (T, 1, H, W)
     context = seq[args.start : args.start + t_in]
-    pred = predict(model, context.unsqueeze(0), 1, cfg["train"]["precision"])[0]
+    pred = predict(model, context.unsqueeze(0), 1, cfg["train"]["precision"], filter_temperature=temperature, render=args.render)[0]
     truth = seq[args.start + t_in : args.start + t_in + t_out]
     if truth.shape[0] < t_out:  # pad the missing future with blank frames
         truth = torch.cat([truth, torch.zeros(t_out - truth.shape[0], *truth.shape[1:])])

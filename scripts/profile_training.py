@@ -95,7 +95,7 @@ class Stepper:
         t = mark("data", t)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast:
-            loss, _ = self.task.training_step(self.model, batch)
+            loss, _ = self.task.training_step(self.model, batch, self.step_index)
         total = loss.float()
         t = mark("forward", t)
         self.scaler.scale(total).backward()

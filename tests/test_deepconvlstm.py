@@ -50,7 +50,7 @@ def test_per_channel_parameter_count_of_the_opportunity_model() -> None:
 )
 def test_forward_shapes(conv_mode: str, recurrent: str, features: tuple[int, ...]) -> None:
     torch.manual_seed(0)
-    model = DeepConvLSTM(7, 5, conv_filters=16, lstm_hidden=12, conv_mode=conv_mode, recurrent=recurrent)
+    model = DeepConvLSTM(7, 5, conv_filters=16, hidden_channels=12, conv_mode=conv_mode, recurrent=recurrent)
     x = torch.randn(3, 24, 7)
     assert model(x).shape == (3, 5)
     # four valid convolutions with kernel 5 shorten 24 samples to 8 steps
@@ -77,7 +77,7 @@ def test_recurrent_part_is_the_project_convlstm_layer() -> None:
 
 def test_rank0_recurrent_part_computes_torch_lstm() -> None:
     torch.manual_seed(1)
-    model = DeepConvLSTM(5, 3, conv_filters=8, lstm_hidden=10).eval()
+    model = DeepConvLSTM(5, 3, conv_filters=8, hidden_channels=10).eval()
     reference = nn.LSTM(8, 10, num_layers=2, batch_first=True)
     model.lstm.load_torch_lstm_weights(reference)
     seq = torch.randn(4, 9, 8)
@@ -100,7 +100,7 @@ def test_wrong_input_names_the_expected_shape() -> None:
 
 def test_dropout_acts_in_training_only() -> None:
     torch.manual_seed(2)
-    model = DeepConvLSTM(4, 3, conv_filters=8, lstm_hidden=8, dropout=0.5)
+    model = DeepConvLSTM(4, 3, conv_filters=8, hidden_channels=8, dropout=0.5)
     x = torch.randn(2, 20, 4)
     model.train()
     assert not torch.allclose(model(x), model(x))
@@ -112,7 +112,7 @@ def test_dropout_acts_in_training_only() -> None:
 def test_optimizer_steps_reduce_loss(conv_mode: str, recurrent: str) -> None:
     torch.manual_seed(3)
     model = DeepConvLSTM(
-        3, 2, conv_filters=8, conv_kernel=3, num_conv_layers=2, lstm_hidden=16, dropout=0.0,
+        3, 2, conv_filters=8, conv_kernel=3, num_conv_layers=2, hidden_channels=16, dropout=0.0,
         conv_mode=conv_mode, recurrent=recurrent,
     )
     x = torch.randn(16, 10, 3)
@@ -126,3 +126,46 @@ def test_optimizer_steps_reduce_loss(conv_mode: str, recurrent: str) -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_argument_names_match_the_other_models() -> None:
+    """in_channels / hidden_channels / num_classes as in EncoderForecaster and PatchSequenceClassifier;
+    the old names are gone (TypeError), and the config's old key is an unknown key."""
+    model = DeepConvLSTM(in_channels=5, num_classes=3, conv_filters=4, num_conv_layers=1, hidden_channels=6)
+    assert model.in_channels == 5 and model.hidden_channels == 6 and model.num_classes == 3
+    assert model.lstm.cells[0].hidden_channels == 6 and model.classifier.in_features == 6
+    assert "hidden_channels=6" in repr(model)
+    with pytest.raises(TypeError, match="lstm_hidden"):
+        DeepConvLSTM(5, 3, lstm_hidden=6)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="num_channels"):
+        DeepConvLSTM(num_channels=5, num_classes=3)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="hidden_channels: expected a positive int"):
+        DeepConvLSTM(5, 3, hidden_channels=0)
+
+    from convlstm_vp.train.config import ConfigError, merge
+    from convlstm_vp.train.tasks.sensors import DEFAULTS
+
+    assert merge(DEFAULTS, {"model": {"hidden_channels": 8}})["model"]["hidden_channels"] == 8
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.lstm_hidden'"):
+        merge(DEFAULTS, {"model": {"lstm_hidden": 8}})
+
+
+def test_dropout_is_on_the_features_between_layers_and_before_the_classifier() -> None:
+    """``dropout`` means what torch.nn.LSTM's does (features between layers; here also between the
+    convolutions and the LSTM, and before the linear layer), not dropout on the recurrent state."""
+    model = DeepConvLSTM(4, 3, conv_filters=8, num_conv_layers=1, hidden_channels=8, lstm_layers=2, dropout=0.3)
+    assert model.lstm.dropout == 0.3  # between the LSTM layers, as torch.nn.LSTM(dropout=)
+    assert all(c.dropout == 0.0 and c.recurrent_dropout == 0.0 for c in model.lstm.cells)  # no cell/state dropout
+    classifier = convlstm_vp.PatchSequenceClassifier(1, [4, 4], 3, num_classes=3, dropout=0.3)
+    assert classifier.convlstm.dropout == 0.3 and classifier.drop.p == 0.3
+    assert all(c.dropout == 0.0 and c.recurrent_dropout == 0.0 for c in classifier.convlstm.cells)
+
+
+def test_the_three_models_are_importable_from_the_package() -> None:
+    import convlstm_vp.models as models
+
+    for name in ("EncoderForecaster", "PatchSequenceClassifier", "DeepConvLSTM", "Forecast"):
+        assert getattr(convlstm_vp, name) is getattr(models, name)
+        assert name in convlstm_vp.__all__ and name in models.__all__
+    assert all(hasattr(convlstm_vp, n) for n in convlstm_vp.__all__)
+    assert all(hasattr(models, n) for n in models.__all__)

@@ -375,7 +375,7 @@ def _count_torch_lstm(monkeypatch) -> list:
 
 
 def test_deepconvlstm_rank0_recurrence_runs_the_fused_kernel(monkeypatch):
-    model = DeepConvLSTM(6, 4, conv_filters=8, lstm_hidden=16, num_conv_layers=2)
+    model = DeepConvLSTM(6, 4, conv_filters=8, hidden_channels=16, num_conv_layers=2)
     assert all(cell.is_plain_lstm() for cell in model.lstm.cells)
     calls = _count_torch_lstm(monkeypatch)
     model(torch.randn(3, 20, 6)).sum().backward()

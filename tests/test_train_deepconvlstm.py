@@ -41,7 +41,7 @@ def test_script_runs_end_to_end_on_the_tiny_config(tmp_path: Path) -> None:
     # metrics.json describes the final weights: re-evaluating the checkpoint gives the same numbers
     cfg = merge(DEFAULTS, ckpt["config"])
     _, test = load_splits(cfg)
-    model = build_model(cfg, num_channels=6, num_classes=4)
+    model = build_model(cfg, in_channels=6, num_classes=4)
     model.load_state_dict(ckpt["model"])
     again = evaluate_windows(model, test)
     for key in ("accuracy", "f1_macro", "f1_weighted"):
@@ -74,7 +74,7 @@ def test_opportunity_paper_config_trains_on_files_in_the_uci_layout(tmp_path: Pa
         _write_recording(folder / name, rows=40, rng=rng)
     run_dir = tmp_path / "run"
     overrides = {
-        "data.root": str(tmp_path / "data"), "model.conv_filters": 4, "model.lstm_hidden": 8,
+        "data.root": str(tmp_path / "data"), "model.conv_filters": 4, "model.hidden_channels": 8,
         "train.steps": 2, "train.batch_size": 16, "train.eval_every": 2, "train.checkpoint_every": 2,
         "train.progress": "false",
     }

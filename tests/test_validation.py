@@ -66,13 +66,13 @@ def test_convlstm_cell_rejects_non_finite_input_and_state() -> None:
 
 
 def test_encoder_forecaster_rejects_non_finite_frames_and_targets() -> None:
-    model = EncoderForecaster(1, [4], 3, patch_size=2, input_frames=3, output_frames=2, scheduled_sampling=(1.0, 0.0, 5))
+    model = EncoderForecaster(1, [4], 3, patch_size=2, input_frames=3, output_frames=2)
     frames, targets = torch.rand(2, 3, 1, 8, 8), torch.rand(2, 2, 1, 8, 8)
-    model(frames, targets)
+    model(frames, targets, teacher_forcing=0.5)
     with pytest.raises(ValueError, match=r"EncoderForecaster.*frames of shape \(2, 3, 1, 8, 8\)"):
         model(_poison(frames, float("nan")))
     with pytest.raises(ValueError, match=r"targets of shape \(2, 2, 1, 8, 8\)"):
-        model(frames, _poison(targets, float("inf")))
+        model(frames, _poison(targets, float("inf")), teacher_forcing=0.5)
     with pytest.raises(TypeError, match="floating-point"):
         model(frames.to(torch.uint8))
 
@@ -183,12 +183,12 @@ def test_dtype_mismatch_is_a_type_error_naming_both_dtypes() -> None:
 def test_models_name_their_own_input_when_it_holds_nan():
     from convlstm_vp.models import DeepConvLSTM, PatchSequenceClassifier
 
-    dcl = DeepConvLSTM(6, 3, conv_filters=4, num_conv_layers=2, lstm_hidden=5)
+    dcl = DeepConvLSTM(6, 3, conv_filters=4, num_conv_layers=2, hidden_channels=5)
     windows = torch.rand(2, 24, 6)
     windows[1, 3, 2] = float("nan")
     with pytest.raises(NonFiniteInputError, match=r"DeepConvLSTM .*windows of shape \(2, 24, 6\) holds 1 NaN"):
         dcl(windows)
-    assert torch.isnan(DeepConvLSTM(6, 3, conv_filters=4, num_conv_layers=2, lstm_hidden=5, check_finite=False)(windows)).any()
+    assert torch.isnan(DeepConvLSTM(6, 3, conv_filters=4, num_conv_layers=2, hidden_channels=5, check_finite=False)(windows)).any()
     psc = PatchSequenceClassifier(1, [4])
     patches = torch.rand(2, 16, 1, 7, 7)
     patches[0, 5, 0, 1, 1] = float("inf")

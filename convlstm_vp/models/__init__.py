@@ -2,7 +2,7 @@
 sequence classifier and DeepConvLSTM (sensor activity recognition)."""
 
 from .deepconvlstm import DeepConvLSTM
-from .encoder_forecaster import EncoderForecaster
+from .encoder_forecaster import EncoderForecaster, Forecast
 from .patch_classifier import PatchSequenceClassifier
 
-__all__ = ["EncoderForecaster", "PatchSequenceClassifier", "DeepConvLSTM"]
+__all__ = ["EncoderForecaster", "Forecast", "PatchSequenceClassifier", "DeepConvLSTM"]

@@ -8,13 +8,14 @@ Reads top to bottom:
 2. ``num_conv_layers`` convolutions over time only (kernel ``(conv_kernel, 1)``, "valid", ReLU,
    no pooling): each shortens the window by ``conv_kernel - 1`` samples (24 → 8 for the paper).
 3. The recurrent part is the project's :class:`~convlstm_vp.nn.ConvLSTM` layer with
-   ``lstm_layers`` layers of ``lstm_hidden`` units:
+   ``lstm_layers`` layers of ``hidden_channels`` units:
    ``recurrent="rank0"`` (the paper) flattens filters x sensor columns into one feature vector
    per step and runs a plain LSTM (the fused ``torch.lstm`` path); ``recurrent="rank1"`` keeps
    the sensor columns as a 1-D spatial axis and runs a ConvLSTM1D whose gates are convolutions
    of size ``recurrent_kernel`` over the sensor axis.
-4. Dropout on the recurrent part's input, between its layers and on its last step, then one
-   linear layer on the last step gives the class logits.
+4. Dropout on the features between layers — the convolutions' output that the recurrent part
+   reads, between its layers and on its last step — then one linear layer on the last step gives
+   the class logits.
 """
 
 from __future__ import annotations
@@ -36,22 +37,23 @@ class DeepConvLSTM(nn.Module):
     """Convolutions over time, a 2-layer (Conv)LSTM, a linear layer on the last step.
 
     Args:
-        num_channels: sensor channels ``C`` of a window (113 for OPPORTUNITY).
+        in_channels: sensor channels ``C`` of a window (113 for OPPORTUNITY).
         num_classes: classes to score (18 gestures for OPPORTUNITY).
         conv_filters: filters of every temporal convolution (64).
         conv_kernel: length of the temporal kernel (5); the kernel is ``(conv_kernel, 1)``.
         num_conv_layers: number of temporal convolutions (4).
-        lstm_hidden: hidden units of every recurrent layer (128).
+        hidden_channels: hidden units (rank 0) or channels (rank 1) of every recurrent layer (128).
         lstm_layers: number of recurrent layers (2).
-        dropout: dropout probability on the recurrent part's input, between its layers and
-            before the linear layer (0.5).
+        dropout: dropout probability on the features between layers (as ``torch.nn.LSTM``'s
+            ``dropout``, here also between the convolutions and the recurrent part) and before
+            the linear layer (0.5); not on the recurrent state.
         conv_mode: ``"mixed"``: the first convolution mixes all sensors (input channels ``C``),
             the recurrent part sees ``conv_filters`` features per step. ``"per_channel"``: every
             sensor is convolved on its own (input channel 1), the recurrent part sees
             ``conv_filters * C`` features per step, as in the paper.
         recurrent: ``"rank0"``: plain LSTM over the flattened features; ``"rank1"``: ConvLSTM1D
             over the sensor axis (``C`` columns in ``per_channel`` mode, 1 in ``mixed`` mode),
-            followed by a linear layer on the ``lstm_hidden * columns`` last-step features.
+            followed by a linear layer on the ``hidden_channels * columns`` last-step features.
         recurrent_kernel: rank 1 only: kernel of the recurrent convolutions over the sensor
             axis ("same" padding).
         check_finite: raise :class:`~convlstm_vp.nn.NonFiniteInputError` (a ``ValueError``)
@@ -65,12 +67,12 @@ class DeepConvLSTM(nn.Module):
 
     def __init__(
         self,
-        num_channels: int,
+        in_channels: int,
         num_classes: int,
         conv_filters: int = 64,
         conv_kernel: int = 5,
         num_conv_layers: int = 4,
-        lstm_hidden: int = 128,
+        hidden_channels: int = 128,
         lstm_layers: int = 2,
         dropout: float = 0.5,
         conv_mode: ConvMode = "mixed",
@@ -81,11 +83,11 @@ class DeepConvLSTM(nn.Module):
         super().__init__()
         self.check_finite = bool(check_finite)
         for what, v in (
-            ("num_channels", num_channels),
+            ("in_channels", in_channels),
             ("num_classes", num_classes),
             ("conv_filters", conv_filters),
             ("conv_kernel", conv_kernel),
-            ("lstm_hidden", lstm_hidden),
+            ("hidden_channels", hidden_channels),
             ("lstm_layers", lstm_layers),
             ("recurrent_kernel", recurrent_kernel),
         ):
@@ -99,12 +101,12 @@ class DeepConvLSTM(nn.Module):
             raise ValueError(f"recurrent: expected 'rank0' or 'rank1', got {recurrent!r}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
-        self.num_channels = num_channels
+        self.in_channels = in_channels
         self.num_classes = num_classes
         self.conv_filters = conv_filters
         self.conv_kernel = conv_kernel
         self.num_conv_layers = num_conv_layers
-        self.lstm_hidden = lstm_hidden
+        self.hidden_channels = hidden_channels
         self.lstm_layers = lstm_layers
         self.dropout = float(dropout)
         self.conv_mode = conv_mode
@@ -112,8 +114,8 @@ class DeepConvLSTM(nn.Module):
         self.recurrent_kernel = recurrent_kernel
 
         # (B, C_in, T, S) maps: C_in = sensors and S = 1 ("mixed"), or C_in = 1 and S = sensors.
-        conv_in = num_channels if conv_mode == "mixed" else 1
-        self.columns = 1 if conv_mode == "mixed" else num_channels
+        conv_in = in_channels if conv_mode == "mixed" else 1
+        self.columns = 1 if conv_mode == "mixed" else in_channels
         convs = []
         for _ in range(num_conv_layers):
             convs.append(nn.Conv2d(conv_in, conv_filters, kernel_size=(conv_kernel, 1)))
@@ -123,16 +125,16 @@ class DeepConvLSTM(nn.Module):
 
         if recurrent == "rank0":
             self.lstm = ConvLSTM(
-                features * self.columns, lstm_hidden, num_layers=lstm_layers, spatial_dims=0,
+                features * self.columns, hidden_channels, num_layers=lstm_layers, spatial_dims=0,
                 dropout=self.dropout, return_sequences=False, check_finite=False,
             )
-            head_in = lstm_hidden
+            head_in = hidden_channels
         else:
             self.lstm = ConvLSTM(
-                features, lstm_hidden, recurrent_kernel, num_layers=lstm_layers, spatial_dims=1,
+                features, hidden_channels, recurrent_kernel, num_layers=lstm_layers, spatial_dims=1,
                 padding="same", dropout=self.dropout, return_sequences=False, check_finite=False,
             )
-            head_in = lstm_hidden * self.columns
+            head_in = hidden_channels * self.columns
         self.classifier = nn.Linear(head_in, num_classes)
 
     @property
@@ -146,9 +148,9 @@ class DeepConvLSTM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, T, C)`` windows → ``(B, num_classes)`` logits (unbatched ``(T, C)`` → ``(num_classes,)``)."""
-        if x.dim() not in (2, 3) or x.shape[-1] != self.num_channels or x.shape[-2] < self.min_window:
+        if x.dim() not in (2, 3) or x.shape[-1] != self.in_channels or x.shape[-2] < self.min_window:
             raise ValueError(
-                f"DeepConvLSTM expects windows (B, T, C) or unbatched (T, C) with C={self.num_channels} "
+                f"DeepConvLSTM expects windows (B, T, C) or unbatched (T, C) with C={self.in_channels} "
                 f"and T >= {self.min_window}, got shape {tuple(x.shape)}"
             )
         if self.check_finite:  # here, on the windows, rather than inside on the convolved features
@@ -174,6 +176,6 @@ class DeepConvLSTM(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.num_channels}, {self.num_classes}, conv_mode={self.conv_mode!r}, "
+            f"{self.in_channels}, {self.num_classes}, hidden_channels={self.hidden_channels}, conv_mode={self.conv_mode!r}, "
             f"recurrent={self.recurrent!r}, dropout={self.dropout}"
         )

@@ -6,9 +6,9 @@ Reads top to bottom:
 2. Encoder: a :class:`~convlstm_vp.nn.ConvLSTM` stack reads the ``input_frames`` frames; its
    final ``(h, c)`` per layer initialise the forecaster (the "copy" of Shi et al.).
 3. Forecaster: a second stack of cells steps ``output_frames`` times. Its input at each step is
-   the previous frame: the last observed one first, then its own prediction — or, in training
-   with scheduled sampling, the true frame with probability ``eta`` (the model keeps the
-   schedule; callers only pass ``targets``).
+   the previous frame: the last observed one first, then its own prediction — or, with
+   ``teacher_forcing`` > 0 and ``targets`` (scheduled sampling in training), the true previous
+   frame with that probability. The caller passes the probability; the model keeps no schedule.
 4. Head: the hidden states of all forecaster layers are concatenated and mixed by a 1x1
    convolution. With ``head="conv"`` (Shi et al.) its output is the patched frame itself, then
    ``unpatchify`` and the output activation. With ``head="dynamic_filter"`` (De Brabandere et al.
@@ -17,22 +17,22 @@ Reads top to bottom:
    previous full-resolution frame around each of the cell's p x p pixels. The model then
    predicts *where each pixel comes from* rather than drawing the frame: on Moving MNIST it
    learns the digits' motion quickly and keeps them sharp, and an empty background stays 0.
-   ``head="composite"`` adds what a warp cannot do, in the manner of the compositing masks of
-   Finn et al. (2016, CDNA): the same 1x1 convolution also draws a frame (sigmoid) and a
-   per-pixel mask (sigmoid), and the prediction is ``mask * filtered + (1 - mask) * drawn``, so
-   the model can redraw what the previous frame lost (digits that overlapped, blur).
-   ``head="warp"`` keeps the same kernels but does not filter its own predictions: each kernel
-   moves a per-pixel displacement field (a pixel's new displacement is its kernel's average of
-   tap offset plus the displacement found there), and the frame is the last observed frame (or
-   the last teacher-forced one) sampled bilinearly at it (``sample_displaced``). Kernels that mix
-   a 2 px and a 3 px step then read 2.5 px per step, and after ten steps one sharp sample, where
-   repeated filtering would have spread the digit over a ten-step binomial blur.
+
+Prediction-time settings of a dynamic-filter model are arguments of :meth:`EncoderForecaster.predict`
+/ :meth:`~EncoderForecaster.forecast`, not state: ``filter_temperature`` (the kernels are
+``softmax(logits / T)``) and ``render``. ``render="filter"`` filters each previous prediction;
+``render="warp"`` uses the same kernels to move a per-pixel displacement field instead (a pixel's
+new displacement is its kernel's average of tap offset plus the displacement found there), and
+the frame is the last observed frame (or the last teacher-forced one) sampled bilinearly at it
+(``sample_displaced``). Kernels that mix a 2 px and a 3 px step then read 2.5 px per step, and
+after ten steps one sharp sample, where repeated filtering would have spread the digit over a
+ten-step binomial blur.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -58,10 +58,24 @@ def unpatchify(x: Tensor, patch_size: int) -> Tensor:
     return rearrange(x, "b t (c p1 p2) h w -> b t c (h p1) (w p2)", p1=patch_size, p2=patch_size)
 
 
-HEADS = ("conv", "dynamic_filter", "composite", "warp")
-# initial bias of the composite head's mask logits: start close to the pure dynamic filter
-COMPOSITE_MASK_BIAS = 2.0
-COMPOSITE_DRAW_BIAS = -4.0
+HEADS = ("conv", "dynamic_filter")
+RENDERS = ("filter", "warp")
+
+
+class Forecast(NamedTuple):
+    """What :meth:`EncoderForecaster.forecast` returns; a field not asked for is ``None``.
+
+    frames: the predicted frames ``(B, output_frames, C, H, W)`` in the model's ``data_format``.
+    encoder_frames: the encoder's one-step-ahead predictions of input frames
+        ``1 .. input_frames-1``, ``(B, input_frames - 1, C, H, W)`` (``encoder_predictions=True``).
+    offsets: float32 ``(B, T', 2, H/p, W/p)``, the mean source offset ``(dy, dx)`` in pixels of
+        every filter kernel (``offsets=True``): the encoder's ``input_frames - 1`` steps first when
+        ``encoder_predictions`` is set, then the ``output_frames`` predicted ones.
+    """
+
+    frames: Tensor
+    encoder_frames: Tensor | None = None
+    offsets: Tensor | None = None
 
 
 def apply_dynamic_filter(frame: Tensor, weights: Tensor) -> Tensor:
@@ -128,33 +142,25 @@ class EncoderForecaster(nn.Module):
         input_frames, output_frames: frames observed and frames predicted.
         data_format: "channels_first" ``(B, T, C, H, W)`` or "channels_last" ``(B, T, H, W, C)``.
         output_activation: applied to the predicted frames; ``None`` picks "sigmoid" (frames in
-            [0, 1]) for ``head="conv"`` and "identity" for the other heads, whose output (a
-            convex combination of pixels of the previous frame, and of a drawn frame) is
-            already in range.
-        head: "conv" (the 1x1 convolution draws the frame), "dynamic_filter" (it gives a
-            per-pixel kernel applied to the previous frame), "composite" (that filtered frame
-            blended with a drawn one through a learned mask) or "warp" (the kernels carry a
-            displacement field; the last observed frame sampled at it); see the module docstring.
-        filter_size: odd kernel side for the filter heads; it bounds the motion per
-            frame it can express (9 covers 4 px, Moving MNIST moves 3.6 px per frame).
-        filter_temperature: the kernels are ``softmax(logits / filter_temperature)``; below 1
-            sharpens them. Meant for prediction with a trained model (``set_filter_temperature``,
-            which ``evaluate.py`` / ``predict.py --filter-temperature`` call): less blur
-            accumulates over the horizon when each step mixes fewer pixels.
-        motion_input: the cells read each frame joined on channels by its difference to the
-            frame before it (zero for the first input frame), so motion is an input rather than
-            something the first layer must recover from its state.
-        scheduled_sampling: ``(start, end, steps)``: in training, the probability of feeding the
-            true previous frame decays linearly from ``start`` to ``end`` over ``steps``
-            training calls; ``None`` always feeds the model's own prediction.
+            [0, 1]) for ``head="conv"`` and "identity" for ``head="dynamic_filter"``, whose output
+            (a convex combination of pixels of the previous frame) is already in range.
+        head: "conv" (the 1x1 convolution draws the frame) or "dynamic_filter" (it gives a
+            per-pixel kernel applied to the previous frame); see the module docstring.
+        filter_size: odd kernel side of the dynamic filter; it bounds the motion per frame it
+            can express (9 covers 4 px, Moving MNIST moves 3.6 px per frame).
         check_finite: raise :class:`~convlstm_vp.nn.NonFiniteInputError` (a ``ValueError``)
             when ``frames`` or ``targets`` hold NaN/Inf (one ``isfinite().all()`` each).
-        **cell_kwargs: passed to every cell (peephole, activations, initializers, ...).
+        **cell_kwargs: passed to both :class:`~convlstm_vp.nn.ConvLSTM` stacks (peephole,
+            activations, initializers, ...).
 
-    ``forward(frames, targets=None) -> predictions``:
-        frames: ``(B, input_frames, C, H, W)`` in ``data_format``; H and W divisible by patch_size.
-        targets: ``(B, output_frames, C, H, W)``, used only for scheduled sampling in training.
-        predictions: ``(B, output_frames, C, H, W)`` in ``data_format``.
+    Calls (shapes in ``data_format``; ``frames`` ``(B, input_frames, C, H, W)`` with H and W
+    divisible by ``patch_size``, ``targets`` ``(B, output_frames, C, H, W)``):
+
+    - ``forward(frames, targets=None, teacher_forcing=0.0) -> Tensor``: the predicted frames
+      ``(B, output_frames, C, H, W)``; the training call.
+    - :meth:`forecast`: the same, plus on request the encoder's predictions and the kernels'
+      offsets, as a :class:`Forecast`; and the prediction-time ``filter_temperature`` / ``render``.
+    - :meth:`predict`: frames for inference (eval mode, no gradients) with those settings.
     """
 
     def __init__(
@@ -170,9 +176,6 @@ class EncoderForecaster(nn.Module):
         output_activation: str | None = None,
         head: str = "conv",
         filter_size: int = 9,
-        filter_temperature: float = 1.0,
-        motion_input: bool = False,
-        scheduled_sampling: Sequence[float] | None = None,
         check_finite: bool = True,
         **cell_kwargs: Any,
     ) -> None:
@@ -189,14 +192,6 @@ class EncoderForecaster(nn.Module):
             raise ValueError(f"filter_size: expected an odd positive int, got {filter_size!r}")
         if output_activation is None:
             output_activation = "sigmoid" if head == "conv" else "identity"
-        if not isinstance(motion_input, bool):
-            raise TypeError(f"motion_input: expected a bool, got {motion_input!r}")
-        if scheduled_sampling is not None:
-            if len(scheduled_sampling) != 3:
-                raise ValueError(f"scheduled_sampling: expected (start, end, steps), got {scheduled_sampling!r}")
-            start, end, steps = scheduled_sampling
-            if not (0 <= end <= 1 and 0 <= start <= 1 and steps > 0):
-                raise ValueError(f"scheduled_sampling: probabilities in [0, 1] and steps > 0, got {scheduled_sampling!r}")
         self.in_channels = in_channels
         self.hidden_channels = hidden
         self.patch_size = patch_size
@@ -207,62 +202,14 @@ class EncoderForecaster(nn.Module):
         self._out_act = get_activation(output_activation, "output_activation")
         self.head_type = head
         self.filter_size = filter_size if head != "conv" else None
-        self.motion_input = motion_input
-        self.set_filter_temperature(filter_temperature)
-        self.scheduled_sampling = tuple(scheduled_sampling) if scheduled_sampling is not None else None
         self.check_finite = check_finite
         kernels = kernel_size if isinstance(kernel_size, list) else [kernel_size] * len(hidden)
         c = in_channels * patch_size * patch_size
-        # with motion_input the cells also read the difference to the previous frame
-        c_in = 2 * c if motion_input else c
         # the frames are checked once here, not again by the inner layers
-        self.encoder = ConvLSTM(c_in, hidden, list(kernels), spatial_dims=2, name="encoder", check_finite=False, return_all_layers=True, **cell_kwargs)
-        self.forecaster = ConvLSTM(c_in, hidden, list(kernels), spatial_dims=2, name="forecaster", check_finite=False, **cell_kwargs)
-        # the dynamic filter has one kernel per patch cell, shared by its p x p pixels; the
-        # composite head adds a drawn patched frame and a patched mask (c channels each)
-        kk = filter_size * filter_size if head != "conv" else 0
-        head_out = {"conv": c, "dynamic_filter": kk, "composite": kk + 2 * c, "warp": kk}[head]
-        self.head = nn.Conv2d(sum(hidden), head_out, kernel_size=1)
-        if head == "composite":
-            with torch.no_grad():  # start near the plain filter: mask ~0.88, drawn frame ~0.02
-                self.head.bias[kk : kk + c].fill_(COMPOSITE_DRAW_BIAS)
-                self.head.bias[kk + c :].fill_(COMPOSITE_MASK_BIAS)
-        # number of training calls seen, drives the scheduled-sampling probability
-        self.register_buffer("sampling_updates", torch.zeros((), dtype=torch.long))
-
-    def set_filter_temperature(self, value: float) -> None:
-        """Set the softmax temperature of the filter kernels (see the class docstring)."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-            raise ValueError(f"filter_temperature: expected a finite number > 0, got {value!r}")
-        if self.head_type == "conv" and value != 1.0:
-            raise ValueError(f"filter_temperature: head='conv' has no filter kernels to sharpen, got {value!r}")
-        self.filter_temperature = float(value)
-
-    def set_head(self, head: str) -> None:
-        """Switch between the two heads that share their parameters, ``"dynamic_filter"`` and
-        ``"warp"`` (the same kernels: filtering the previous prediction, or moving a displacement
-        field and sampling the last observed frame once). Meant for prediction with a trained
-        model (``evaluate.py`` / ``predict.py --head``): the filter head's kernels then render
-        sharp frames instead of frames whose blur piles up over the horizon."""
-        shared = ("dynamic_filter", "warp")
-        if head not in shared or self.head_type not in shared:
-            raise ValueError(f"set_head: only {shared} share their parameters; this model's head is {self.head_type!r}, asked for {head!r}")
-        self.head_type = head
-
-    def teacher_forcing_probability(self) -> float:
-        """Current probability of feeding the true previous frame in training (0 if disabled)."""
-        if self.scheduled_sampling is None:
-            return 0.0
-        return float(self._teacher_forcing_tensor())
-
-    def _teacher_forcing_tensor(self) -> Tensor:
-        """The teacher-forcing probability as a 0-dim float64 tensor on the buffer's device:
-        forward uses it without reading the counter back to the host (on a GPU each read waits
-        for all queued work)."""
-        assert self.scheduled_sampling is not None
-        start, end, steps = self.scheduled_sampling
-        frac = (self.sampling_updates.double() / float(steps)).clamp(max=1.0)
-        return start + (end - start) * frac
+        self.encoder = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="encoder", check_finite=False, return_all_layers=True, **cell_kwargs)
+        self.forecaster = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="forecaster", check_finite=False, **cell_kwargs)
+        # the dynamic filter has one kernel per patch cell, shared by its p x p pixels
+        self.head = nn.Conv2d(sum(hidden), c if head == "conv" else filter_size * filter_size, kernel_size=1)
 
     def _check(self, x: Tensor, frames: int, what: str) -> Tensor:
         expected = describe_sequence(2, True, self.data_format)
@@ -282,119 +229,170 @@ class EncoderForecaster(nn.Module):
             check_finite(x, what, "EncoderForecaster (check_finite=True)")
         return x
 
-    def forward(
+    def check_rendering(self, filter_temperature: float = 1.0, render: str = "filter") -> float:
+        """Check prediction-time settings for this model (as :meth:`forecast` does, so that a
+        script can fail before its work); returns the temperature as a float. ValueError: a
+        temperature that is not a finite number > 0, an unknown ``render``, or for the conv head
+        anything but 1 and "filter"."""
+        if isinstance(filter_temperature, bool) or not isinstance(filter_temperature, (int, float)) or not 0 < filter_temperature < float("inf"):
+            raise ValueError(f"filter_temperature: expected a finite number > 0, got {filter_temperature!r}")
+        if render not in RENDERS:
+            raise ValueError(f"render: expected one of {RENDERS}, got {render!r}")
+        if self.head_type == "conv" and filter_temperature != 1.0:
+            raise ValueError(f"filter_temperature: head='conv' has no filter kernels to sharpen, got {filter_temperature!r}")
+        if self.head_type == "conv" and render != "filter":
+            raise ValueError(f"render: head='conv' draws its frames; render={render!r} needs head='dynamic_filter'")
+        return float(filter_temperature)
+
+    def forward(self, frames: Tensor, targets: Tensor | None = None, teacher_forcing: float | Tensor = 0.0) -> Tensor:
+        """Predicted frames ``(B, output_frames, C, H, W)``; ``forecast(...).frames``."""
+        return self.forecast(frames, targets, teacher_forcing=teacher_forcing).frames
+
+    @torch.no_grad()
+    def predict(self, frames: Tensor, *, filter_temperature: float = 1.0, render: str = "filter") -> Tensor:
+        """Predicted frames for inference: runs in eval mode (restoring the module's mode after)
+        and without gradients.
+
+        Args:
+            frames: ``(B, input_frames, C, H, W)`` in ``data_format``.
+            filter_temperature: dynamic filter only: the kernels are ``softmax(logits /
+                filter_temperature)``; below 1 sharpens them, so less blur accumulates over the
+                horizon. The conv head accepts only 1.
+            render: "filter" (filter each previous prediction, as in training) or, dynamic filter
+                only, "warp" (the same kernels move a displacement field; the last observed frame
+                is sampled once at it; see the module docstring).
+
+        Returns:
+            ``(B, output_frames, C, H, W)``.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            return self.forecast(frames, filter_temperature=filter_temperature, render=render).frames
+        finally:
+            self.train(was_training)
+
+    def forecast(
         self,
         frames: Tensor,
         targets: Tensor | None = None,
-        return_encoder_predictions: bool = False,
-        return_offsets: bool = False,
-    ) -> Tensor | tuple[Tensor, ...]:
-        """Predict ``output_frames`` frames; see the class docstring for shapes.
+        *,
+        teacher_forcing: float | Tensor = 0.0,
+        encoder_predictions: bool = False,
+        offsets: bool = False,
+        filter_temperature: float = 1.0,
+        render: str = "filter",
+    ) -> Forecast:
+        """Predict ``output_frames`` frames, and what else is asked for.
 
-        With ``return_encoder_predictions=True`` also return the encoder's one-step-ahead
-        predictions of input frames ``1 .. input_frames-1`` (the same head applied to the
-        encoder's hidden states), ``(B, input_frames - 1, C, H, W)``: an auxiliary training target
-        that gives the encoder a signal at every input step.
+        Args:
+            frames: ``(B, input_frames, C, H, W)`` in ``data_format``.
+            targets: the true next frames ``(B, output_frames, C, H, W)``; read only when
+                ``teacher_forcing`` is not the number 0.
+            teacher_forcing: probability (a number in [0, 1], or a 0-dim tensor, which is not read
+                back to the host) of feeding the forecaster the true previous frame instead of its
+                own prediction, drawn per sequence and step (scheduled sampling; the training task
+                computes it from its schedule). Anything but the number 0 needs ``targets`` and
+                draws ``output_frames - 1`` coins per sequence from the torch RNG.
+            encoder_predictions: also return the encoder's one-step-ahead predictions of input
+                frames ``1 .. input_frames-1`` (the same head applied to the encoder's hidden
+                states): an auxiliary training target that gives the encoder a signal at every step.
+            offsets: dynamic filter only: also return the mean source offset of every kernel,
+                where on average each patch cell reads the frame before it: the motion the model
+                predicts, for a loss against the true motion (``motion_loss_weight`` in training).
+            filter_temperature, render: prediction-time settings of the dynamic filter (see
+                :meth:`predict`); the conv head needs 1 and "filter".
 
-        With ``return_offsets=True`` (filter heads only) also return the mean source offset of
-        every filter kernel, float32 ``(B, T', 2, H/p, W/p)`` as ``(dy, dx)`` in pixels: where, on
-        average, each patch cell of each predicted frame reads the frame before it. ``T'`` covers
-        the predicted frames, preceded by the encoder's ``input_frames - 1`` when
-        ``return_encoder_predictions`` is set. It is the motion the model predicts, for a loss
-        against the true motion (``motion_loss_weight`` in the training config).
-
-        Returns ``y``, ``(y, encoder_predictions)``, ``(y, offsets)`` or
-        ``(y, encoder_predictions, offsets)``.
+        Returns:
+            :class:`Forecast` ``(frames, encoder_frames, offsets)``, ``None`` where not asked for.
         """
-        if return_offsets and self.head_type == "conv":
-            raise ValueError("return_offsets: head='conv' has no filter kernels, so no offsets; use head='dynamic_filter', 'composite' or 'warp'")
+        temperature = self.check_rendering(filter_temperature, render)
+        if offsets and self.head_type == "conv":
+            raise ValueError("offsets: head='conv' has no filter kernels, so no offsets; use head='dynamic_filter'")
+        forcing = not (isinstance(teacher_forcing, (int, float)) and not isinstance(teacher_forcing, bool) and teacher_forcing == 0)
+        if forcing:
+            if isinstance(teacher_forcing, Tensor):
+                if teacher_forcing.dim() != 0:
+                    raise ValueError(f"teacher_forcing: expected a number or a 0-dim tensor, got shape {tuple(teacher_forcing.shape)}")
+            elif isinstance(teacher_forcing, bool) or not isinstance(teacher_forcing, (int, float)) or not 0 <= teacher_forcing <= 1:
+                raise ValueError(f"teacher_forcing: expected a probability in [0, 1], got {teacher_forcing!r}")
+            if targets is None:
+                raise ValueError("teacher_forcing: feeding true frames needs targets (B, output_frames, C, H, W)")
         x = self._check(frames, self.input_frames, "frames")
+        true_frames = self._check(targets, self.output_frames, "targets") if forcing else None
+        warp = render == "warp"
         p = self.patch_size
-        xp = patchify(self._with_motion(x, x[:, :1]), p)
-        layer_outputs, (h_n, c_n) = self.encoder(xp)
-        encoder_pred = None
-        offsets: list[Tensor] = []
-        if return_encoder_predictions:
+        layer_outputs, (h_n, c_n) = self.encoder(patchify(x, p))
+        encoder_frames = None
+        all_offsets: list[Tensor] = []
+        if encoder_predictions:
             feats = torch.cat(layer_outputs, dim=2)[:, :-1]  # (B, T_in - 1, sum(hidden), h, w)
             b, t = feats.shape[:2]
-            encoder_pred, enc_offsets, _ = self._frame(feats.flatten(0, 1), x[:, :-1].flatten(0, 1), return_offsets)
-            encoder_pred = sequence_from_internal(encoder_pred.unflatten(0, (b, t)), 2, True, self.data_format)
-            if return_offsets:
-                offsets.append(enc_offsets.unflatten(0, (b, t)))
+            enc, enc_offsets, _ = self._frame(feats.flatten(0, 1), x[:, :-1].flatten(0, 1), temperature, warp, offsets)
+            encoder_frames = sequence_from_internal(enc.unflatten(0, (b, t)), 2, True, self.data_format)
+            if offsets:
+                all_offsets.append(enc_offsets.unflatten(0, (b, t)))
         hs = list(h_n.unbind(0)) if isinstance(h_n, Tensor) else list(h_n)
         cs = list(c_n.unbind(0)) if isinstance(c_n, Tensor) else list(c_n)
-
-        eta: Tensor | None = None
-        true_frames = None
-        if self.training and targets is not None and self.scheduled_sampling is not None:
-            true_frames = self._check(targets, self.output_frames, "targets")
-            eta = self._teacher_forcing_tensor()
-            self.sampling_updates += 1
 
         cells = self.forecaster.cells
         for cell in cells:
             cell.reset_dropout_masks()
         frame = x[:, -1]  # (B, C, H, W): the previous frame, observed or predicted
-        before = x[:, -2] if x.shape[1] > 1 else frame  # the frame before it (motion_input)
-        # the warp head samples the last observed (or teacher-forced) frame, ``source``, at the
-        # displacement its kernels have accumulated since, instead of filtering its own prediction
-        warp = self.head_type == "warp"
+        # rendering by warp samples the last observed (or teacher-forced) frame, ``source``, at
+        # the displacement its kernels have accumulated since, instead of filtering its own prediction
         source, displacement = frame, None
         outputs = []
         for step in range(self.output_frames):
-            inp = patchify(self._with_motion(frame.unsqueeze(1), before.unsqueeze(1)), p).squeeze(1)
-            before = frame
+            inp = patchify(frame.unsqueeze(1), p).squeeze(1)
             for layer, cell in enumerate(cells):
                 hs[layer], cs[layer] = cell.step(inp, (hs[layer], cs[layer]))
                 inp = hs[layer]
-            pred, offset, displacement = self._frame(torch.cat(hs, dim=1), source if warp else frame, return_offsets, displacement)
+            pred, offset, displacement = self._frame(torch.cat(hs, dim=1), source if warp else frame, temperature, warp, offsets, displacement)
             outputs.append(pred)
-            if return_offsets:
-                offsets.append(offset.unsqueeze(1))
+            if offsets:
+                all_offsets.append(offset.unsqueeze(1))
             frame = pred
             if true_frames is not None and step + 1 < self.output_frames:
-                # drawn even once the probability reaches 0 (then never true): deciding "eta > 0"
-                # on the host would cost a device sync per step on a GPU
-                use_true = (torch.rand(pred.shape[0], 1, 1, 1, device=pred.device) < eta).to(pred.dtype)
+                # drawn whatever the probability (a tensor probability is never read back: on a
+                # GPU each read would wait for all queued work)
+                use_true = (torch.rand(pred.shape[0], 1, 1, 1, device=pred.device) < teacher_forcing).to(pred.dtype)
                 true_frame = true_frames[:, step].to(pred.dtype)
                 frame = use_true * true_frame + (1 - use_true) * pred
                 if warp:  # a true frame fed restarts the warp from it, with no displacement
                     source = use_true * true_frame + (1 - use_true) * source
                     displacement = (1 - use_true) * displacement
         y = sequence_from_internal(torch.stack(outputs, dim=1), 2, True, self.data_format)
-        extras = ((encoder_pred,) if return_encoder_predictions else ()) + ((torch.cat(offsets, dim=1),) if return_offsets else ())
-        return (y, *extras) if extras else y
-
-    def _with_motion(self, x: Tensor, first_before: Tensor) -> Tensor:
-        """``(B, T, C, H, W)`` frames, with ``motion_input`` joined on channels by their differences
-        to the frame before each (``first_before`` for the first one; itself gives 0)."""
-        if not self.motion_input:
-            return x
-        before = torch.cat([first_before, x[:, :-1]], dim=1)
-        return torch.cat([x, x - before], dim=2)
+        return Forecast(y, encoder_frames, torch.cat(all_offsets, dim=1) if offsets else None)
 
     def _frame(
-        self, feats: Tensor, previous: Tensor, with_offsets: bool = False, displacement: Tensor | None = None
+        self,
+        feats: Tensor,
+        previous: Tensor,
+        temperature: float = 1.0,
+        warp: bool = False,
+        with_offsets: bool = False,
+        displacement: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Next full-resolution frame ``(N, C, H, W)`` from hidden features ``(N, sum(hidden), h, w)``
-        and the previous frame ``(N, C, H, W)`` (used by the filter heads; for ``warp`` the frame
-        it samples, with ``displacement`` ``(N, 2, H, W)`` accumulated since, ``None`` for none).
+        and the previous frame ``(N, C, H, W)`` (read by the dynamic filter; with ``warp`` the
+        frame it samples, with ``displacement`` ``(N, 2, H, W)`` accumulated since, ``None`` for none).
 
         Returns ``(frame, offsets, displacement)``: with ``with_offsets`` the kernels' mean source
-        offsets ``(N, 2, h, w)``, else ``None``; for ``warp`` the new accumulated displacement,
+        offsets ``(N, 2, h, w)``, else ``None``; with ``warp`` the new accumulated displacement,
         else ``None``."""
         z = self.head(feats)
         if self.head_type == "conv":
             return self._out_act(unpatchify(z.unsqueeze(1), self.patch_size).squeeze(1)), None, None
         k = self.filter_size
-        kernels = torch.softmax(z[:, : k * k].float() / self.filter_temperature, dim=1)
+        kernels = torch.softmax(z.float() / temperature, dim=1)
         offsets = None
-        if with_offsets or self.head_type == "warp":
+        if with_offsets or warp:
             # kernel entry (i, j) in row-major order reads the pixel (i - k//2, j - k//2) away
             taps = torch.arange(k, device=kernels.device, dtype=kernels.dtype) - k // 2
             grid = kernels.unflatten(1, (k, k))  # (N, k, k, h, w)
             offsets = torch.stack([torch.einsum("nijhw,i->nhw", grid, taps), torch.einsum("nijhw,j->nhw", grid, taps)], dim=1)
-        if self.head_type == "warp":
+        if warp:
             # a pixel reads, through its kernel, the previous prediction around it, which read the
             # source frame at those pixels' displacements: so its source coordinate is the kernel's
             # average of (tap offset + displacement there); one bilinear sample of the source then
@@ -404,11 +402,7 @@ class EncoderForecaster(nn.Module):
             if displacement is not None:
                 new = new + apply_dynamic_filter(displacement.float(), kernels)
             return self._out_act(sample_displaced(previous, new)), (offsets if with_offsets else None), new
-        frame = apply_dynamic_filter(previous, kernels)
-        if self.head_type == "composite":
-            drawn, mask = (torch.sigmoid(unpatchify(part.float().unsqueeze(1), self.patch_size).squeeze(1)) for part in z[:, k * k :].chunk(2, dim=1))
-            frame = mask * frame + (1 - mask) * drawn
-        return self._out_act(frame), offsets, None
+        return self._out_act(apply_dynamic_filter(previous, kernels)), offsets, None
 
     def extra_repr(self) -> str:
         return (
@@ -416,7 +410,4 @@ class EncoderForecaster(nn.Module):
             f"input_frames={self.input_frames}, output_frames={self.output_frames}, "
             f"output_activation={self.output_activation!r}, head={self.head_type!r}"
             + (f", filter_size={self.filter_size}" if self.filter_size else "")
-            + (f", filter_temperature={self.filter_temperature}" if self.filter_temperature != 1.0 else "")
-            + (", motion_input=True" if self.motion_input else "")
-            + f", scheduled_sampling={self.scheduled_sampling}"
         )

@@ -40,7 +40,9 @@ class PatchSequenceClassifier(nn.Module):
         patch_size: side ``p`` of a patch (7 for 16 patches of a 28x28 digit).
         data_format: ``"channels_first"`` ``(B, T, C, p, p)`` or ``"channels_last"``
             ``(B, T, p, p, C)``.
-        dropout: dropout probability between ConvLSTM layers and before the linear layer.
+        dropout: dropout probability on the features between ConvLSTM layers (as
+            ``torch.nn.LSTM``'s ``dropout``) and before the linear layer; not on the recurrent
+            state (``recurrent_dropout`` in ``cell_kwargs`` is the cells' own).
         head: ``"flatten"`` (linear layer on ``H·p·p`` features) or ``"pool"`` (on ``H``
             features averaged over the patch positions).
         bidirectional: also read the patches last to first; the head then sees the forward

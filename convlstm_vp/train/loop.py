@@ -6,8 +6,9 @@ handling, TensorBoard, a tqdm bar, atomic ``last``/``best`` checkpoints, exact r
 handling and DistributedDataParallel when launched by ``torchrun``.
 
 Exact resume: batch ``k`` is a pure function of ``(seed, k, rank)`` (the task builds it from a
-generator seeded with those numbers), and every other random draw (dropout, scheduled
-sampling) comes from the torch/numpy/python RNGs whose states are in the checkpoint. So a run
+generator seeded with those numbers), every schedule follows the step (the task's
+``training_step`` gets it), and every other random draw (dropout, scheduled sampling) comes from
+the torch/numpy/python RNGs whose states are in the checkpoint. So a run
 killed at any moment and resumed from its last checkpoint ends with the same weights as an
 uninterrupted run (bit-exact on CPU with the same thread count). Under ``torchrun`` each rank has
 its own RNG stream and ``last.pt`` holds all of them.
@@ -71,8 +72,10 @@ class Task(Protocol):
 
     def train_batch(self, step: int, rank: int, world: int) -> Any: ...
 
-    # (loss, logs): logs maps names to floats or 0-dim tensors (TBLogger.scalars reads both)
-    def training_step(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict]: ...
+    # (loss, logs) of batch ``train_batch(step, ...)`` at training step ``step`` (0-based; it may
+    # drive schedules such as scheduled sampling, and after a resume it is the restored step);
+    # logs maps names to floats or 0-dim tensors (TBLogger.scalars reads both)
+    def training_step(self, model: nn.Module, batch: Any, step: int) -> tuple[Tensor, dict]: ...
 
     def evaluate(self, model: nn.Module, logger: TBLogger | None, step: int) -> dict: ...
 
@@ -346,7 +349,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 problem, loss, logs, reg, total = None, None, {}, None, None
                 try:
                     with autocast:
-                        loss, logs = task.training_step(model, batch)
+                        loss, logs = task.training_step(model, batch, step)
                     reg = regularization_loss(unwrap(model)) if has_reg else None
                     total = loss.float() + (reg if reg is not None else 0.0)
                     if not deferred_check and not bool(torch.isfinite(total)):
@@ -462,7 +465,7 @@ def _check_model_accepts_batches(task: Task, model: nn.Module, cfg: dict, dist: 
     model.eval()
     try:
         with torch.no_grad():
-            task.training_step(model, task.train_batch(0, dist.rank, dist.world_size))
+            task.training_step(model, task.train_batch(0, dist.rank, dist.world_size), 0)
     except torch.OutOfMemoryError:
         raise
     except (ValueError, TypeError, RuntimeError, IndexError) as exc:

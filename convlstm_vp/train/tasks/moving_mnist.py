@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -11,10 +12,11 @@ from torch import Tensor, nn
 
 from ...data import MovingMNIST, load_digits, moving_mnist_batch
 from ...data.moving_mnist import frames_to_tensor, motion_targets, render_moving_mnist
-from ...models.encoder_forecaster import EncoderForecaster
+from ...models.encoder_forecaster import EncoderForecaster, Forecast
 from ..config import TRAIN_DEFAULTS
+from ..distributed import unwrap
 from ..loop import resolve_precision
-from ..metrics import FrameMetrics, frame_mse, frame_ssim
+from ..metrics import FrameMetrics, frame_mse
 from ..tb import TBLogger, prediction_strip, side_by_side
 
 DEFAULTS: dict[str, Any] = {
@@ -22,12 +24,10 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "loss": "bce",  # bce | mse | l1 | l1+mse | bce+l1
     "l1_weight": 1.0,  # weight of the L1 term of the bce+l1 loss
-    # weight of a structural term, 1 - SSIM (the evaluation's definition), added to the loss
-    "ssim_weight": 0.0,
     # weight of the auxiliary loss on the encoder's one-step-ahead predictions of the input frames
     "encoder_loss_weight": 0.0,
     # weight of an L1 loss between the filter kernels' mean source offsets and the generated
-    # digits' true motion (filter heads; see motion_targets); 0 turns it off
+    # digits' true motion (dynamic-filter head; see motion_targets); 0 turns it off
     "motion_loss_weight": 0.0,
     "model": {
         "hidden_channels": [64, 64, 64],
@@ -36,11 +36,12 @@ DEFAULTS: dict[str, Any] = {
         "input_frames": 10,
         "output_frames": 10,
         "peephole": False,
-        "head": "conv",  # conv | dynamic_filter | composite | warp
-        "filter_size": 9,  # kernel side of the dynamic-filter and composite heads
-        "motion_input": False,  # the cells also read each frame's difference to the one before
-        "output_activation": None,  # null: sigmoid for the conv head, identity for the others
-        "scheduled_sampling": None,  # [start, end, steps] or null
+        "head": "conv",  # conv | dynamic_filter
+        "filter_size": 9,  # kernel side of the dynamic-filter head
+        "output_activation": None,  # null: sigmoid for the conv head, identity for dynamic_filter
+        # [start, end, steps] or null: in training step k the forecaster is fed the true previous
+        # frame with probability start + (end - start) * min(k / steps, 1) (scheduled_sampling())
+        "scheduled_sampling": None,
         # softmax temperature of the filter kernels when predicting: evaluations during training
         # (and so the best checkpoint), evaluate.py and predict.py (their --filter-temperature
         # overrides it); training itself always runs at 1. Below 1 sharpens the kernels, so less
@@ -87,7 +88,6 @@ def frame_loss(kind: str, pred: Tensor, target: Tensor, l1_weight: float = 1.0) 
 
 def build_model(cfg: dict) -> EncoderForecaster:
     m = {**DEFAULTS["model"], **cfg["model"]}  # other tasks (patch completion) reuse this with fewer keys
-    ss = m["scheduled_sampling"]
     return EncoderForecaster(
         1,
         list(m["hidden_channels"]),
@@ -95,13 +95,44 @@ def build_model(cfg: dict) -> EncoderForecaster:
         patch_size=m["patch_size"],
         input_frames=m["input_frames"],
         output_frames=m["output_frames"],
-        scheduled_sampling=tuple(ss) if ss is not None else None,
         head=m["head"],
         filter_size=m["filter_size"],
-        motion_input=m["motion_input"],
         output_activation=m["output_activation"],
         peephole=m["peephole"],
     )
+
+
+def check_scheduled_sampling(spec: Any) -> None:
+    """ValueError naming ``model.scheduled_sampling`` unless it is null or ``[start, end, steps]``
+    with probabilities in [0, 1] and ``steps`` > 0."""
+    if spec is None:
+        return
+    ok = isinstance(spec, (list, tuple)) and len(spec) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec)
+    if not ok or not (0 <= spec[0] <= 1 and 0 <= spec[1] <= 1 and spec[2] > 0):
+        raise ValueError(f"config key 'model.scheduled_sampling': expected [start, end, steps] with start and end "
+                         f"probabilities in [0, 1] and steps > 0, or null; got {spec!r}")
+
+
+def scheduled_sampling(spec: Sequence[float] | None, step: int) -> float:
+    """Teacher-forcing probability at training step ``step`` (0-based) of the schedule ``spec`` =
+    ``(start, end, steps)``: ``start`` at step 0, linear to ``end`` at step ``steps``, then ``end``;
+    0 when ``spec`` is None (always free running)."""
+    if spec is None:
+        return 0.0
+    start, end, steps = spec
+    frac = min(step / float(steps), 1.0)
+    return start + (end - start) * frac
+
+
+def teacher_forcing(spec: Sequence[float] | None, step: int) -> float | Tensor:
+    """What a training step passes as ``EncoderForecaster.forecast(teacher_forcing=...)``: the
+    number 0 without a schedule; with one, :func:`scheduled_sampling` at ``step`` as a 0-dim
+    float64 tensor, which the model mixes in even once it is 0 (it cannot read it without a host
+    sync). So a run keeps one computation (the same coin draws, the same autograd graph) over its
+    whole schedule, bit for bit the one of the counter the model used to keep."""
+    if spec is None:
+        return 0.0
+    return torch.tensor(scheduled_sampling(spec, step), dtype=torch.float64)
 
 
 class MovingMNISTTask:
@@ -114,8 +145,9 @@ class MovingMNISTTask:
         if cfg["loss"] not in LOSSES:
             raise ValueError(f"config key 'loss': expected one of {LOSSES}, got {cfg['loss']!r}")
         if cfg["motion_loss_weight"] > 0 and cfg["model"]["head"] == "conv":
-            raise ValueError("config key 'motion_loss_weight': needs model.head 'dynamic_filter', 'composite' or 'warp' "
+            raise ValueError("config key 'motion_loss_weight': needs model.head 'dynamic_filter' "
                              "(the conv head has no filter kernels whose motion it could train); got head 'conv'")
+        check_scheduled_sampling(cfg["model"]["scheduled_sampling"])
         t = cfg["model"]["eval_filter_temperature"]
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
             raise ValueError(f"config key 'model.eval_filter_temperature': expected a finite number > 0, got {t!r}")
@@ -153,14 +185,12 @@ class MovingMNISTTask:
         return frames_to_tensor(frames), torch.from_numpy(offsets), torch.from_numpy(weights)
 
     def _loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        loss = frame_loss(self.cfg["loss"], pred, target, self.cfg["l1_weight"])
-        if self.cfg["ssim_weight"] > 0:
-            loss = loss + self.cfg["ssim_weight"] * (1.0 - frame_ssim(pred, target).mean())
-        return loss
+        return frame_loss(self.cfg["loss"], pred, target, self.cfg["l1_weight"])
 
-    def training_step(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict]:
-        """Loss and logs of one batch. The logs are 0-dim tensors (the logger reads them on
-        logging steps), so a step on a GPU does not wait for its kernels to finish."""
+    def training_step(self, model: nn.Module, batch: Tensor, step: int) -> tuple[Tensor, dict]:
+        """Loss and logs of one batch at training step ``step`` (which sets the scheduled-sampling
+        probability). The logs are 0-dim tensors (the logger reads them on logging steps), so a
+        step on a GPU does not wait for its kernels to finish."""
         device = next(model.parameters()).device
         motion = None
         if isinstance(batch, (tuple, list)):
@@ -170,17 +200,19 @@ class MovingMNISTTask:
         t_in = self.cfg["model"]["input_frames"]
         x, y = batch[:, :t_in], batch[:, t_in:]
         w = self.cfg["encoder_loss_weight"]
-        out = model(x, y, return_encoder_predictions=w > 0, return_offsets=motion is not None)
-        pred, rest = (out, ()) if isinstance(out, Tensor) else (out[0], out[1:])
+        forcing = teacher_forcing(self.cfg["model"]["scheduled_sampling"], step)
+        # the model may be wrapped (DistributedDataParallel): forecast is reached through forward's wrapper
+        out = _forecast(model, x, y, teacher_forcing=forcing, encoder_predictions=w > 0, offsets=motion is not None)
+        pred = out.frames
         loss = self._loss(pred, y)
         logs = {}
         if w > 0:
-            enc_loss = self._loss(rest[0], x[:, 1:])
+            enc_loss = self._loss(out.encoder_frames, x[:, 1:])
             loss = loss + w * enc_loss
             logs["encoder_loss"] = enc_loss.detach()
         if motion is not None:
             offsets, weights = motion
-            predicted = rest[-1]
+            predicted = out.offsets
             # the predicted offsets cover the last predicted.shape[1] frames
             offsets, weights = offsets[:, -predicted.shape[1]:], weights[:, -predicted.shape[1]:]
             motion_loss = offset_l1(predicted, offsets, weights)
@@ -195,27 +227,52 @@ class MovingMNISTTask:
         return {k: v for k, v in result.items() if k != "per_frame"}
 
 
+def _forecast(model: nn.Module, frames: Tensor, targets: Tensor, **kwargs: Any) -> Forecast:
+    """``EncoderForecaster.forecast`` of ``model``, called through ``model`` itself when it is a
+    DistributedDataParallel wrapper: the wrapper synchronises gradients only for passes that go
+    through its own call, which runs the inner module's ``forward``; for this one call that is
+    ``forecast``."""
+    inner = unwrap(model)
+    if inner is model:
+        return model.forecast(frames, targets, **kwargs)
+    inner.forward = inner.forecast  # an instance attribute: nn.Module.__call__ runs it
+    try:
+        return model(frames, targets, **kwargs)
+    finally:
+        del inner.forward
+
+
 @torch.no_grad()
 def predict(
-    model: EncoderForecaster, frames: Tensor, batch_size: int = 50, precision: str = "fp32", return_offsets: bool = False
+    model: EncoderForecaster,
+    frames: Tensor,
+    batch_size: int = 50,
+    precision: str = "fp32",
+    return_offsets: bool = False,
+    *,
+    filter_temperature: float = 1.0,
+    render: str = "filter",
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Predict ``(N, output_frames, C, H, W)`` from ``(N, input_frames, C, H, W)`` in batches; with
-    ``return_offsets`` (filter heads) also the kernels' mean source offsets ``(N, output_frames,
-    2, H/p, W/p)`` (see ``EncoderForecaster.forward``)."""
+    """Predict ``(N, output_frames, C, H, W)`` from ``(N, input_frames, C, H, W)`` in batches, in
+    eval mode (the model's mode is restored after); ``filter_temperature`` and ``render`` as in
+    :meth:`EncoderForecaster.predict`. With ``return_offsets`` (dynamic filter) also the kernels'
+    mean source offsets ``(N, output_frames, 2, H/p, W/p)`` (``EncoderForecaster.forecast``)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     precision = resolve_precision(device, precision)
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(device.type, enabled=False)
     outs, offsets = [], []
-    with ctx:
-        for i in range(0, frames.shape[0], batch_size):
-            out = model(frames[i : i + batch_size].to(device), return_offsets=return_offsets)
-            if return_offsets:
-                out, off = out
-                offsets.append(off.float().cpu())
-            outs.append(out.float().clamp(0, 1).cpu())
-    model.train(was_training)
+    try:
+        with ctx:
+            for i in range(0, frames.shape[0], batch_size):
+                out = model.forecast(frames[i : i + batch_size].to(device), offsets=return_offsets,
+                                     filter_temperature=filter_temperature, render=render)
+                if return_offsets:
+                    offsets.append(out.offsets.float().cpu())
+                outs.append(out.frames.float().clamp(0, 1).cpu())
+    finally:
+        model.train(was_training)
     return (torch.cat(outs), torch.cat(offsets)) if return_offsets else torch.cat(outs)
 
 
@@ -246,12 +303,8 @@ def evaluate_frames(model: EncoderForecaster, sequences: Tensor, cfg: dict, logg
     """MSE/MAE/SSIM/PSNR of ``model`` on ``sequences`` ``(N, T, 1, H, W)``; logs examples if asked."""
     t_in = cfg["model"]["input_frames"]
     x, y = sequences[:, :t_in], sequences[:, t_in:]
-    trained_temperature = model.filter_temperature  # predict at the configured one, then train on at this
-    model.set_filter_temperature(cfg["model"]["eval_filter_temperature"])
-    try:
-        pred = predict(model, x, cfg["data"]["eval_batch_size"], cfg["train"]["precision"])
-    finally:
-        model.set_filter_temperature(trained_temperature)
+    pred = predict(model, x, cfg["data"]["eval_batch_size"], cfg["train"]["precision"],
+                   filter_temperature=cfg["model"]["eval_filter_temperature"])
     fm = FrameMetrics()
     fm.update(pred, y)
     result = fm.compute()
@@ -266,17 +319,58 @@ def evaluate_frames(model: EncoderForecaster, sequences: Tensor, cfg: dict, logg
 
 
 
+# config keys of options removed since (issue 23) that a checkpoint's config may still hold, with
+# the values that trained the same model as today's code; other values could not be rebuilt
+_REMOVED_KEYS = {
+    ("ssim_weight",): None,  # a loss term: any value (training only)
+    ("model", "memory_format"): None,  # strides only: any value
+    ("model", "motion_input"): False,
+}
+
+
+def _upgrade_config(config: dict, checkpoint: str) -> dict:
+    """A checkpoint's config without the keys of removed options (``_REMOVED_KEYS``); a model that
+    needed one of them, or a removed head, is a ValueError naming it. A model trained with the
+    removed ``head: warp`` has the parameters of a dynamic-filter one: it loads as that, with a
+    warning to render it with ``render="warp"`` as it was trained."""
+    import copy
+    import warnings
+
+    config = copy.deepcopy(config)
+    for path, neutral in _REMOVED_KEYS.items():
+        *parents, key = path
+        section = config
+        for part in parents:
+            section = section.get(part, {}) if isinstance(section, dict) else {}
+        if isinstance(section, dict) and key in section:
+            value = section.pop(key)
+            if neutral is not None and value != neutral:
+                raise ValueError(f"it was trained with config key {'.'.join(path)!r} = {value!r}, an option this version no longer has")
+    model = config.get("model", {})
+    if model.get("head") == "composite":
+        raise ValueError("it was trained with model.head 'composite', a head this version no longer has")
+    if model.get("head") == "warp":
+        model["head"] = "dynamic_filter"
+        warnings.warn(f"{checkpoint} was trained with the removed head 'warp': loaded as the dynamic filter whose "
+                      f"kernels it shares; render with render='warp' (--render warp) as it was trained", stacklevel=3)
+    return config
+
+
 def load_trained(checkpoint: str, map_location: str = "cpu") -> tuple[EncoderForecaster, dict]:
-    """Rebuild the model stored in a training checkpoint (safe loading) and return it with its config."""
+    """Rebuild the model stored in a training checkpoint (safe loading) and return it with its
+    config (predict with ``filter_temperature=cfg["model"]["eval_filter_temperature"]``).
+
+    Checkpoints written before issue 23 still load: the model's old ``sampling_updates`` buffer
+    (the scheduled-sampling counter, now the training step) and config keys of removed options
+    that did not change the model are dropped."""
     from ..checkpoint import CheckpointError, load_checkpoint
     from ..config import merge
 
     ck = load_checkpoint(checkpoint, map_location)
     try:
-        cfg = merge(DEFAULTS, ck["config"])
+        cfg = merge(DEFAULTS, _upgrade_config(ck["config"], checkpoint))
         model = build_model(cfg)
-        model.load_state_dict(ck["model"])
-        model.set_filter_temperature(cfg["model"]["eval_filter_temperature"])
+        model.load_state_dict({k: v for k, v in ck["model"].items() if k != "sampling_updates"})
     except (ValueError, RuntimeError, KeyError) as exc:
         raise CheckpointError(f"{checkpoint} is not a Moving MNIST encoder-forecaster checkpoint: {exc}") from exc
     model.eval()

@@ -120,7 +120,7 @@ class PatchClassifierTask:
     def train_batch(self, step: int, rank: int, world: int) -> tuple[Tensor, Tensor]:
         return self.pool.batch(step, rank, world, self.cfg["train"]["batch_size"])
 
-    def training_step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
+    def training_step(self, model: nn.Module, batch: tuple[Tensor, Tensor], step: int) -> tuple[Tensor, dict]:
         device = next(model.parameters()).device
         x, y = batch[0].to(device), batch[1].to(device)
         logits = model(x).float()

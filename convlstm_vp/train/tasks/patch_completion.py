@@ -28,7 +28,7 @@ from ..config import TRAIN_DEFAULTS, ConfigError
 from ..metrics import FrameMetrics
 from ..tb import TBLogger
 from .digit_images import captioned_tiles, digit_grid, save_png
-from .moving_mnist import LOSSES, frame_loss, predict
+from .moving_mnist import LOSSES, check_scheduled_sampling, frame_loss, predict, teacher_forcing
 from .moving_mnist import build_model as build_encoder_forecaster
 from .patch_classifier import DIGIT_SIZE, check_data_config
 from .patch_data import DATA_DEFAULTS, PatchDigitPool, subset_indices, test_patch_set
@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
         "input_frames": 8,
         "output_frames": 8,
         "peephole": False,
-        "scheduled_sampling": None,  # [start, end, steps] or null
+        "scheduled_sampling": None,  # [start, end, steps] or null, as in frame prediction
     },
     "data": dict(DATA_DEFAULTS),
     "log": {"examples": 10},
@@ -76,6 +76,7 @@ class PatchCompletionTask:
                 f"{patches} patches of a digit (data.patch_size={cfg['data']['patch_size']}), got "
                 f"{m['input_frames']} + {m['output_frames']}"
             )
+        check_scheduled_sampling(m["scheduled_sampling"])
         self.cfg = cfg
         self.pool = PatchDigitPool(cfg["data"], int(cfg["seed"]))
         self._eval: Tensor | None = None
@@ -93,11 +94,11 @@ class PatchCompletionTask:
     def train_batch(self, step: int, rank: int, world: int) -> Tensor:
         return self.pool.batch(step, rank, world, self.cfg["train"]["batch_size"])[0]
 
-    def training_step(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict]:
+    def training_step(self, model: nn.Module, batch: Tensor, step: int) -> tuple[Tensor, dict]:
         batch = batch.to(next(model.parameters()).device)
         t_in = self.cfg["model"]["input_frames"]
         x, y = batch[:, :t_in], batch[:, t_in:]
-        pred = model(x, y)
+        pred = model(x, y, teacher_forcing(self.cfg["model"]["scheduled_sampling"], step))
         return frame_loss(self.cfg["loss"], pred, y), {}
 
     @torch.no_grad()

@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
         "conv_filters": 64,
         "conv_kernel": 5,
         "num_conv_layers": 4,
-        "lstm_hidden": 128,
+        "hidden_channels": 128,
         "lstm_layers": 2,
         "dropout": 0.5,
         "conv_mode": "mixed",  # mixed | per_channel
@@ -66,9 +66,9 @@ def load_splits(cfg: dict) -> tuple[WindowDataset, WindowDataset]:
     return train, test
 
 
-def build_model(cfg: dict, num_channels: int, num_classes: int) -> DeepConvLSTM:
-    """``DeepConvLSTM(num_channels, num_classes, **cfg["model"])``."""
-    return DeepConvLSTM(num_channels, num_classes, **cfg["model"])
+def build_model(cfg: dict, in_channels: int, num_classes: int) -> DeepConvLSTM:
+    """``DeepConvLSTM(in_channels, num_classes, **cfg["model"])``."""
+    return DeepConvLSTM(in_channels, num_classes, **cfg["model"])
 
 
 class SensorTask:
@@ -86,10 +86,10 @@ class SensorTask:
         self.cfg = cfg
         self.train_set, self.test_set = load_splits(cfg)
         self.classes = self.train_set.classes
-        self.num_channels = int(self.train_set.windows.shape[-1])
+        self.in_channels = int(self.train_set.windows.shape[-1])
 
     def build_model(self) -> nn.Module:
-        return build_model(self.cfg, self.num_channels, len(self.classes))
+        return build_model(self.cfg, self.in_channels, len(self.classes))
 
     def train_batch(self, step: int, rank: int, world: int) -> tuple[Tensor, Tensor]:
         """Windows ``(B, T, C)`` float32 and labels ``(B,)`` int64 of global batch ``step * world + rank``."""
@@ -106,7 +106,7 @@ class SensorTask:
         idx = torch.from_numpy(index)
         return self.train_set.windows[idx], self.train_set.labels[idx]
 
-    def training_step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
+    def training_step(self, model: nn.Module, batch: tuple[Tensor, Tensor], step: int) -> tuple[Tensor, dict]:
         device = next(model.parameters()).device
         x, y = batch[0].to(device), batch[1].to(device)
         logits = model(x)
