@@ -155,10 +155,10 @@ def test_dropout_is_on_the_features_between_layers_and_before_the_classifier() -
     convolutions and the LSTM, and before the linear layer), not dropout on the recurrent state."""
     model = DeepConvLSTM(4, 3, conv_filters=8, num_conv_layers=1, hidden_channels=8, lstm_layers=2, dropout=0.3)
     assert model.lstm.dropout == 0.3  # between the LSTM layers, as torch.nn.LSTM(dropout=)
-    assert all(c.dropout == 0.0 and c.recurrent_dropout == 0.0 for c in model.lstm.cells)  # no cell/state dropout
+    assert all(c.input_dropout == 0.0 and c.recurrent_dropout == 0.0 for c in model.lstm.cells)  # no cell/state dropout
     classifier = convlstm_vp.PatchSequenceClassifier(1, [4, 4], 3, num_classes=3, dropout=0.3)
     assert classifier.convlstm.dropout == 0.3 and classifier.drop.p == 0.3
-    assert all(c.dropout == 0.0 and c.recurrent_dropout == 0.0 for c in classifier.convlstm.cells)
+    assert all(c.input_dropout == 0.0 and c.recurrent_dropout == 0.0 for c in classifier.convlstm.cells)
 
 
 def test_the_three_models_are_importable_from_the_package() -> None:
