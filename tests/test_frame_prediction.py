@@ -73,6 +73,11 @@ def test_encoder_forecaster_rejects_bad_input():
         m(torch.rand(2, 4, 1, 32, 32))
     with pytest.raises(ValueError, match="divisible by patch_size=4"):
         m(torch.rand(2, 5, 1, 30, 32))
+    # a between-layers dropout would reach the encoder only (the forecaster steps its cells)
+    with pytest.raises(TypeError, match="no between-layers dropout.*input_dropout"):
+        EncoderForecaster(1, [4, 4], 3, dropout=0.5)
+    m = EncoderForecaster(1, [4, 4], 3, input_dropout=0.5, recurrent_dropout=0.5)
+    assert all(c.input_dropout == 0.5 and c.recurrent_dropout == 0.5 for c in m.modules() if hasattr(c, "input_dropout"))
 
 
 def test_forward_returns_the_frames_and_forecast_a_forecast():

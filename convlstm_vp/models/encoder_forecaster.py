@@ -151,7 +151,9 @@ class EncoderForecaster(nn.Module):
         check_finite: raise :class:`~convlstm_vp.nn.NonFiniteInputError` (a ``ValueError``)
             when ``frames`` or ``targets`` hold NaN/Inf (one ``isfinite().all()`` each).
         **cell_kwargs: passed to both :class:`~convlstm_vp.nn.ConvLSTM` stacks (peephole,
-            activations, initializers, ...).
+            activations, initializers, ``input_dropout``, ``recurrent_dropout``,
+            ``implementation``, ...). Not ``dropout``: the forecaster steps its cells itself, so
+            a between-layers dropout would reach the encoder only.
 
     Calls (shapes in ``data_format``; ``frames`` ``(B, input_frames, C, H, W)`` with H and W
     divisible by ``patch_size``, ``targets`` ``(B, output_frames, C, H, W)``):
@@ -190,6 +192,9 @@ class EncoderForecaster(nn.Module):
             raise ValueError(f"head: expected one of {HEADS}, got {head!r}")
         if head != "conv" and (not isinstance(filter_size, int) or filter_size < 1 or filter_size % 2 == 0):
             raise ValueError(f"filter_size: expected an odd positive int, got {filter_size!r}")
+        if "dropout" in cell_kwargs:
+            raise TypeError("EncoderForecaster has no between-layers dropout (the forecaster steps its cells itself); "
+                            "use input_dropout= or recurrent_dropout=")
         if output_activation is None:
             output_activation = "sigmoid" if head == "conv" else "identity"
         self.in_channels = in_channels
