@@ -3,6 +3,10 @@
     python scripts/evaluate.py --checkpoint runs/cpu-quick/checkpoints/best.pt [--digits 3] [--json out.json] [--recognition] [--motion]
     convlstm-vp evaluate --checkpoint runs/cpu-quick/checkpoints/best.pt [--digits 3] [--json out.json] [--recognition] [--motion]
 
+By default it scores the first ``data.final_eval_sequences`` (1000) test sequences of the run's
+config at its ``data.eval_batch_size`` and precision: the set, batch size and precision with which
+the end of training scores ``best.pt`` for ``metrics.json``, so the two report the same numbers.
+
 Metrics (README, "Metrics"): MSE and MAE per frame summed over pixels and averaged over frames and
 sequences, SSIM (11x11 Gaussian window) and PSNR, plus per-horizon curves. The all-zeros and
 copy-last-frame baselines on the same sequences are printed for reference. With --recognition, a
@@ -32,13 +36,15 @@ def main(argv=None, prog: str | None = None) -> dict:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--digits", type=int, default=None, help="digits per sequence (default: as trained)")
-    p.add_argument("--sequences", type=int, default=1000, help="number of test sequences (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="test-set seed (generated test set only)")
+    p.add_argument("--sequences", type=int, default=None,
+                   help="number of test sequences, the first of the set (default: the config's data.final_eval_sequences, 1000 "
+                        "unless set: the set the end of training scores, so the run's metrics.json and this agree)")
+    p.add_argument("--seed", type=int, default=None, help="test-set seed (generated test set only; default: the config's data.test_seed, 0 unless set)")
     p.add_argument("--root", default=None, help="data root (default: as trained)")
     p.add_argument("--standard-file", choices=["auto", "yes", "no"], default="auto",
                    help="use datasets/moving_mnist/mnist_test_seq.npy (auto: when present and 2 digits)")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None, help="default: as trained (auto: bf16 where the device computes it natively)")
-    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the config's data.eval_batch_size (as in training)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where the model runs (default auto: CUDA when available)")
     p.add_argument("--json", help="write {mse, mae, ssim, psnr, per_frame, baselines[, recognition][, motion]} here")
@@ -67,6 +73,9 @@ def main(argv=None, prog: str | None = None) -> dict:
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     d = cfg["data"]
+    args.sequences = d["final_eval_sequences"] if args.sequences is None else args.sequences
+    args.seed = d["test_seed"] if args.seed is None else args.seed
+    args.batch_size = args.batch_size or d["eval_batch_size"]
     digits = args.digits or d["num_digits"]
     t_in, t_out = cfg["model"]["input_frames"], cfg["model"]["output_frames"]
     standard = {"auto": None if digits == 2 else False, "yes": True, "no": False}[args.standard_file]
@@ -97,6 +106,8 @@ def main(argv=None, prog: str | None = None) -> dict:
     out["filter_temperature"] = model.filter_temperature
     out["head"] = model.head_type
     out["test_set"] = str(ds.standard_path) if ds.standard_path else f"generated (seed {args.seed}, test digits)"
+    out["evaluated_on"] = {"split": "test", "test_set": out["test_set"], "sequences": out["sequences"],
+                           "what": f"test set {out['test_set']}, first {out['sequences']} sequences", "checkpoint": args.checkpoint}
 
     print(f"test set: {out['test_set']}, {out['sequences']} sequences, {digits} digits"
           + (f", filter temperature {model.filter_temperature:g}" if model.filter_temperature != 1.0 else "")
