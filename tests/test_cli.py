@@ -70,7 +70,7 @@ def cli_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("cli") / "tiny"
     res = _cli("train", "frames", "--config", str(TINY), "--run-dir", str(run), "--set", "train.quick_eval_every=2",
                "--set", "data.quick_eval_sequences=4")
-    assert "final evaluation (test set generated (seed 0, test digits), first 16 sequences; best.pt of step" in res.stdout
+    assert "evaluated on: test set generated (seed 0, test digits), first 16 sequences (best.pt of step" in res.stdout
     return run
 
 

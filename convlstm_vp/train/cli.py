@@ -60,9 +60,10 @@ def run_training(
     if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports
         return metrics
     print(f"run folder: {run_dir}")
+    print("final evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     on = metrics.get("evaluated_on")
-    where = f" ({on['what']}" + (f"; {on['checkpoint']} of step {on['checkpoint_step']}" if "checkpoint" in on else "") + ")" if isinstance(on, dict) else ""
-    print(f"final evaluation{where}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    if isinstance(on, dict):
+        print(f"evaluated on: {on['what']}" + (f" ({on['checkpoint']} of step {on['checkpoint_step']})" if "checkpoint" in on else ""))
     return metrics
 
 
