@@ -9,16 +9,7 @@ and to TensorBoard (``tensorboard --logdir runs``).
 
 import sys
 
-from convlstm_vp.train.cli import run_training
-from convlstm_vp.train.tasks.patch_completion import DEFAULTS, PatchCompletionTask
+from convlstm_vp.train.cli import train_patch_completion
 
 if __name__ == "__main__":
-    tasks: list[PatchCompletionTask] = []
-
-    def make_task(cfg: dict) -> PatchCompletionTask:
-        tasks.append(PatchCompletionTask(cfg))
-        return tasks[-1]
-
-    run_training(sys.argv[1:], __doc__, DEFAULTS, make_task)
-    if tasks and tasks[-1].image_path is not None:
-        print(f"reassembled digits: {tasks[-1].image_path}")
+    train_patch_completion(sys.argv[1:], __doc__)

@@ -10,8 +10,7 @@ weighted F1), and ``metrics.json`` with the final model's test ``accuracy``, ``f
 
 import sys
 
-from convlstm_vp.train.cli import run_training
-from convlstm_vp.train.tasks.sensors import DEFAULTS, SensorTask
+from convlstm_vp.train.cli import train_sensors
 
 if __name__ == "__main__":
-    run_training(sys.argv[1:], __doc__, DEFAULTS, SensorTask)
+    train_sensors(sys.argv[1:], __doc__)

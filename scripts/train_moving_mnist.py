@@ -8,8 +8,7 @@ ground truth as images and as animated GIFs).
 
 import sys
 
-from convlstm_vp.train.cli import run_training
-from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, MovingMNISTTask
+from convlstm_vp.train.cli import train_frames
 
 if __name__ == "__main__":
-    run_training(sys.argv[1:], __doc__, DEFAULTS, MovingMNISTTask)
+    train_frames(sys.argv[1:], __doc__)

@@ -8,10 +8,7 @@ TensorBoard: ``tensorboard --logdir runs`` (loss, accuracy, confusion matrix, mi
 
 import sys
 
-from convlstm_vp.train.cli import run_training
-from convlstm_vp.train.tasks.patch_classifier import DEFAULTS, PatchClassifierTask
+from convlstm_vp.train.cli import train_patches
 
 if __name__ == "__main__":
-    metrics = run_training(sys.argv[1:], __doc__, DEFAULTS, PatchClassifierTask)
-    print(f"test accuracy: {metrics['accuracy']:.4f}")
-    print("per-class recall: " + ", ".join(f"{k}: {r:.3f}" for k, r in enumerate(metrics["per_class_recall"])))
+    train_patches(sys.argv[1:], __doc__)

@@ -83,11 +83,12 @@ def _wait(p: subprocess.Popen) -> str:
 
 
 def _check_rank0_only_outputs(run_dir: Path) -> dict:
-    """Rank 0 wrote one event file, the checkpoints and metrics.json; both ranks' weights agree."""
+    """Rank 0 wrote one event file, the checkpoints, metrics.json and the predictions; both ranks' weights agree."""
     files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
     events = [f for f in files if f.startswith("events.out.tfevents.")]
     assert len(events) == 1, files  # a second writer would add its own event file
-    assert sorted(set(files) - set(events)) == ["checkpoints/best.pt", "checkpoints/last.pt", "config.yaml", "metrics.json"]
+    assert sorted(set(files) - set(events)) == ["checkpoints/best.pt", "checkpoints/last.pt", "config.yaml", "metrics.json",
+                                                "predictions.gif", "predictions.png"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")

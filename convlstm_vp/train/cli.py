@@ -1,4 +1,4 @@
-"""Shared command-line handling for the training scripts (kept here so scripts stay short)."""
+"""Shared command-line handling for the training scripts and ``convlstm-vp train`` (kept here so scripts stay short)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from .checkpoint import CheckpointError
 from .config import ConfigError, config_error, load_config
 
 
-def train_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+def train_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=100 (repeatable)")
@@ -29,6 +29,7 @@ def run_training(
     description: str,
     defaults: dict[str, Any],
     make_task: Callable[[dict], Any],
+    prog: str | None = None,
 ) -> dict:
     """Parse arguments, load the config, build the task and call :func:`fit`; print the result.
 
@@ -38,7 +39,7 @@ def run_training(
     """
     from .loop import NonFiniteLossError, fit
 
-    args = train_parser(description).parse_args(argv)
+    args = train_parser(description, prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, defaults, args.overrides)
@@ -60,4 +61,75 @@ def run_training(
         return metrics
     print(f"run folder: {run_dir}")
     print("final evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    on = metrics.get("evaluated_on")
+    if isinstance(on, dict):
+        print(f"evaluated on: {on['what']}" + (f" ({on['checkpoint']} of step {on['checkpoint_step']})" if "checkpoint" in on else ""))
     return metrics
+
+
+# ---------------------------------------------------------------------------- training jobs
+# ``convlstm-vp train JOB ...`` and the training scripts run these (the scripts pass their own
+# docstring as the help text). Each job: (task module, one-line summary).
+TRAIN_JOBS: dict[str, tuple[str, str]] = {
+    "frames": ("moving_mnist", "Moving MNIST frame prediction with the ConvLSTM encoder-forecaster (scripts/train_moving_mnist.py)"),
+    "patches": ("patch_classifier", "MNIST digits read as sequences of 7x7 patches, classified (scripts/train_patch_classifier.py)"),
+    "patch-completion": ("patch_completion", "complete MNIST digits from their first 8 patches (scripts/complete_patches.py)"),
+    "sensors": ("sensors", "DeepConvLSTM on sensor windows: BasicMotions or OPPORTUNITY (scripts/train_deepconvlstm.py)"),
+}
+
+
+def train_frames(argv: Sequence[str] | None, description: str | None = None, prog: str | None = None) -> dict:
+    from .tasks.moving_mnist import DEFAULTS, MovingMNISTTask
+
+    return run_training(argv, description or TRAIN_JOBS["frames"][1], DEFAULTS, MovingMNISTTask, prog)
+
+
+def train_patches(argv: Sequence[str] | None, description: str | None = None, prog: str | None = None) -> dict:
+    from .tasks.patch_classifier import DEFAULTS, PatchClassifierTask
+
+    metrics = run_training(argv, description or TRAIN_JOBS["patches"][1], DEFAULTS, PatchClassifierTask, prog)
+    print(f"test accuracy: {metrics['accuracy']:.4f}")
+    print("per-class recall: " + ", ".join(f"{k}: {r:.3f}" for k, r in enumerate(metrics["per_class_recall"])))
+    return metrics
+
+
+def train_patch_completion(argv: Sequence[str] | None, description: str | None = None, prog: str | None = None) -> dict:
+    from .tasks.patch_completion import DEFAULTS, PatchCompletionTask
+
+    tasks: list[PatchCompletionTask] = []
+
+    def make_task(cfg: dict) -> PatchCompletionTask:
+        tasks.append(PatchCompletionTask(cfg))
+        return tasks[-1]
+
+    metrics = run_training(argv, description or TRAIN_JOBS["patch-completion"][1], DEFAULTS, make_task, prog)
+    if tasks and tasks[-1].image_path is not None:
+        print(f"reassembled digits: {tasks[-1].image_path}")
+    return metrics
+
+
+def train_sensors(argv: Sequence[str] | None, description: str | None = None, prog: str | None = None) -> dict:
+    from .tasks.sensors import DEFAULTS, SensorTask
+
+    return run_training(argv, description or TRAIN_JOBS["sensors"][1], DEFAULTS, SensorTask, prog)
+
+
+_JOB_FUNCTIONS = {"frames": train_frames, "patches": train_patches, "patch-completion": train_patch_completion,
+                  "sensors": train_sensors}
+
+
+def train_main(argv: Sequence[str] | None = None, prog: str = "convlstm-vp train") -> int:
+    """``convlstm-vp train JOB --config CONFIG [--set k=v ...] [--resume] [--run-dir DIR]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = f"usage: {prog} {{{','.join(TRAIN_JOBS)}}} --config CONFIG [--set KEY=VALUE ...] [--resume] [--run-dir DIR]"
+    if not argv or argv[0] in ("-h", "--help"):
+        lines = [usage, "", "jobs:"] + [f"  {name:<17} {summary}" for name, (_, summary) in TRAIN_JOBS.items()]
+        lines += ["", f"'{prog} JOB --help' lists a job's options."]
+        print("\n".join(lines), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    job, rest = argv[0], argv[1:]
+    if job not in _JOB_FUNCTIONS:
+        print(f"{usage}\n{prog}: error: unknown job {job!r}; choose from {', '.join(TRAIN_JOBS)}", file=sys.stderr)
+        return 2
+    _JOB_FUNCTIONS[job](rest, None, f"{prog} {job}")
+    return 0

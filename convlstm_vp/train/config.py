@@ -31,6 +31,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "precision": "fp32",  # fp32 | bf16 | fp16 (fp16 on CUDA only) | auto (bf16 where the device computes it natively, else fp32)
     "log_every": 10,
     "eval_every": 200,
+    # a cheap evaluation every this many steps, for tasks that have one (frame prediction: MSE of
+    # a few fixed test sequences, TensorBoard eval_quick/); 0 turns it off
+    "quick_eval_every": 0,
     "checkpoint_every": 50,
     "nan_policy": "stop",  # stop | skip
     "num_threads": 0,  # torch intra-op threads; 0 = torch's default
@@ -52,7 +55,7 @@ _CHOICES = {
     ("train", "implementation"): ("auto", "plain", "fused", "compiled"),
 }
 _POSITIVE = {("train", k) for k in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every")}
-_NON_NEGATIVE = {("train", k) for k in ("lr", "weight_decay", "grad_clip", "num_threads", "warmup_fraction")} | {
+_NON_NEGATIVE = {("train", k) for k in ("lr", "weight_decay", "grad_clip", "num_threads", "warmup_fraction", "quick_eval_every")} | {
     ("seed",), ("encoder_loss_weight",), ("l1_weight",), ("motion_loss_weight",)
 }
 

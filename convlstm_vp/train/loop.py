@@ -79,6 +79,14 @@ class Task(Protocol):
 
     def evaluate(self, model: nn.Module, logger: TBLogger | None, step: int) -> dict: ...
 
+    # Optional, used when a task defines them (frame prediction does):
+    #   quick_evaluate(model) -> dict: a cheap evaluation every train.quick_eval_every steps,
+    #     logged under eval_quick/ (a curve with more points than eval/);
+    #   final_evaluation(model, best_path | None, logger, step, run_dir) -> dict: the numbers
+    #     metrics.json reports, in place of the last evaluate() (e.g. the best checkpoint on the
+    #     set an evaluation script scores), with an "evaluated_on" entry naming that set;
+    #   eval_description() -> dict: the "evaluated_on" entry of metrics.json otherwise.
+
 
 def _has_regularizers(model: nn.Module) -> bool:
     """Whether any layer of ``model`` declares regularizers (checked once, not every step)."""
@@ -230,7 +238,9 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
 
     Writes under ``run_dir``: TensorBoard event files, ``config.yaml``,
     ``checkpoints/last.pt`` and ``checkpoints/best.pt``, and ``metrics.json`` with the final
-    evaluation. Returns the final evaluation metrics.
+    evaluation: the task's ``final_evaluation`` where it has one (frame prediction: the best
+    checkpoint on the test set evaluate.py scores by default), else the last ``evaluate`` (the
+    final weights); ``evaluated_on`` in it names the set and its size. Returns those metrics.
 
     ``resume=True`` continues from ``checkpoints/last.pt``: model, optimizer, scheduler, scaler,
     RNG states, step, best score and skipped-step count are restored, so the run ends with the
@@ -398,6 +408,10 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                         logger.scalar("train/regularization", float(reg), done)
                     logger.scalars(logs, done, prefix="train/")
                     logger.scalar("train/sequences_per_second", (done - start_step) * tc["batch_size"] * dist.world_size / max(time.time() - t0, 1e-9), done)
+                quick = tc["quick_eval_every"]
+                if quick and done % quick == 0 and is_main and hasattr(task, "quick_evaluate"):
+                    logger.scalars(task.quick_evaluate(unwrap(model)), done, prefix="eval_quick/")
+                    model.train()
                 if done % tc["eval_every"] == 0 or done == steps:
                     if is_main:
                         metrics = task.evaluate(unwrap(model), logger, done)
@@ -416,13 +430,20 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 bar.close()
             if is_main and not metrics:  # resumed from the final checkpoint: evaluate it again
                 metrics = task.evaluate(unwrap(model), logger, steps)
+            train_seconds = round(time.time() - t0, 1)
+            if is_main and hasattr(task, "final_evaluation"):
+                t1 = time.time()
+                metrics = task.final_evaluation(unwrap(model), best_path if best_path.is_file() else None, logger, steps, run_dir)
+                metrics["final_evaluation_seconds"] = round(time.time() - t1, 1)
+            elif is_main and hasattr(task, "eval_description"):
+                metrics = {**metrics, "evaluated_on": task.eval_description()}
             logger.flush()
             digests = _gather_objects(weights_digest(unwrap(model).state_dict()), dist)
             if is_main:
                 result = dict(metrics)
                 result["step"] = steps
                 result["skipped_steps"] = skipped
-                result["train_seconds"] = round(time.time() - t0, 1)
+                result["train_seconds"] = train_seconds  # the steps and their evaluations, not the final one
                 result["world_size"] = dist.world_size
                 result["precision"] = precision  # train.precision as it ran (auto resolved)
                 result["weights_sha256"] = digests  # one per rank; DDP keeps them equal

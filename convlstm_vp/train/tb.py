@@ -50,19 +50,57 @@ def side_by_side(*sequences: Tensor, gap: int = 2) -> Tensor:
     return torch.cat(parts, dim=-1)
 
 
-def prediction_strip(inputs: Tensor, truth: Tensor, pred: Tensor, gap: int = 2) -> Tensor:
-    """One picture per sequence: row 1 inputs then truth, row 2 inputs then prediction.
+def upscale(x: Tensor, factor: int) -> Tensor:
+    """Repeat every pixel of ``(..., H, W)`` ``factor`` times along both axes (nearest neighbour)."""
+    if factor == 1:
+        return x
+    return x.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+def prediction_strip(inputs: Tensor, truth: Tensor, pred: Tensor, gap: int = 2, scale: int = 2, per_row: int = 10) -> Tensor:
+    """One picture per sequence, legible without zooming: the inputs, then the truth, then the
+    prediction, each in rows of at most ``per_row`` frames (truth and prediction of a time step one
+    above the other), every frame upscaled ``scale`` times, white ``gap`` between frames and rows.
+    64x64 frames at the defaults give a 1298 x 388 picture (10 + 10 frames).
 
     Args: ``(T_in, C, H, W)``, ``(T_out, C, H, W)``, ``(T_out, C, H, W)``. Returns ``(C, H', W')``.
     """
-    def row(seq: Tensor) -> Tensor:
-        frames = list(seq)
-        return side_by_side(*[f.unsqueeze(0) for f in frames], gap=gap)[0]
+    rows = []
+    for seq in (inputs, truth, pred):
+        for i in range(0, seq.shape[0], per_row):
+            rows.append(upscale(seq[i : i + per_row], scale))
+    cols = max(r.shape[0] for r in rows)
+    blank = torch.ones_like(rows[0][:1])
+    lines = []
+    for r in rows:  # pad short rows with white frames so that every row has the same width
+        r = torch.cat([r, blank.expand(cols - r.shape[0], *r.shape[1:])]) if r.shape[0] < cols else r
+        lines.append(side_by_side(*[f.unsqueeze(0) for f in r], gap=gap)[0])
+    c, _, w = lines[0].shape
+    out = []
+    for i, line in enumerate(lines):
+        if i:
+            out.append(torch.ones(c, gap, w, dtype=line.dtype, device=line.device))
+        out.append(line)
+    return torch.cat(out, dim=1)
 
-    top = row(torch.cat([inputs, truth]))
-    bottom = row(torch.cat([inputs, pred]))
-    sep = torch.ones(top.shape[0], gap, top.shape[2], dtype=top.dtype, device=top.device)
-    return torch.cat([top, sep, bottom], dim=1)
+
+def stack_rows(images: Sequence[Tensor], gap: int = 4) -> Tensor:
+    """Stack ``(..., C, H, W)`` pictures of one width top to bottom with a white ``gap``."""
+    parts = []
+    for i, img in enumerate(images):
+        if i:
+            parts.append(torch.ones(*img.shape[:-2], gap, img.shape[-1], dtype=img.dtype, device=img.device))
+        parts.append(img)
+    return torch.cat(parts, dim=-2)
+
+
+def png_bytes(img: Tensor | np.ndarray) -> bytes:
+    """Encode a ``(C, H, W)`` picture (C = 1 or 3, values in [0, 1]) as PNG."""
+    arr = to_uint8(img)
+    pil = Image.fromarray(arr[0] if arr.shape[0] == 1 else rearrange(arr, "c h w -> h w c"))
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def confusion_matrix_image(cm: Tensor | np.ndarray, class_names: Sequence[str] | None = None, cell: int = 36) -> np.ndarray:

@@ -17,7 +17,7 @@ from ..config import TRAIN_DEFAULTS
 from ..distributed import unwrap
 from ..loop import resolve_precision
 from ..metrics import FrameMetrics, frame_mse
-from ..tb import TBLogger, prediction_strip, side_by_side
+from ..tb import TBLogger, gif_bytes, png_bytes, prediction_strip, side_by_side, stack_rows, upscale
 
 DEFAULTS: dict[str, Any] = {
     "name": "moving_mnist",
@@ -52,12 +52,18 @@ DEFAULTS: dict[str, Any] = {
         "root": "datasets",
         "source": "auto",  # auto | mnist | embedded
         "num_digits": 2,
-        "eval_sequences": 1000,  # size of the fixed test set evaluated during training
+        "eval_sequences": 1000,  # size of the fixed test set evaluated during training (every train.eval_every steps)
+        # the frequent cheap evaluation (every train.quick_eval_every steps, TensorBoard
+        # eval_quick/mse): MSE of the first this-many of those sequences
+        "quick_eval_sequences": 16,
+        # the end of training evaluates the best checkpoint on the first this-many test sequences,
+        # the set evaluate.py scores by default, so metrics.json and evaluate.py --json agree
+        "final_eval_sequences": 1000,
         "eval_batch_size": 50,
         "test_seed": 0,
     },
     "log": {"examples": 4, "fps": 4.0},
-    "train": dict(TRAIN_DEFAULTS, lr=2e-3, precision="auto", eval_every=200),
+    "train": dict(TRAIN_DEFAULTS, lr=2e-3, precision="auto", eval_every=200, quick_eval_every=50),
 }
 
 LOSSES = ("bce", "mse", "l1", "l1+mse", "bce+l1")
@@ -226,6 +232,50 @@ class MovingMNISTTask:
         result = evaluate_frames(model, self.eval_set(), self.cfg, logger, step)
         return {k: v for k, v in result.items() if k != "per_frame"}
 
+    @torch.no_grad()
+    def quick_evaluate(self, model: nn.Module) -> dict:
+        """MSE (per frame, summed over pixels) of the first ``data.quick_eval_sequences`` test
+        sequences: the training loop logs it every ``train.quick_eval_every`` steps (eval_quick/)."""
+        seqs = self.eval_set()[: self.cfg["data"]["quick_eval_sequences"]]
+        t_in, m = self.cfg["model"]["input_frames"], self.cfg["model"]
+        pred = predict(model, seqs[:, :t_in], self.cfg["data"]["eval_batch_size"], self.cfg["train"]["precision"],
+                       filter_temperature=m["eval_filter_temperature"])
+        return {"mse": float(frame_mse(pred, seqs[:, t_in:]).mean())}
+
+    def final_evaluation(self, model: nn.Module, best_path, logger: TBLogger | None, step: int, run_dir) -> dict:
+        """The numbers metrics.json reports: the best checkpoint (``best_path``; ``model`` when there
+        is none) on the first ``data.final_eval_sequences`` test sequences, exactly as
+        ``evaluate.py --checkpoint best.pt`` scores it by default (same set, batch size, precision
+        and device; see :mod:`convlstm_vp.train.evaluate`). Writes ``predictions.png`` and
+        ``predictions.gif`` of the first ``log.examples`` of them to ``run_dir``."""
+        from ..checkpoint import atomic_write_bytes, load_checkpoint
+
+        device, best_step = next(model.parameters()).device, step
+        if best_path is not None:
+            best_step = int(load_checkpoint(best_path)["step"])
+            model, _ = load_trained(str(best_path))
+            model = model.to(device)
+        d = self.cfg["data"]
+        ds = MovingMNIST(d["root"], "test", num_digits=d["num_digits"], num_frames=self.frames,
+                         length=d["final_eval_sequences"], seed=d["test_seed"], source=d["source"])
+        seqs = torch.stack([ds[i] for i in range(len(ds))])
+        result = evaluate_frames(model, seqs, self.cfg, return_predictions=True)
+        pred = result.pop("predictions")
+        t_in = self.cfg["model"]["input_frames"]
+        shown = range(min(self.cfg["log"]["examples"], seqs.shape[0]))
+        x, y = seqs[:, :t_in], seqs[:, t_in:]
+        picture = stack_rows([prediction_strip(x[i], y[i], pred[i]) for i in shown], gap=8)
+        video = stack_rows([upscale(side_by_side(torch.cat([x[i], y[i]]), torch.cat([x[i], pred[i]])), 2) for i in shown], gap=8)
+        atomic_write_bytes(run_dir / "predictions.png", png_bytes(picture))
+        atomic_write_bytes(run_dir / "predictions.gif", gif_bytes(video, self.cfg["log"]["fps"]))
+        test_set = str(ds.standard_path) if ds.standard_path else f"generated (seed {d['test_seed']}, test digits)"
+        result["evaluated_on"] = {
+            "split": "test", "test_set": test_set, "sequences": int(seqs.shape[0]),
+            "what": f"test set {test_set}, first {int(seqs.shape[0])} sequences",
+            "checkpoint": "best.pt" if best_path is not None else "final weights", "checkpoint_step": best_step,
+        }
+        return result
+
 
 def _forecast(model: nn.Module, frames: Tensor, targets: Tensor, **kwargs: Any) -> Forecast:
     """``EncoderForecaster.forecast`` of ``model``, called through ``model`` itself when it is a
@@ -299,8 +349,10 @@ def motion_error(offsets: Tensor, target: Tensor, weights: Tensor) -> dict:
     }
 
 
-def evaluate_frames(model: EncoderForecaster, sequences: Tensor, cfg: dict, logger: TBLogger | None = None, step: int = 0) -> dict:
-    """MSE/MAE/SSIM/PSNR of ``model`` on ``sequences`` ``(N, T, 1, H, W)``; logs examples if asked."""
+def evaluate_frames(model: EncoderForecaster, sequences: Tensor, cfg: dict, logger: TBLogger | None = None, step: int = 0,
+                    return_predictions: bool = False) -> dict:
+    """MSE/MAE/SSIM/PSNR of ``model`` on ``sequences`` ``(N, T, 1, H, W)``; logs examples if asked;
+    ``return_predictions`` adds the predicted frames (key "predictions")."""
     t_in = cfg["model"]["input_frames"]
     x, y = sequences[:, :t_in], sequences[:, t_in:]
     pred = predict(model, x, cfg["data"]["eval_batch_size"], cfg["train"]["precision"],
@@ -312,9 +364,11 @@ def evaluate_frames(model: EncoderForecaster, sequences: Tensor, cfg: dict, logg
         for i in range(min(cfg["log"]["examples"], x.shape[0])):
             logger.image(f"predictions/sequence_{i}", prediction_strip(x[i], y[i], pred[i]), step)
             video = side_by_side(torch.cat([x[i], y[i]]), torch.cat([x[i], pred[i]]))
-            logger.gif(f"videos/sequence_{i}_truth_vs_prediction", video, step, fps=cfg["log"]["fps"])
+            logger.gif(f"videos/sequence_{i}_truth_vs_prediction", upscale(video, 2), step, fps=cfg["log"]["fps"])
         for h, v in enumerate(result["per_frame"]["mse"]):
             logger.scalar(f"eval_per_frame/mse_t{h + 1:02d}", v, step)
+    if return_predictions:
+        result["predictions"] = pred
     return result
 
 

@@ -117,6 +117,12 @@ class PatchClassifierTask:
             self._eval = test_patch_set(self.cfg["data"])
         return self._eval
 
+    def eval_description(self) -> dict:
+        """What the evaluation (and metrics.json) is computed on: the test split's digits."""
+        n, size = int(self.eval_set()[1].shape[0]), self.cfg["data"]["eval_size"]
+        return {"split": "test", "digits": n,
+                "what": "test split, all digits" if not size else f"test split, {n} evenly spaced digits (data.eval_size)"}
+
     def train_batch(self, step: int, rank: int, world: int) -> tuple[Tensor, Tensor]:
         return self.pool.batch(step, rank, world, self.cfg["train"]["batch_size"])
 

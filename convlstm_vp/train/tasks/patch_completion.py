@@ -94,6 +94,11 @@ class PatchCompletionTask:
     def train_batch(self, step: int, rank: int, world: int) -> Tensor:
         return self.pool.batch(step, rank, world, self.cfg["train"]["batch_size"])[0]
 
+    def eval_description(self) -> dict:
+        """What the evaluation (and metrics.json) is computed on: the test split's digits."""
+        n = int(self.eval_set().shape[0])
+        return {"split": "test", "digits": n, "what": f"test split, {n} digits (data.eval_size: 0 = all, else evenly spaced)"}
+
     def training_step(self, model: nn.Module, batch: Tensor, step: int) -> tuple[Tensor, dict]:
         batch = batch.to(next(model.parameters()).device)
         t_in = self.cfg["model"]["input_frames"]

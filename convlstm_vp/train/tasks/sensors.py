@@ -115,6 +115,11 @@ class SensorTask:
         return loss, {"accuracy": accuracy}
 
     @torch.no_grad()
+    def eval_description(self) -> dict:
+        """What the evaluation (and metrics.json) is computed on: every window of the test split."""
+        n = len(self.test_set)
+        return {"split": "test", "windows": n, "what": f"{self.cfg['data']['dataset']} test split, all {n} windows"}
+
     def evaluate(self, model: nn.Module, logger: TBLogger | None, step: int) -> dict:
         return evaluate_windows(model, self.test_set, self.cfg["data"]["eval_batch_size"], logger, step)
 

@@ -1,0 +1,493 @@
+"""Benchmark the ConvLSTM layer and models against a classic reference, torch.nn.LSTM and Keras.
+
+For every configuration the script times, case by case and interleaved (round-robin, median
+over rounds, so a noisy shared machine slows every case alike):
+
+  forward            the model in eval mode under ``torch.no_grad()``;
+  forward+backward   a training step: forward in train mode, loss, backward.
+
+and reports sequences/s, achieved GFLOP/s (analytic convolution / matrix-product FLOPs, below),
+the fraction of this machine's own convolution peak (a large ``conv2d`` measured in the same
+run, per precision) and the peak memory of one training step.
+
+Configurations (``--configs``):
+  moving_mnist     the default Moving MNIST encoder-forecaster (hidden 64,64,64, kernel 3,
+                   patch 4 → 16x16x16 frames, 10+10 frames, batch 16);
+  patch            the 7x7 patch classifier (16 steps of 1x7x7 patches, hidden 32, batch 64);
+  deepconvlstm     the DeepConvLSTM recurrence (OPPORTUNITY paper shapes: 8 steps of
+                   64x113 = 7232 features, 2x128 LSTM, dropout 0.5, batch 100): the project's
+                   rank-0 layer against torch.nn.LSTM; plus the whole model;
+  layer            one ConvLSTM2D layer (B=8, T=20, 16x16x16 → 64, kernel 5), where Keras
+                   ConvLSTM2D (torch backend) is compared when keras is installed;
+  openstl          OpenSTL ConvLSTM-S shapes (4x128, kernel 5, 16x16x16, batch 16); CUDA only
+                   unless named.
+
+Cases: the project's model in fp32 and in bf16 autocast (fp16 autocast too on CUDA), with
+variants that switch single fast paths; "reference": a straightforward ConvLSTM written below
+(one convolution over the concatenated [x, h] per step, fp32, NCHW), the classic
+implementation; torch.nn.LSTM for rank 0; Keras ConvLSTM2D when importable.
+
+FLOPs (multiply-add = 2 FLOPs), counted analytically, elementwise gate arithmetic not counted:
+  convolution  2 · B · prod(spatial_out) · C_out · C_in · prod(kernel)
+  linear       2 · B · out_features · in_features
+  ConvLSTM step: the input-to-state convolution (C_in → 4H) plus the state-to-state one
+  (H → 4H) at every step (the step from a zero state counts too, whether or not an
+  implementation skips it); a training step counts 3x the forward FLOPs (forward, gradient of
+  the input, gradient of the weights). GFLOP/s = these FLOPs / measured time.
+
+Peak memory of one training step: CUDA: ``torch.cuda.max_memory_allocated`` minus the memory
+allocated before the step. CPU (``--memory subprocess``, the default): every case runs once in
+a fresh subprocess and reports its peak resident set (VmHWM, or ru_maxrss) during the first
+training step minus the resident set before it. ``--memory inprocess`` (the default with
+--quick) resets the peak counter (/proc/self/clear_refs) in this process instead: faster, but
+memory the allocator kept from earlier cases is not counted again, so it can read low.
+
+Floors (the ratios the project promises, median of per-round ratios of adjacent timings):
+  moving_mnist  training throughput, the project at the default training precision (CPU: bf16
+                where the CPU has native bf16, else fp32; CUDA: fp16) >= 1.7x the reference (fp32);
+  deepconvlstm  the project's rank-0 layer's training-step time <= 1.2x torch.nn.LSTM's;
+  patch         training throughput, the project at that precision >= 2x the reference (fp32).
+
+Example (the README's table; ``convlstm-vp benchmark ...`` and ``python -m convlstm_vp.bench.run ...``
+take the same arguments):
+    nice -n -5 python scripts/benchmark.py --threads 1 --json benchmark.json
+    python scripts/benchmark.py --quick --json /tmp/bench.json      # a smoke test, seconds
+
+Layout: the reference models are in :mod:`convlstm_vp.bench.reference`, the configurations, cases
+and FLOP counts in :mod:`convlstm_vp.bench.cases`; this module times them and reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cases import BUILDERS, KERAS_STATUS, Case, Config, _precisions, conv_flops
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# ============================================================================ timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_once(case: Case, cfg: Config, device: torch.device, x: Tensor) -> None:
+    model = case.model
+    model.eval()
+    with torch.no_grad(), _autocast(device, case.precision):
+        model(x)
+
+
+def train_once(case: Case, cfg: Config, device: torch.device, x: Tensor, y: Tensor) -> None:
+    model = case.model
+    model.train()
+    for p in model.parameters():
+        p.grad = None
+    with _autocast(device, case.precision):
+        out = model(x)
+    cfg.loss(out, y).backward()
+
+
+def _timed(fn: Callable[[], None], device: torch.device, inner: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per call, over ``inner`` calls."""
+    _sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(inner):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / inner, (time.process_time() - c0) / inner
+
+
+def run_config(cfg: Config, device: torch.device, rounds: int, inner: int, warmup: int, log: Callable[[str], None]) -> None:
+    x, y = cfg.make_inputs(device)
+    for case in list(cfg.cases):
+        try:
+            case.model = case.build().to(device)
+            for _ in range(warmup):
+                forward_once(case, cfg, device, x)
+                train_once(case, cfg, device, x, y)
+        except Exception as exc:  # a case that cannot run here is reported, not fatal
+            case.results["error"] = f"{type(exc).__name__}: {exc}"
+            log(f"  {case.name}: skipped ({case.results['error']})")
+            case.model = None
+    live = [c for c in cfg.cases if c.model is not None]
+    for c in live:
+        c.samples = {"fwd": [], "train": [], "fwd_cpu": [], "train_cpu": []}
+    for r in range(rounds):
+        order = live[r % len(live):] + live[: r % len(live)]  # rotate the order every round
+        for case in order:
+            w, cpu = _timed(lambda: forward_once(case, cfg, device, x), device, inner)
+            case.samples["fwd"].append(w)
+            case.samples["fwd_cpu"].append(cpu)
+            w, cpu = _timed(lambda: train_once(case, cfg, device, x, y), device, inner)
+            case.samples["train"].append(w)
+            case.samples["train_cpu"].append(cpu)
+        log(f"  round {r + 1}/{rounds} done")
+    for case in live:
+        s = case.samples
+        fwd, train = statistics.median(s["fwd"]), statistics.median(s["train"])
+        case.results.update(
+            fwd_ms=fwd * 1e3,
+            train_ms=train * 1e3,
+            fwd_cpu_ms=statistics.median(s["fwd_cpu"]) * 1e3,
+            train_cpu_ms=statistics.median(s["train_cpu"]) * 1e3,
+            fwd_seq_per_s=cfg.batch / fwd,
+            train_seq_per_s=cfg.batch / train,
+            fwd_gflops=cfg.flops_fwd / fwd / 1e9,
+            train_gflops=3 * cfg.flops_fwd / train / 1e9,
+        )
+
+
+# ============================================================================ memory
+def _vm_kb(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_memory_here(case: Case, cfg: Config, device: torch.device, x: Tensor, y: Tensor, fresh: bool) -> float | None:
+    """Peak MB of one training step of ``case`` in this process (see the module docstring)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        train_once(case, cfg, device, x, y)
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    can_reset = _reset_hwm()
+    rss = _vm_kb("VmRSS")
+    if can_reset and rss is not None:
+        train_once(case, cfg, device, x, y)
+        hwm = _vm_kb("VmHWM")
+        return None if hwm is None else max(hwm - rss, 0) / 1024
+    if fresh:  # ru_maxrss is monotonic: only a fresh process gives a meaningful delta
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        train_once(case, cfg, device, x, y)
+        return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, 0) / 1024
+    return None
+
+
+def measure_memory(cfgs: list[Config], device: torch.device, mode: str, args: argparse.Namespace, log: Callable[[str], None]) -> None:
+    for cfg in cfgs:
+        for case in cfg.cases:
+            if "error" in case.results or mode == "off":
+                continue
+            if "compile" in case.note and mode == "subprocess":
+                case.results["peak_mem_mb"] = None  # would compile again in the fresh process
+                continue
+            if mode == "inprocess":
+                x, y = cfg.make_inputs(device)
+                case.results["peak_mem_mb"] = measure_memory_here(case, cfg, device, x, y, fresh=False)
+                continue
+            cmd = [sys.executable, "-m", "convlstm_vp.bench.run", "--_memory-case", f"{cfg.name}::{case.name}",
+                   "--device", str(device)] + (["--quick"] if args.quick else []) + (
+                   ["--threads", str(args.threads)] if args.threads else [])
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=_child_env())
+                line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1]
+                case.results["peak_mem_mb"] = json.loads(line)["peak_mem_mb"]
+            except Exception as exc:
+                case.results["peak_mem_mb"] = None
+                log(f"  memory of {cfg.name} / {case.name} failed: {type(exc).__name__}: {exc}")
+        log(f"  memory of {cfg.name} measured")
+
+
+def _child_env() -> dict[str, str]:
+    """This process's environment with this copy of the package first on the import path."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else root
+    return env
+
+
+def memory_case_main(spec: str, device: torch.device, quick: bool) -> None:
+    """Subprocess entry: build one case, run one training step, print its peak memory as JSON."""
+    cfg_name, case_name = spec.split("::", 1)
+    cfg = BUILDERS[cfg_name](device, quick)
+    case = next(c for c in cfg.cases if c.name == case_name)
+    x, y = cfg.make_inputs(device)
+    case.model = case.build().to(device)
+    print(json.dumps({"peak_mem_mb": measure_memory_here(case, cfg, device, x, y, fresh=True)}))
+
+
+# ============================================================================ peak
+def measure_peak(device: torch.device, quick: bool, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The machine's convolution peak: the best of a few large conv2d forwards (3x3, 5x5, "same"),
+    per precision, over NCHW and NHWC memory formats, timed like the cases (median of rounds)."""
+    if quick:
+        shapes = [(2, 64, 16, 64, 3)]
+    elif device.type == "cuda":
+        shapes = [(64, 256, 64, 256, 3), (128, 128, 32, 512, 3), (64, 128, 32, 256, 5)]
+    else:
+        shapes = [(16, 256, 32, 256, 3), (64, 128, 16, 512, 3), (32, 128, 16, 256, 5)]
+    out: dict[str, Any] = {}
+    for prec in _precisions(device):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
+        best, best_shape = 0.0, ""
+        for b, c, s, o, k in shapes:
+            flops = conv_flops(b, s * s, c, o, k * k)
+            for fmt, fmt_name in ((torch.contiguous_format, "NCHW"), (torch.channels_last, "NHWC")):
+                x = torch.randn(b, c, s, s, device=device, dtype=dtype).contiguous(memory_format=fmt)
+                w = torch.randn(o, c, k, k, device=device, dtype=dtype).contiguous(memory_format=fmt)
+                with torch.no_grad():
+                    for _ in range(2):
+                        F.conv2d(x, w, padding=k // 2)
+                    inner = 20 if quick else 2
+                    times = [_timed(lambda: F.conv2d(x, w, padding=k // 2), device, inner)[0] for _ in range(max(rounds, 3))]
+                rate = flops / statistics.median(times) / 1e9
+                if rate > best:
+                    best, best_shape = rate, f"conv2d x=({b},{c},{s},{s}) w=({o},{c},{k},{k}) {fmt_name}"
+        out[prec] = {"gflops": best, "shape": best_shape}
+        log(f"  peak {prec}: {best:.1f} GFLOP/s ({best_shape})")
+    return out
+
+
+# ============================================================================ floors
+def _paired_ratio(a: Case, b: Case, key: str) -> float | None:
+    """Median over rounds of a[key] / b[key] (adjacent timings in the same round)."""
+    sa, sb = a.samples.get(key), b.samples.get(key)
+    if not sa or not sb:
+        return None
+    return statistics.median(x / y for x, y in zip(sa, sb))
+
+
+def floors(cfgs: dict[str, Config]) -> list[dict[str, Any]]:
+    out = []
+
+    def find(cfg: Config, role: str) -> Case | None:
+        return next((c for c in cfg.cases if c.role == role and "error" not in c.results), None)
+
+    for name, required, what in (
+        ("moving_mnist", 1.7, "training throughput of the default Moving MNIST model vs the reference cell (fp32)"),
+        ("patch", 2.0, "training throughput of the 7x7 patch classifier vs the reference cell (fp32)"),
+    ):
+        cfg = cfgs.get(name)
+        if cfg is None:
+            continue
+        proj, ref = find(cfg, "project"), find(cfg, "reference")
+        if proj and ref:
+            ratio = _paired_ratio(ref, proj, "train")  # reference time / project time = speed-up
+            out.append({"config": name, "what": what, "project": proj.name, "against": ref.name,
+                        "measured": ratio, "required": f">= {required}x", "met": ratio is not None and ratio >= required,
+                        "cpu_time_ratio": _paired_ratio(ref, proj, "train_cpu")})
+    cfg = cfgs.get("deepconvlstm")
+    if cfg is not None:
+        proj, base = find(cfg, "project"), find(cfg, "baseline")
+        if proj and base:
+            ratio = _paired_ratio(proj, base, "train")  # project time / torch time
+            out.append({"config": "deepconvlstm", "what": "rank-0 layer training-step time vs torch.nn.LSTM (fp32)",
+                        "project": proj.name, "against": base.name, "measured": ratio, "required": "<= 1.2x",
+                        "met": ratio is not None and ratio <= 1.2, "forward_ratio": _paired_ratio(proj, base, "fwd"),
+                        "cpu_time_ratio": _paired_ratio(proj, base, "train_cpu")})
+    return out
+
+
+# ============================================================================ report
+def _fmt(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return format(v, spec)
+
+
+def table(cfg: Config, peak: dict[str, Any]) -> str:
+    ref = next((c for c in cfg.cases if c.role in ("reference", "baseline") and "train_ms" in c.results), None)
+    head = ("case", "fwd ms", "fwd+bwd ms", "train seq/s", "GFLOP/s", "% peak", "peak MB", "speed-up")
+    rows = []
+    for c in cfg.cases:
+        r = c.results
+        if "error" in r:
+            rows.append((c.name, "skipped: " + r["error"][:60], "", "", "", "", "", ""))
+            continue
+        pk = peak.get(c.precision, {}).get("gflops")
+        frac = 100 * r["train_gflops"] / pk if pk else None
+        speed = _paired_ratio(ref, c, "train") if ref is not None else None
+        rows.append((c.name, _fmt(r["fwd_ms"], ".1f"), _fmt(r["train_ms"], ".1f"), _fmt(r["train_seq_per_s"], ".1f"),
+                     _fmt(r["train_gflops"], ".1f"), _fmt(frac, ".0f"), _fmt(r.get("peak_mem_mb"), ".0f"),
+                     _fmt(speed, ".2f") + ("x" if speed is not None else "")))
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "| " + " | ".join(str(v).ljust(w) for v, w in zip(cells, widths)) + " |"  # noqa: E731
+    out = [f"{cfg.name}: {cfg.description}; {cfg.shapes}; {cfg.flops_fwd / 1e9:.2f} GFLOP forward",
+           line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows]
+    if ref is not None:
+        out.append(f"(speed-up: {ref.name} time / case time, median of per-round ratios; % peak: training GFLOP/s "
+                   "over the conv2d peak of the case's precision)")
+    return "\n".join(out)
+
+
+def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": threads,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        info["loadavg_start"] = os.getloadavg()
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, one round: a smoke test")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--configs", default=None,
+                        help=f"comma-separated subset of {','.join(BUILDERS)} (default: all but openstl on CPU)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, quick 1)")
+    parser.add_argument("--inner", type=int, default=None, help="calls per timing (default: by config size)")
+    parser.add_argument("--memory", choices=["auto", "subprocess", "inprocess", "off"], default="auto")
+    parser.add_argument("--compile", action="store_true", help="add 'project bf16, compile=True' cases")
+    parser.add_argument("--_memory-case", dest="memory_case", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available on this machine")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_case:
+        memory_case_main(args.memory_case, device, args.quick)
+        return {}
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    warnings.filterwarnings("ignore", message=".*LSTM with projections.*")
+    rounds = args.rounds or (1 if args.quick else 5)
+    warmup = 1 if args.quick else 2
+    memory = args.memory if args.memory != "auto" else ("inprocess" if args.quick or device.type == "cuda" else "subprocess")
+    names = args.configs.split(",") if args.configs else [n for n in BUILDERS if n != "openstl" or device.type == "cuda"]
+    unknown = [n for n in names if n not in BUILDERS]
+    if unknown:
+        parser.error(f"--configs: unknown {unknown}; choose from {list(BUILDERS)}")
+
+    started = time.time()
+    info = machine_info(device, torch.get_num_threads())
+    log(f"benchmark on {info.get('cpu', platform.processor())} ({device}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, rounds={rounds}")
+    peak = measure_peak(device, args.quick, rounds, log)
+    cfgs: dict[str, Config] = {}
+    for name in names:
+        cfg = BUILDERS[name](device, args.quick)
+        if args.compile and name in ("moving_mnist", "patch", "layer"):
+            base = next(c for c in cfg.cases if c.impl == "project" and c.precision == "bf16")
+            build = base.build
+
+            def compiled(build=build) -> nn.Module:
+                from convlstm_vp.nn import compile_cells
+
+                return compile_cells(build())
+
+            cfg.cases.append(Case("project bf16, compile=True", "project", "bf16", compiled,
+                                  note="compile=True (torch.compile of every step)"))
+        cfgs[name] = cfg
+        log(f"{name}: {len(cfg.cases)} cases")
+        inner = args.inner or (1 if args.quick or cfg.flops_fwd > 2e10 else 3)
+        run_config(cfg, device, rounds, inner, warmup, log)
+        if memory == "inprocess":
+            measure_memory([cfg], device, memory, args, log)
+        for c in cfg.cases:
+            c.model = None  # free the models before the next configuration
+    if memory == "subprocess":
+        measure_memory(list(cfgs.values()), device, memory, args, log)
+    report = {
+        "meta": {
+            **info,
+            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+            "quick": args.quick,
+            "rounds": rounds,
+            "memory_method": memory,
+            "seconds": time.time() - started,
+            "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "flops": "conv: 2*B*prod(out)*C_out*C_in*prod(k); linear: 2*B*out*in; ConvLSTM step: input conv "
+                     "(C_in->4H) + state conv (H->4H); training step = 3x forward; gate arithmetic not counted",
+            **KERAS_STATUS,
+        },
+        "peak": peak,
+        "configs": {
+            name: {
+                "description": cfg.description,
+                "shapes": cfg.shapes,
+                "batch": cfg.batch,
+                "flops_forward": cfg.flops_fwd,
+                "cases": [
+                    {"name": c.name, "impl": c.impl, "precision": c.precision, "note": c.note, **c.results,
+                     "fwd_peak_fraction": (c.results["fwd_gflops"] / peak[c.precision]["gflops"]) if "fwd_gflops" in c.results and c.precision in peak else None,
+                     "train_peak_fraction": (c.results["train_gflops"] / peak[c.precision]["gflops"]) if "train_gflops" in c.results and c.precision in peak else None,
+                     "samples_ms": {k: [v * 1e3 for v in vs] for k, vs in c.samples.items()}}
+                    for c in cfg.cases
+                ],
+            }
+            for name, cfg in cfgs.items()
+        },
+        "floors": floors(cfgs),
+    }
+    print(f"\nmachine: {info.get('cpu', '?')}, {info['cpu_count']} cores, {device}, torch {torch.__version__}, "
+          f"{info['threads']} threads; load average at start {info.get('loadavg_start')}")
+    print("peak: " + ", ".join(f"{p} {v['gflops']:.1f} GFLOP/s ({v['shape']})" for p, v in peak.items()))
+    if KERAS_STATUS:
+        print(KERAS_STATUS["keras"])
+    for cfg in cfgs.values():
+        print()
+        print(table(cfg, peak))
+    print("\nfloors:")
+    for f in report["floors"]:
+        print(f"  {'MET ' if f['met'] else 'MISSED'} {f['config']}: {f['what']}: {_fmt(f['measured'], '.2f')}x "
+              f"(required {f['required']}; CPU-time ratio {_fmt(f.get('cpu_time_ratio'), '.2f')}x)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+        print(f"\nwrote {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

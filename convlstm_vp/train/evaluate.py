@@ -1,0 +1,160 @@
+"""Evaluate a Moving MNIST checkpoint on the fixed test set.
+
+    python scripts/evaluate.py --checkpoint runs/cpu-quick/checkpoints/best.pt [--digits 3] [--json out.json] [--recognition] [--motion]
+    convlstm-vp evaluate --checkpoint runs/cpu-quick/checkpoints/best.pt [--digits 3] [--json out.json] [--recognition] [--motion]
+
+By default it scores the first ``data.final_eval_sequences`` (1000) test sequences of the run's
+config at its ``data.eval_batch_size`` and precision: the set, batch size and precision with which
+the end of training scores ``best.pt`` for ``metrics.json``, so the two report the same numbers.
+
+Metrics (README, "Metrics"): MSE and MAE per frame summed over pixels and averaged over frames and
+sequences, SSIM (11x11 Gaussian window) and PSNR, plus per-horizon curves. The all-zeros and
+copy-last-frame baselines on the same sequences are printed for reference. With --recognition, a
+digit classifier trained on the training digits reads each digit's 28x28 window in the predicted
+and in the true frames (README, "Metrics"). With --motion (dynamic-filter head, generated test set), the
+filter kernels' mean source offsets are compared with the digits' true motion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from convlstm_vp.data import MovingMNIST, load_digits
+from convlstm_vp.train.checkpoint import CheckpointError, atomic_write_bytes
+from convlstm_vp.train.loop import resolve_device
+from convlstm_vp.train.metrics import FrameMetrics
+from convlstm_vp.train.recognition import digit_accuracy, recognition_accuracy, train_digit_recognizer
+from convlstm_vp.train.tasks.moving_mnist import load_trained, motion_error, predict
+
+
+def main(argv=None, prog: str | None = None) -> dict:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--digits", type=int, default=None, help="digits per sequence (default: as trained)")
+    p.add_argument("--sequences", type=int, default=None,
+                   help="number of test sequences, the first of the set (default: the config's data.final_eval_sequences, 1000 "
+                        "unless set: the set the end of training scores, so the run's metrics.json and this agree)")
+    p.add_argument("--seed", type=int, default=None, help="test-set seed (generated test set only; default: the config's data.test_seed, 0 unless set)")
+    p.add_argument("--root", default=None, help="data root (default: as trained)")
+    p.add_argument("--standard-file", choices=["auto", "yes", "no"], default="auto",
+                   help="use datasets/moving_mnist/mnist_test_seq.npy (auto: when present and 2 digits)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None, help="default: as trained (auto: bf16 where the device computes it natively)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the config's data.eval_batch_size (as in training)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the model runs (default auto: CUDA when available)")
+    p.add_argument("--json", help="write {mse, mae, ssim, psnr, per_frame, baselines[, recognition][, motion]} here")
+    p.add_argument("--recognition", action="store_true",
+                   help="also report how often a digit classifier recognises each digit in the predicted frames")
+    p.add_argument("--filter-temperature", type=float, default=None,
+                   help="softmax temperature of the filter kernels; below 1 sharpens them (default: the config's "
+                        "model.eval_filter_temperature, 1 unless set)")
+    p.add_argument("--render", choices=["filter", "warp"], default="filter",
+                   help="how a dynamic-filter model renders its frames: filter each previous prediction (default, as "
+                        "trained) or warp: move a displacement field with the same kernels and sample the last input once")
+    p.add_argument("--motion", action="store_true",
+                   help="also report how far the filter kernels' mean source offsets are from the digits' true motion (dynamic filter)")
+    p.add_argument("--recognizer-epochs", type=int, default=6, help="training epochs of that classifier (default 6)")
+    args = p.parse_args(argv)
+    try:
+        model, cfg = load_trained(args.checkpoint)
+        temperature = cfg["model"]["eval_filter_temperature"] if args.filter_temperature is None else args.filter_temperature
+        model.check_rendering(temperature, args.render)
+    except (CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        model = model.to(resolve_device(args.device, what="--device"))
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    d = cfg["data"]
+    args.sequences = d["final_eval_sequences"] if args.sequences is None else args.sequences
+    args.seed = d["test_seed"] if args.seed is None else args.seed
+    args.batch_size = args.batch_size or d["eval_batch_size"]
+    digits = args.digits or d["num_digits"]
+    t_in, t_out = cfg["model"]["input_frames"], cfg["model"]["output_frames"]
+    standard = {"auto": None if digits == 2 else False, "yes": True, "no": False}[args.standard_file]
+    root = args.root or d["root"]
+    ds = MovingMNIST(root, "test", num_digits=digits, num_frames=t_in + t_out,
+                     length=args.sequences, seed=args.seed, source=d["source"], standard_file=standard)
+    seqs = torch.stack([ds[i] for i in range(len(ds))])
+    if seqs.shape[1] < t_in + t_out:
+        raise SystemExit(f"error: test sequences have {seqs.shape[1]} frames; the model needs {t_in + t_out}")
+    seqs = seqs[:, : t_in + t_out]
+    x, y = seqs[:, :t_in], seqs[:, t_in:]
+    if args.motion and model.head_type == "conv":
+        raise SystemExit("error: --motion needs the dynamic-filter head (model.head dynamic_filter); this checkpoint's head is conv")
+    if args.motion and ds.standard_path is not None:
+        raise SystemExit(f"error: --motion needs digit trajectories; the standard file {ds.standard_path} has none: add --standard-file no")
+    pred = predict(model, x, args.batch_size, args.precision or cfg["train"]["precision"], return_offsets=args.motion,
+                   filter_temperature=temperature, render=args.render)
+    if args.motion:
+        pred, offsets = pred
+    results = {}
+    for name, guess in (("model", pred), ("zeros", torch.zeros_like(y)), ("copy_last", x[:, -1:].expand_as(y))):
+        fm = FrameMetrics()
+        fm.update(guess, y)
+        results[name] = fm.compute()
+    out = dict(results["model"])
+    out["baselines"] = {k: {m: results[k][m] for m in FrameMetrics.names} for k in ("zeros", "copy_last")}
+    out["sequences"] = int(seqs.shape[0])
+    out["digits"] = digits
+    out["filter_temperature"] = temperature
+    out["head"] = model.head_type
+    out["render"] = args.render
+    out["test_set"] = str(ds.standard_path) if ds.standard_path else f"generated (seed {args.seed}, test digits)"
+    out["evaluated_on"] = {"split": "test", "test_set": out["test_set"], "sequences": out["sequences"],
+                           "what": f"test set {out['test_set']}, first {out['sequences']} sequences", "checkpoint": args.checkpoint}
+
+    print(f"test set: {out['test_set']}, {out['sequences']} sequences, {digits} digits"
+          + (f", filter temperature {temperature:g}" if temperature != 1.0 else "")
+          + (f", rendered by {args.render}" if args.render != "filter" else ""))
+    print(f"{'':>10} {'MSE':>9} {'MAE':>9} {'SSIM':>7} {'PSNR':>7}")
+    for name in ("model", "zeros", "copy_last"):
+        r = results[name]
+        print(f"{name:>10} {r['mse']:9.2f} {r['mae']:9.2f} {r['ssim']:7.4f} {r['psnr']:7.2f}")
+    print("per frame (model):")
+    print(f"{'t':>4} {'MSE':>9} {'MAE':>9} {'SSIM':>7} {'PSNR':>7}")
+    pf = out["per_frame"]
+    for t in range(t_out):
+        print(f"{t + 1:>4} {pf['mse'][t]:9.2f} {pf['mae'][t]:9.2f} {pf['ssim'][t]:7.4f} {pf['psnr'][t]:7.2f}")
+    if args.recognition:
+        if ds.standard_path is not None:
+            raise SystemExit(f"error: --recognition needs digit trajectories; the standard file {ds.standard_path} has none: add --standard-file no")
+        pool = load_digits(root, "train", d["source"])
+        recognizer = train_digit_recognizer(pool.images, pool.labels, epochs=args.recognizer_epochs)
+        tracks = [ds.trajectories(i) for i in range(len(ds))]
+        corners = torch.stack([torch.from_numpy(c) for c, _ in tracks])[:, :, t_in : t_in + t_out]
+        labels = torch.stack([torch.from_numpy(l) for _, l in tracks])
+        rec = {name: recognition_accuracy(recognizer, frames, corners, labels) for name, frames in (("model", pred), ("truth", y))}
+        held_out = ds.digits  # the held-out test digits the sequences are drawn from
+        rec["isolated_test_digits"] = digit_accuracy(recognizer, held_out.images, held_out.labels)
+        out["recognition"] = rec
+        print(f"digit recognition (classifier trained on {len(pool)} {pool.source} training digits; "
+              f"{rec['isolated_test_digits']:.3f} right on the {len(held_out)} isolated test digits):")
+        print(f"{'t':>4} {'model':>7} {'truth':>7}")
+        for t in range(t_out):
+            print(f"{t + 1:>4} {rec['model']['per_frame'][t]:7.3f} {rec['truth']['per_frame'][t]:7.3f}")
+        print(f"all {digits} digits right at the last frame: model {rec['model']['all_digits_last']:.3f}, truth {rec['truth']['all_digits_last']:.3f}")
+    if args.motion:
+        truth = [ds.motion(i, model.patch_size) for i in range(len(ds))]
+        target = torch.stack([torch.from_numpy(o) for o, _ in truth])[:, t_in - 1 : t_in - 1 + t_out]
+        weights = torch.stack([torch.from_numpy(w) for _, w in truth])[:, t_in - 1 : t_in - 1 + t_out]
+        out["motion"] = motion_error(offsets, target, weights)
+        mo = out["motion"]
+        print(f"motion: mean |kernel offset - true motion| {mo['mae_px']:.3f} px per component "
+              f"(offsets of zero: {mo['no_motion_mae_px']:.3f}), on cells one digit alone covers:")
+        print(f"{'t':>4} {'model':>7} {'zero':>7}")
+        for t in range(t_out):
+            print(f"{t + 1:>4} {mo['per_frame'][t]:7.3f} {mo['no_motion_per_frame'][t]:7.3f}")
+    if args.json:
+        atomic_write_bytes(Path(args.json), json.dumps(out, indent=2).encode())
+    return out
+
+
+if __name__ == "__main__":
+    main()
