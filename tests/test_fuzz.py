@@ -73,7 +73,7 @@ def make_case(rng: random.Random) -> Case:
         smallest = min(kw["hidden_channels"]) if isinstance(kw["hidden_channels"], list) else kw["hidden_channels"]
         if smallest > 1:
             kw["proj_size"] = rng.randint(1, smallest - 1)
-    kw["fused"] = rng.random() < 0.7
+    kw["implementation"] = "fused" if rng.random() < 0.7 else "plain"
     # deliberate faults in the constructor arguments
     if rng.random() < 0.08:
         faults.append("bad hidden_channels")
