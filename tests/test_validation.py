@@ -114,11 +114,37 @@ def _mm_config(*overrides: str) -> dict:
         ("train.nan_policy=ignore", r"'train.nan_policy'.*stop"),
         ("model.kernel_size=three", r"'model.kernel_size'.*integer"),
         ("seed=-1", r"'seed'"),
+        ("train.lr=.inf", r"'train.lr'.*finite"),
+        ("train.lr=.nan", r"'train.lr'.*finite"),
+        ("data.eval_batch_size=0", r"'data.eval_batch_size'.*positive"),
+        ("data.final_eval_sequences=0", r"'data.final_eval_sequences'.*positive"),
     ],
 )
 def test_invalid_config_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _mm_config(override)
+
+
+def test_scientific_notation_is_a_number_in_overrides_and_files(tmp_path: Path) -> None:
+    # YAML 1.1 reads 1e-4 (no dot) as a string; a float key takes it as the number it spells
+    assert _mm_config("train.lr=1e-4")["train"]["lr"] == 1e-4
+    assert _mm_config("train.weight_decay=5E-3")["train"]["weight_decay"] == 5e-3
+    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS
+
+    cfg = tmp_path / "sci.yaml"
+    cfg.write_text("train:\n  lr: 5e-4\n")
+    assert load_config(cfg, DEFAULTS)["train"]["lr"] == 5e-4
+    with pytest.raises(ConfigError, match="'train.lr'.*expected a number.*'5e-4x'"):
+        _mm_config("train.lr=5e-4x")
+
+
+def test_an_empty_config_file_is_an_error_not_the_defaults(tmp_path: Path) -> None:
+    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS
+
+    for text in ("", "# only a comment\n"):
+        (tmp_path / "empty.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=r"empty.yaml is empty: expected a YAML mapping"):
+            load_config(tmp_path / "empty.yaml", DEFAULTS)
 
 
 def _run_cli(tmp_path: Path, capsys, script_defaults, make_task, config: str, *overrides: str) -> str:

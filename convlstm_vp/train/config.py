@@ -7,6 +7,7 @@ a bad ``--set`` override fails fast with a message that names the key.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,9 @@ _CHOICES = {
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "implementation"): ("auto", "plain", "fused", "compiled"),
 }
-_POSITIVE = {("train", k) for k in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every")}
+_POSITIVE = {("train", k) for k in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every")} | {
+    ("data", "eval_batch_size"), ("data", "eval_sequences"), ("data", "final_eval_sequences")
+}
 _NON_NEGATIVE = {("train", k) for k in ("lr", "weight_decay", "grad_clip", "num_threads", "warmup_fraction", "quick_eval_every")} | {
     ("seed",), ("encoder_loss_weight",), ("l1_weight",), ("motion_loss_weight",)
 }
@@ -62,6 +65,14 @@ _NON_NEGATIVE = {("train", k) for k in ("lr", "weight_decay", "grad_clip", "num_
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(text: str, fallback: Any) -> Any:
+    """``text`` as a float when it spells one ("1e-4", "5E-3"), else ``fallback``."""
+    try:
+        return float(text)
+    except ValueError:
+        return fallback
 
 
 def _check_value(path: tuple[str, ...], value: Any, default: Any) -> Any:
@@ -75,9 +86,14 @@ def _check_value(path: tuple[str, ...], value: Any, default: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
     elif isinstance(default, float):
+        if isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads scientific notation without a dot, such as 1e-4, as a string
+            value = _number(value, value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
     elif isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
@@ -148,7 +164,9 @@ def load_config(path: str | Path | None, defaults: Mapping[str, Any], overrides:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, Mapping):
+        if loaded is None:
+            raise ConfigError(f"config file {p} is empty: expected a YAML mapping of config keys (see configs/)")
+        if not isinstance(loaded, Mapping):
             raise ConfigError(f"config file {p}: expected a mapping at the top level")
         data = dict(loaded or {})
         data.setdefault("name", p.stem)
