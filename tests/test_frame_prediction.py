@@ -821,3 +821,65 @@ def test_train_implementation_compiled_runs_every_cell_step_through_torch_compil
     assert weights["true"].keys() == weights["false"].keys()
     for k in weights["false"]:
         torch.testing.assert_close(weights["true"][k], weights["false"][k], rtol=0, atol=0, msg=k)
+
+
+def test_predict_input_scale_follows_the_dtype_and_never_guesses(tmp_path: Path):
+    from convlstm_vp.train.predict import parse_range, read_frames
+
+    rng = np.random.default_rng(0)
+    clip = rng.random((6, 16, 16)).astype(np.float32) * 0.9
+    clip[0, 0, 0] = 1.0
+    np.save(tmp_path / "f.npy", clip)
+    np.testing.assert_allclose(read_frames(tmp_path / "f.npy"), clip)  # float in [0, 1]: as is
+    u8 = (clip * 255).astype(np.uint8)
+    np.save(tmp_path / "u8.npy", u8)
+    np.testing.assert_allclose(read_frames(tmp_path / "u8.npy"), u8 / 255.0, atol=1e-6)
+    # one pixel at 1.5 used to turn the clip into u8/255 (nearly black): now an error naming the range
+    bright = clip.copy()
+    bright[2, 3, 3] = 1.5
+    np.save(tmp_path / "bright.npy", bright)
+    with pytest.raises(ValueError, match=r"bright.npy: float32 frames must lie in \[0, 1\], got values in \[.*, 1.5\].*--input-range"):
+        read_frames(tmp_path / "bright.npy")
+    # an explicit range maps linearly, and is checked too
+    np.testing.assert_allclose(read_frames(tmp_path / "bright.npy", parse_range("0,1.5")), bright / 1.5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1.2\]"):
+        read_frames(tmp_path / "bright.npy", parse_range("0,1.2"))
+    for text in ("1", "a,b", "3,1", "0,inf"):
+        with pytest.raises(ValueError, match="--input-range"):
+            parse_range(text)
+    for bad in (np.nan, np.inf):
+        broken = clip.copy()
+        broken[1, 1, 1] = bad
+        np.save(tmp_path / "nf.npy", broken)
+        with pytest.raises(ValueError, match="nf.npy: frames hold NaN or Inf"):
+            read_frames(tmp_path / "nf.npy")
+    np.save(tmp_path / "u16.npy", (clip * 4000).astype(np.uint16))
+    with pytest.raises(ValueError, match="uint16 frames have no known scale; pass --input-range"):
+        read_frames(tmp_path / "u16.npy")
+    np.testing.assert_allclose(read_frames(tmp_path / "u16.npy", (0.0, 4000.0)), (clip * 4000).astype(np.uint16) / 4000.0, atol=1e-6)
+    np.save(tmp_path / "empty.npy", np.zeros((0, 16, 16), np.float32))
+    with pytest.raises(ValueError, match="empty.npy: holds no frames"):
+        read_frames(tmp_path / "empty.npy")
+    (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(ValueError, match="corrupt.npy: not a readable .npy array"):
+        read_frames(tmp_path / "corrupt.npy")
+    (tmp_path / "corrupt.gif").write_bytes(b"GIF89a\x00\x01")
+    with pytest.raises(ValueError, match="corrupt.gif: not a readable GIF"):
+        read_frames(tmp_path / "corrupt.gif")
+
+
+def test_predict_and_evaluate_reject_bad_arguments_before_any_work(tiny_run: Path, tmp_path: Path):
+    ck = str(tiny_run / "checkpoints" / "best.pt")
+    np.save(tmp_path / "in.npy", np.random.default_rng(1).random((12, 32, 32)).astype(np.float32))
+    cases = [
+        ("scripts/predict.py", ["--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "o.txt")], "--output: expected a file ending in .gif"),
+        ("scripts/predict.py", ["--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "o.gif"), "--start", "-5"], "--start: expected an integer >= 0"),
+        ("scripts/predict.py", ["--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "in.npy" / "sub" / "o.gif")], "cannot create the output folder"),
+        ("scripts/evaluate.py", ["--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
+        ("scripts/evaluate.py", ["--sequences", "0"], "--sequences: expected an integer >= 1, got 0"),
+    ]
+    for script, extra, message in cases:
+        res = subprocess.run([sys.executable, script, "--checkpoint", ck, *extra], capture_output=True, text=True, cwd=ROOT)
+        assert res.returncode == 2, (script, extra, res.stdout, res.stderr)
+        assert message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "o.txt").exists() and not (tmp_path / "o.gif").exists()

@@ -26,6 +26,7 @@ import torch
 
 from convlstm_vp.data import MovingMNIST, load_digits
 from convlstm_vp.train.checkpoint import CheckpointError, atomic_write_bytes
+from convlstm_vp.train.cli import positive_int
 from convlstm_vp.train.loop import resolve_device
 from convlstm_vp.train.metrics import FrameMetrics
 from convlstm_vp.train.recognition import digit_accuracy, recognition_accuracy, train_digit_recognizer
@@ -35,8 +36,8 @@ from convlstm_vp.train.tasks.moving_mnist import load_trained, motion_error, pre
 def main(argv=None, prog: str | None = None) -> dict:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--digits", type=int, default=None, help="digits per sequence (default: as trained)")
-    p.add_argument("--sequences", type=int, default=None,
+    p.add_argument("--digits", type=positive_int, default=None, help="digits per sequence (default: as trained)")
+    p.add_argument("--sequences", type=positive_int, default=None,
                    help="number of test sequences, the first of the set (default: the config's data.final_eval_sequences, 1000 "
                         "unless set: the set the end of training scores, so the run's metrics.json and this agree)")
     p.add_argument("--seed", type=int, default=None, help="test-set seed (generated test set only; default: the config's data.test_seed, 0 unless set)")
@@ -44,7 +45,7 @@ def main(argv=None, prog: str | None = None) -> dict:
     p.add_argument("--standard-file", choices=["auto", "yes", "no"], default="auto",
                    help="use datasets/moving_mnist/mnist_test_seq.npy (auto: when present and 2 digits)")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None, help="default: as trained (auto: bf16 where the device computes it natively)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the config's data.eval_batch_size (as in training)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: the config's data.eval_batch_size (as in training)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where the model runs (default auto: CUDA when available)")
     p.add_argument("--json", help="write {mse, mae, ssim, psnr, per_frame, baselines[, recognition][, motion]} here")
@@ -58,7 +59,7 @@ def main(argv=None, prog: str | None = None) -> dict:
                         "trained) or warp: move a displacement field with the same kernels and sample the last input once")
     p.add_argument("--motion", action="store_true",
                    help="also report how far the filter kernels' mean source offsets are from the digits' true motion (dynamic filter)")
-    p.add_argument("--recognizer-epochs", type=int, default=6, help="training epochs of that classifier (default 6)")
+    p.add_argument("--recognizer-epochs", type=positive_int, default=6, help="training epochs of that classifier (default 6)")
     args = p.parse_args(argv)
     try:
         model, cfg = load_trained(args.checkpoint)
