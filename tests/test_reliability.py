@@ -191,6 +191,21 @@ def test_load_checkpoint_round_trip(tmp_path: Path) -> None:
     assert set(ck["rng"]) >= {"torch", "numpy", "python"}
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_run_files_get_the_mode_of_the_users_umask(tmp_path: Path, umask: int) -> None:
+    from convlstm_vp.train.checkpoint import atomic_write_bytes
+
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "metrics.json", b"{}")
+        _good_checkpoint(tmp_path / "last.pt", 1.0)
+    finally:
+        os.umask(old)
+    for name in ("metrics.json", "last.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    assert os.umask(old) == old  # the process umask is left as it was
+
+
 def test_truncated_and_random_files_give_checkpoint_errors(tmp_path: Path) -> None:
     _good_checkpoint(tmp_path / "ok.pt")
     data = (tmp_path / "ok.pt").read_bytes()
