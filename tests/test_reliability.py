@@ -206,6 +206,23 @@ def test_run_files_get_the_mode_of_the_users_umask(tmp_path: Path, umask: int) -
     assert os.umask(old) == old  # the process umask is left as it was
 
 
+def test_flipped_bytes_inside_a_tensor_are_a_checkpoint_error(tmp_path: Path) -> None:
+    import zipfile
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.linspace(-1, 1, 4096)}, "step": 7, "config": {}})
+    with zipfile.ZipFile(path) as zf:
+        member = next(i for i in zf.infolist() if "/data/" in i.filename)
+        start = member.header_offset + 30 + len(member.filename.encode()) + len(member.extra)
+    data = bytearray(path.read_bytes())
+    data[start + 1000 : start + 1064] = bytes(b ^ 0x5A for b in data[start + 1000 : start + 1064])
+    path.write_bytes(bytes(data))
+    # torch.load alone reads it without complaint: a silently changed weight
+    assert not torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.linspace(-1, 1, 4096))
+    with pytest.raises(CheckpointError, match=r"last.pt is corrupted: its member '.*data/0' fails the CRC-32 check"):
+        load_checkpoint(path)
+
+
 def test_truncated_and_random_files_give_checkpoint_errors(tmp_path: Path) -> None:
     _good_checkpoint(tmp_path / "ok.pt")
     data = (tmp_path / "ok.pt").read_bytes()

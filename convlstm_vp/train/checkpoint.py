@@ -18,6 +18,7 @@ import os
 import random
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,25 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     atomic_torch_save(payload, path)
 
 
+def _check_integrity(path: Path) -> None:
+    """Raise :class:`CheckpointError` when a member of the checkpoint's zip archive fails its CRC-32.
+
+    ``torch.save`` stores every tensor as a zip member with its CRC, but ``torch.load`` does not
+    check them: flipped bytes inside a tensor's data would load as a silently changed weight.
+    A file that is not a zip archive is left to ``torch.load``, whose error says what is wrong.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError):
+        return
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupted: its member {bad!r} fails the CRC-32 check "
+            "(the file changed after it was written)"
+        )
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely; raise :class:`CheckpointError` with the reason if it is bad."""
     path = Path(path)
@@ -142,6 +162,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint file not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"could not read checkpoint {path}: the file is empty")
+    _check_integrity(path)
     try:
         with warnings.catch_warnings():  # e.g. a foreign pickle protocol; the error below says more
             warnings.simplefilter("ignore")
