@@ -369,6 +369,9 @@ def _injecting_task(cfg: dict, at: int, kind: str):
             self.step = step
             if step == at and kind == "input":
                 batch[0, 0, 0, 0, 0] = float("nan")
+            if step == at and kind == "weights":  # after step at - 1's update, a weight becomes Inf
+                with torch.no_grad():
+                    next(self.model.parameters()).view(-1)[0] = float("inf")
             return batch
 
         def training_step(self, model, batch, step):
@@ -383,6 +386,7 @@ def _injecting_task(cfg: dict, at: int, kind: str):
             if self.step == at and kind == "grad":  # finite loss, NaN gradient
                 w = next(model.parameters())
                 loss = loss + torch.where(torch.tensor(True), w.sum() * 0, torch.sqrt(w.sum() * 0 - 1))
+            self.model = model
             return loss, logs
 
     return Injecting(cfg)
@@ -405,6 +409,32 @@ def test_nan_stop_keeps_the_last_good_checkpoint(tmp_path: Path, kind: str) -> N
     assert ck["step"] == 4
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_non_finite_weights_are_never_saved_as_a_good_checkpoint(tmp_path: Path) -> None:
+    from convlstm_vp.train.loop import NonFiniteLossError
+
+    # nan_policy=skip would skip the NaN losses that follow: the save after the bad step stops it
+    cfg = _tiny_config("train.steps=8", "train.checkpoint_every=2", "train.eval_every=1000", "train.nan_policy=skip")
+    task = _injecting_task(cfg, 5, "weights")
+    task.run_dir = tmp_path
+    with pytest.raises(NonFiniteLossError, match=r"weights became NaN/Inf by step 6 .*last.pt was not written.*kept at"):
+        _fit(cfg, tmp_path, task=task)
+    last = tmp_path / "checkpoints" / "last.pt"
+    assert last.read_bytes() == task.seen["last.pt"]
+    ck = load_checkpoint(last)
+    assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_json_outputs_stay_valid_json_with_nan_and_inf() -> None:
+    import json
+
+    from convlstm_vp.train.checkpoint import json_bytes
+
+    text = json_bytes({"mse": float("nan"), "per_frame": [1.0, float("inf"), -float("inf")], "ok": 2, "nested": {"x": float("nan")}})
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard constant {c}")) == {
+        "mse": None, "per_frame": [1.0, None, None], "ok": 2, "nested": {"x": None}}
 
 
 @pytest.mark.parametrize("kind", ["loss", "grad", "input"])

@@ -63,6 +63,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as indented JSON that every parser accepts: NaN and +/-Inf (which ``json.dumps``
+    writes as the non-standard ``NaN``/``Infinity``) become ``null``."""
+    import json
+    import math
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), indent=2, allow_nan=False).encode()
+
+
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Delete the temporary files a killed :func:`atomic_write_bytes` left in ``folder``."""
     removed = []

@@ -18,14 +18,13 @@ filter kernels' mean source offsets are compared with the digits' true motion.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 from convlstm_vp.data import MovingMNIST, load_digits
-from convlstm_vp.train.checkpoint import CheckpointError, atomic_write_bytes
+from convlstm_vp.train.checkpoint import CheckpointError, atomic_write_bytes, json_bytes
 from convlstm_vp.train.cli import positive_int
 from convlstm_vp.train.loop import resolve_device
 from convlstm_vp.train.metrics import FrameMetrics
@@ -153,7 +152,7 @@ def main(argv=None, prog: str | None = None) -> dict:
         for t in range(t_out):
             print(f"{t + 1:>4} {mo['per_frame'][t]:7.3f} {mo['no_motion_per_frame'][t]:7.3f}")
     if args.json:
-        atomic_write_bytes(Path(args.json), json.dumps(out, indent=2).encode())
+        atomic_write_bytes(Path(args.json), json_bytes(out))
     return out
 
 

@@ -24,7 +24,6 @@ good state) or skips the step (``skip``).
 from __future__ import annotations
 
 import gc
-import json
 import math
 import signal
 import sys
@@ -48,6 +47,7 @@ from .checkpoint import (
     CheckpointError,
     atomic_write_bytes,
     capture_rng_state,
+    json_bytes,
     load_checkpoint,
     remove_stale_temporaries,
     restore_rng_state,
@@ -296,7 +296,18 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
             logger = TBLogger(run_dir, enabled=is_main, purge_step=start_step if resume else None)
 
             def checkpoint(path: Path, step: int, all_ranks: bool = True) -> None:
-                """Rank 0 writes ``path``; with ``all_ranks`` (every rank calls) it holds every rank's RNG."""
+                """Rank 0 writes ``path``; with ``all_ranks`` (every rank calls) it holds every rank's RNG.
+
+                Weights that became NaN/Inf (a finite loss and gradient can still step them there,
+                e.g. with a huge learning rate) stop the run before anything is written, so no
+                checkpoint is ever saved as good with non-finite weights (DDP ranks agree: the
+                weights are the same on every rank)."""
+                bad = [n for n, t in unwrap(model).state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+                if bad:
+                    raise NonFiniteLossError(
+                        f"the weights became NaN/Inf by step {step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                        f"{path.name} was not written and the last good checkpoint is kept at {last_path}; lower train.lr"
+                    )
                 rng_ranks = _gather_rng_states(dist) if all_ranks else None
                 if not is_main:
                     return
@@ -447,7 +458,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 result["world_size"] = dist.world_size
                 result["precision"] = precision  # train.precision as it ran (auto resolved)
                 result["weights_sha256"] = digests  # one per rank; DDP keeps them equal
-                atomic_write_bytes(run_dir / "metrics.json", json.dumps(result, indent=2).encode())
+                atomic_write_bytes(run_dir / "metrics.json", json_bytes(result))
             if len(set(digests)) > 1:
                 raise RuntimeError(f"the ranks ended with different weights (SHA-256 per rank: {digests})")
             # all ranks leave together, with nothing left to do before tearing the process group
