@@ -87,8 +87,8 @@ def _check_rank0_only_outputs(run_dir: Path) -> dict:
     files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
     events = [f for f in files if f.startswith("events.out.tfevents.")]
     assert len(events) == 1, files  # a second writer would add its own event file
-    assert sorted(set(files) - set(events)) == ["checkpoints/best.pt", "checkpoints/last.pt", "config.yaml", "metrics.json",
-                                                "predictions.gif", "predictions.png"]
+    assert sorted(set(files) - set(events)) == [".lock", "checkpoints/best.pt", "checkpoints/last.pt", "config.yaml", "metrics.json",
+                                                "predictions.gif", "predictions.png"]  # .lock: rank 0's run-folder lock
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")

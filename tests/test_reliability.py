@@ -223,6 +223,34 @@ def test_flipped_bytes_inside_a_tensor_are_a_checkpoint_error(tmp_path: Path) ->
         load_checkpoint(path)
 
 
+def test_a_second_training_on_a_locked_run_folder_stops_before_touching_it(tmp_path: Path) -> None:
+    from convlstm_vp.train.checkpoint import run_folder_lock
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    stale = run / "checkpoints" / ".last.pt.abc.tmp"  # stands for the holder's save in progress
+    stale.write_bytes(b"half")
+    with run_folder_lock(run):
+        p = _start(run, ["train.steps=2"])
+        rc, out = _finish(p)
+        assert rc == 2, out
+        assert f"run folder {run} is in use by another training process (PID {os.getpid()})" in out and "Traceback" not in out
+        assert stale.exists() and not (run / "config.yaml").exists()  # nothing touched
+    # a holder killed by SIGKILL releases the lock: the next run (or --resume) proceeds
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from convlstm_vp.train.checkpoint import run_folder_lock\n"
+                               f"with run_folder_lock(Path({str(run)!r})):\n print('locked', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, env=_env())
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(RuntimeError, match=f"PID {holder.pid}"):
+        with run_folder_lock(run):
+            pass
+    holder.kill()
+    holder.wait()
+    with run_folder_lock(run):
+        assert (run / ".lock").read_text().strip() == str(os.getpid())
+
+
 def test_truncated_and_random_files_give_checkpoint_errors(tmp_path: Path) -> None:
     _good_checkpoint(tmp_path / "ok.pt")
     data = (tmp_path / "ok.pt").read_bytes()

@@ -14,12 +14,14 @@ rank's).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
 import warnings
 import zipfile
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -61,6 +63,43 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+class RunFolderInUse(RuntimeError):
+    """Another live process trains into the same run folder."""
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (created if missing) while the block runs.
+
+    The lock is an OS file lock (``flock``) on ``run_dir/.lock``, which holds the owner's PID: the
+    kernel releases it when its process ends, even by SIGKILL, so ``--resume`` after a kill just
+    works, while a second live process on the same folder gets :class:`RunFolderInUse` naming the
+    folder and the holder's PID, before it touches any file there.
+    """
+    if not enabled:
+        yield
+        return
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunFolderInUse(
+                f"run folder {run_dir} is in use by another training process (PID {holder}); "
+                "wait for it to finish, or choose another --run-dir / name"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def json_bytes(obj: Any) -> bytes:

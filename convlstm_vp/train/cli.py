@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, RunFolderInUse
 from .config import ConfigError, config_error, load_config
 
 
@@ -53,8 +53,8 @@ def run_training(
 ) -> dict:
     """Parse arguments, load the config, build the task and call :func:`fit`; print the result.
 
-    Exit status: 2 for a bad config, a missing data file or a bad checkpoint (one line on
-    stderr, no traceback); 3 when training stopped on a NaN/Inf loss (``train.nan_policy=stop``);
+    Exit status: 2 for a bad config, a missing data file, a bad checkpoint or a run folder that
+    another live process trains into (one line on stderr, no traceback); 3 when training stopped on a NaN/Inf loss (``train.nan_policy=stop``);
     128 + N after signal N (SIGINT, SIGTERM) once the checkpoint is saved.
     """
     from .loop import NonFiniteLossError, fit
@@ -71,7 +71,7 @@ def run_training(
                 raise
             raise config_error(exc, cfg, "setting up the task") from exc
         metrics = fit(task, cfg, run_dir, resume=args.resume)
-    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
+    except (ConfigError, CheckpointError, FileNotFoundError, RunFolderInUse) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except NonFiniteLossError as exc:

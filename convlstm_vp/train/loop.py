@@ -23,6 +23,7 @@ good state) or skips the step (``skip``).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import signal
@@ -50,6 +51,7 @@ from .checkpoint import (
     json_bytes,
     load_checkpoint,
     remove_stale_temporaries,
+    run_folder_lock,
     restore_rng_state,
     save_checkpoint,
     weights_digest,
@@ -255,7 +257,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
     is_main = dist.rank == 0
     logger: TBLogger | None = None
     prev_threads = torch.get_num_threads()
-    with _StopFlag() as stop, _deterministic(tc["deterministic"]):
+    with contextlib.ExitStack() as folder_lock, _StopFlag() as stop, _deterministic(tc["deterministic"]):
         try:
             if tc["num_threads"]:
                 torch.set_num_threads(tc["num_threads"])
@@ -269,6 +271,10 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 raise config_error(exc, cfg, "building the model", ["model"]) from exc
             set_implementation(model, tc["implementation"])
             _check_model_accepts_batches(task, model, cfg, dist)
+            # the run folder is locked once the config is known to work (a failed check leaves no
+            # folder behind) and before anything in it is read or touched (last.pt, stale
+            # temporaries, config.yaml) while another process may be writing there
+            folder_lock.enter_context(run_folder_lock(run_dir, is_main))
             if dist.rank:  # same initial weights everywhere, then one dropout/sampling stream per rank
                 _seed_everything(_rank_seed(seed, dist.rank))
             optimizer = build_optimizer(model, tc)
