@@ -43,7 +43,6 @@ from typing import Any, Union
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from . import native
 
@@ -167,29 +166,51 @@ def _gates_forward(gates: Tensor, c: Tensor, cdt: torch.dtype, inplace: bool) ->
 
 
 class _LSTMGates(torch.autograd.Function):
-    """Gate arithmetic with a hand-written backward: saves the activations, not every temporary."""
+    """Gate arithmetic with a hand-written backward: saves the activations, not every temporary.
+
+    The backward is differentiable too: under ``create_graph=True`` (gradient penalties, Hessian
+    products, meta-learning) it recomputes the gate equations from the saved inputs with
+    differentiable operations, so second derivatives are exact on this path as on the plain one.
+    """
 
     @staticmethod
     def forward(ctx: Any, gates: Tensor, other: Tensor | None, c: Tensor, use_native: bool  # type: ignore[override]
                 ) -> tuple[Tensor, Tensor]:
         ctx.dtypes = (gates.dtype, None if other is None else other.dtype, c.dtype)
         ctx.native = use_native and native.usable(gates, c, other)
+        # the inputs too (references, no copies), for a differentiable backward under create_graph
+        inputs = (gates, other, c)
         if ctx.native:  # one C loop (convlstm_vp.nn.native); float32 state, float32/bfloat16 gates
             h, c_new, act, tanh_c = native.forward(gates, c, save=True, other=other)
-            ctx.save_for_backward(act, c, tanh_c)
+            ctx.save_for_backward(act, c, tanh_c, *inputs)
             return h, c_new
         if other is not None:
             gates = gates + other
         out_dtype = torch.promote_types(gates.dtype, c.dtype)
         act, c_prev, c_new, tanh_c, h = _gates_forward(gates, c, _compute_dtype(out_dtype), inplace=False)
-        ctx.save_for_backward(act, c_prev, tanh_c)
+        ctx.save_for_backward(act, c_prev, tanh_c, *inputs)
         return h.to(out_dtype), c_new.to(out_dtype)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, dh: Tensor, dc: Tensor  # type: ignore[override]
-                 ) -> tuple[Tensor, Tensor | None, Tensor, None]:
-        act, c_prev, tanh_c = ctx.saved_tensors
+                 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        if torch.is_grad_enabled():  # create_graph=True: the gradients must be differentiable too
+            return _LSTMGates._differentiable_backward(ctx, dh, dc)
+        with torch.no_grad():
+            return _LSTMGates._fast_backward(ctx, dh, dc)
+
+    @staticmethod
+    def _differentiable_backward(ctx: Any, dh: Tensor, dc: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        """The gradients as differentiable functions of the saved inputs and of ``dh``, ``dc``."""
+        gates, other, c = ctx.saved_tensors[3:]
+        wrt = [t for t in (gates, other, c) if t is not None and t.requires_grad]
+        h, c_new = _gates_formula(gates if other is None else gates + other, c)
+        found = iter(torch.autograd.grad((h, c_new), wrt, (dh, dc), create_graph=True, allow_unused=True))
+        return tuple(next(found) if (t is not None and t.requires_grad) else None for t in (gates, other, c)) + (None,)  # type: ignore[return-value]
+
+    @staticmethod
+    def _fast_backward(ctx: Any, dh: Tensor, dc: Tensor) -> tuple[Tensor, Tensor | None, Tensor, None]:
+        act, c_prev, tanh_c = ctx.saved_tensors[:3]
         g_dtype, o_dtype, c_dtype = ctx.dtypes
         if ctx.native:
             dgates, dc_prev = native.backward(act, c_prev, tanh_c, dh, dc, g_dtype)
@@ -243,9 +264,8 @@ def lstm_gates(gates: Tensor, c: Tensor, use_native: bool = True, other: Tensor 
         of ``gates`` and ``c`` (float32 when the gates come from a bfloat16 convolution and ``c``
         is float32); bfloat16/float16 inputs are computed in float32.
 
-    With autograd, one custom backward node replaces about twenty autograd nodes; it is not
-    differentiable twice (for double backward, e.g. gradient penalties, use
-    ``implementation="plain"``).
+    With autograd, one custom backward node replaces about twenty autograd nodes; under
+    ``create_graph=True`` its backward is itself differentiable (second derivatives are exact).
     """
     if torch.compiler.is_compiling():
         # inside torch.compile: plain differentiable operations, which inductor fuses forward and
