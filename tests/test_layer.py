@@ -382,3 +382,20 @@ def test_no_two_modules_of_the_package_import_each_other():
     mutual = sorted((a, b) for a, b in edges if (b, a) in edges and a < b and not b.startswith(a + ".") and not a.startswith(b + "."))
     assert not mutual, f"modules that import each other: {mutual}"
     assert not any(a.startswith("convlstm_vp.nn") and not b.startswith("convlstm_vp.nn") for a, b in edges), "nn/ imports outside nn/"
+
+
+@pytest.mark.parametrize("rank", [0, 1, 2, 3])
+def test_an_empty_batch_gives_an_empty_result_as_torch_lstm_does(rank):
+    from convlstm_vp import ConvLSTMCell, EncoderForecaster
+
+    for impl in ("fused", "plain"):
+        layer = ConvLSTM(2, 3, 3, num_layers=2, spatial_dims=rank, bidirectional=True, implementation=impl)
+        x = torch.randn(0, 4, 2, *([5] * rank), requires_grad=True)
+        out, (h, c) = layer(x)
+        assert out.shape == (0, 4, 6, *([5] * rank)) and h.shape == c.shape == (4, 0, 3, *([5] * rank))
+        out.sum().backward()
+        assert x.grad.shape == x.shape
+        assert ConvLSTMCell(2, 3, 3, spatial_dims=rank, implementation=impl)(x[:, 0])[0].shape == (0, 3, *([5] * rank))
+    for head in ("conv", "dynamic_filter"):
+        m = EncoderForecaster(1, [4], 3, patch_size=4, input_frames=3, output_frames=2, head=head, filter_size=3)
+        assert m(torch.rand(0, 3, 1, 16, 16)).shape == (0, 2, 1, 16, 16)

@@ -386,7 +386,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
         w = self.weight_ih.reshape(self.weight_ih.shape[0], -1)
         out = cols @ w.t() if bias is None else torch.addmm(bias, cols, w.t())
         # contiguous like the state: the gate arithmetic is fastest when gates and state agree
-        return out.view(x.shape[0], *out_size, -1).movedim(-1, 1).contiguous()
+        return out.view(x.shape[0], *out_size, w.shape[0]).movedim(-1, 1).contiguous()
 
     def _hh_conv(self, h: Tensor) -> Tensor:
         """State-to-state term (stride 1, "same"), no bias."""

@@ -233,6 +233,7 @@ def usable(gates: Tensor, c: Tensor, other: Tensor | None = None) -> bool:
     if not (
         gates.device.type == "cpu"
         and c.device.type == "cpu"
+        and c.numel() > 0  # an empty batch: nothing to loop over (the torch path returns empty tensors)
         and c.dtype == torch.float32
         and gates.dtype in (torch.float32, torch.bfloat16)
         and gates.dim() == c.dim()
