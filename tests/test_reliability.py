@@ -251,6 +251,40 @@ def test_a_second_training_on_a_locked_run_folder_stops_before_touching_it(tmp_p
         assert (run / ".lock").read_text().strip() == str(os.getpid())
 
 
+def test_a_full_disk_is_one_line_naming_the_file_and_the_last_checkpoint_stays(tmp_path: Path, monkeypatch, capsys) -> None:
+    import errno
+
+    from convlstm_vp.train import checkpoint
+    from convlstm_vp.train.cli import run_training
+    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, MovingMNISTTask
+
+    real_fdopen, writes = os.fdopen, []
+
+    def filling_fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        writes.append(1)
+        if len(writes) > 3:  # config.yaml, last.pt at step 2, best.pt ... then the disk is full
+            def no_space(data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            f.write = no_space
+        return f
+
+    run = tmp_path / "run"
+    argv = ["--config", str(CONFIG), "--run-dir", str(run)]
+    for o in TINY + ["train.steps=6", "train.checkpoint_every=2", "train.eval_every=2"]:
+        argv += ["--set", o]
+    monkeypatch.setattr(checkpoint.os, "fdopen", filling_fdopen)
+    with pytest.raises(SystemExit) as info:
+        run_training(argv, "test", DEFAULTS, MovingMNISTTask)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    assert "No space left on device; the files written before it (the last checkpoint) are intact" in err
+    assert str(run / "checkpoints") in err  # names the file it could not write
+    monkeypatch.undo()
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+
+
 def test_truncated_and_random_files_give_checkpoint_errors(tmp_path: Path) -> None:
     _good_checkpoint(tmp_path / "ok.pt")
     data = (tmp_path / "ok.pt").read_bytes()

@@ -54,9 +54,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not exc.filename:  # name the file a full disk failed to take
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -74,6 +74,11 @@ def run_training(
     except (ConfigError, CheckpointError, FileNotFoundError, RunFolderInUse) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as exc:  # a full disk, a read-only or vanished run folder, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; the files written before it (the last checkpoint) are intact",
+              file=sys.stderr)
+        raise SystemExit(2) from None
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(3) from None
