@@ -213,6 +213,25 @@ def test_read_opportunity_file_rejects_wrong_format(tmp_path):
         read_opportunity_file(bad)
 
 
+def test_read_opportunity_file_names_the_file_and_line_of_corrupt_values(tmp_path):
+    path = tmp_path / "S1-ADL1.dat"
+    path.write_bytes(bytes(range(256)) * 8)  # a binary file
+    with pytest.raises(ValueError, match=r"S1-ADL1.dat: not an OPPORTUNITY .dat text table"):
+        read_opportunity_file(path)
+    good = _write_dat(tmp_path / "ok.dat", 12, 0)
+    for row, col, value, message in (
+        (4, 2, "inf", r"line 5: sensor column 3 .* holds inf; expected a finite float32"),
+        (6, 40, "1e300", r"line 7: sensor column 41 .* holds 1e\+300"),
+        (3, 249, f"{good[3, 249] + 0.5}", r"line 4: label column 250 .* holds .*\.5; expected an integer label code"),
+    ):
+        table = good.copy()
+        cells = [["NaN" if np.isnan(v) else f"{v:.0f}" for v in r] for r in table]
+        cells[row][col] = value
+        path.write_text("\n".join(" ".join(r) for r in cells) + "\n")
+        with pytest.raises(ValueError, match=message):
+            read_opportunity_file(path)
+
+
 def test_opportunity_dataset_windows_and_train_statistics(opportunity_root):
     train = Opportunity(opportunity_root, "train", files=["S1-ADL1.dat", "S1-Drill.dat"])
     # 300 rows -> (300 - 24) // 12 + 1 = 24 windows, 200 rows -> 15; none crosses files.

@@ -178,7 +178,10 @@ def read_opportunity_file(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"OPPORTUNITY file not found: {path}. {_DOWNLOAD_HINT}")
-    table = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    try:
+        table = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except (ValueError, UnicodeDecodeError) as exc:  # a binary or garbled file, a non-number cell
+        raise ValueError(f"{path}: not an OPPORTUNITY .dat text table of numbers ({str(exc).splitlines()[0][:160]})") from None
     if table.shape[1] != NUM_COLUMNS:
         raise ValueError(
             f"{path}: expected {NUM_COLUMNS} whitespace-separated columns per row "
@@ -190,8 +193,21 @@ def read_opportunity_file(
         raise ValueError(
             f"{path}: label column {label_column + 1} ({COLUMN_NAMES[label_column]}) has NaNs"
         )
+    fractional = np.flatnonzero(raw_labels != np.round(raw_labels))
+    if fractional.size:  # casting would turn e.g. 406516.5 into a class silently
+        r = int(fractional[0])
+        raise ValueError(f"{path}: line {r + 1}: label column {label_column + 1} ({COLUMN_NAMES[label_column]}) "
+                         f"holds {float(raw_labels[r])!r}; expected an integer label code")
     labels = _map_codes(raw_labels.astype(np.int64), classes, path)
-    data = interpolate_nans(table[:, BODY_WORN_CHANNELS]).astype(np.float32)
+    sensors = table[:, BODY_WORN_CHANNELS]
+    # NaN marks a dropped sample (interpolated below); Inf or values beyond float32 are corruption
+    bad = np.argwhere(np.isinf(sensors) | (np.abs(np.nan_to_num(sensors)) > np.finfo(np.float32).max))
+    if bad.size:
+        r, col = (int(v) for v in bad[0])
+        raise ValueError(f"{path}: line {r + 1}: sensor column {BODY_WORN_CHANNELS[col] + 1} "
+                         f"({COLUMN_NAMES[BODY_WORN_CHANNELS[col]]}) holds {float(sensors[r, col])!r}; expected a finite "
+                         "float32 value or NaN (missing)")
+    data = interpolate_nans(sensors).astype(np.float32)
     return data, labels
 
 
