@@ -877,6 +877,7 @@ def test_predict_and_evaluate_reject_bad_arguments_before_any_work(tiny_run: Pat
         ("scripts/predict.py", ["--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "in.npy" / "sub" / "o.gif")], "cannot create the output folder"),
         ("scripts/evaluate.py", ["--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
         ("scripts/evaluate.py", ["--sequences", "0"], "--sequences: expected an integer >= 1, got 0"),
+        ("scripts/evaluate.py", ["--json", str(tmp_path / "in.npy" / "e.json")], "cannot create the folder of --json"),
     ]
     for script, extra, message in cases:
         res = subprocess.run([sys.executable, script, "--checkpoint", ck, *extra], capture_output=True, text=True, cwd=ROOT)

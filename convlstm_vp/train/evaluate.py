@@ -60,6 +60,12 @@ def main(argv=None, prog: str | None = None) -> dict:
                    help="also report how far the filter kernels' mean source offsets are from the digits' true motion (dynamic filter)")
     p.add_argument("--recognizer-epochs", type=positive_int, default=6, help="training epochs of that classifier (default 6)")
     args = p.parse_args(argv)
+    if args.json:
+        try:  # before the evaluation: a --json that cannot be written is an error now, not after minutes
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"error: cannot create the folder of --json {args.json}: {exc.strerror or exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     try:
         model, cfg = load_trained(args.checkpoint)
         temperature = cfg["model"]["eval_filter_temperature"] if args.filter_temperature is None else args.filter_temperature
