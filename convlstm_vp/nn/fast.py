@@ -196,8 +196,7 @@ class _LSTMGates(torch.autograd.Function):
                  ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         if torch.is_grad_enabled():  # create_graph=True: the gradients must be differentiable too
             return _LSTMGates._differentiable_backward(ctx, dh, dc)
-        with torch.no_grad():
-            return _LSTMGates._fast_backward(ctx, dh, dc)
+        return _LSTMGates._fast_backward(ctx, dh, dc)
 
     @staticmethod
     def _differentiable_backward(ctx: Any, dh: Tensor, dc: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:

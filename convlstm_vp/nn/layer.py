@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import fast
 from .cell import ConvLSTMCell, set_implementation
-from .fast import Implementation, ImplementationArg, check_implementation
+from .fast import Implementation, ImplementationArg
 from .controls import LayerControls
 from .functional import check_dtype_device, check_finite
 from .layout import (
@@ -176,7 +176,6 @@ class ConvLSTM(LayerControls, nn.Module):
         self.return_all_layers = return_all_layers
         self.stateful = stateful
         self.go_backwards = go_backwards
-        check_implementation(implementation)
         self.check_finite = check_finite
         hidden = _per_layer(hidden_channels, num_layers, "hidden_channels")
         kernels = _per_layer(kernel_size, num_layers, "kernel_size")

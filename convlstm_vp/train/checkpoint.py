@@ -15,6 +15,8 @@ rank's).
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import random
 import tempfile
@@ -107,9 +109,6 @@ def run_folder_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
 def json_bytes(obj: Any) -> bytes:
     """``obj`` as indented JSON that every parser accepts: NaN and +/-Inf (which ``json.dumps``
     writes as the non-standard ``NaN``/``Infinity``) become ``null``."""
-    import json
-    import math
-
     def clean(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
             return None

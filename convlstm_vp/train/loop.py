@@ -82,7 +82,8 @@ class Task(Protocol):
     def evaluate(self, model: nn.Module, logger: TBLogger | None, step: int) -> dict: ...
 
     # Optional, used when a task defines them (frame prediction does):
-    #   quick_evaluate(model) -> dict: a cheap evaluation every train.quick_eval_every steps,
+    #   quick_evaluate(model) -> dict: a cheap evaluation every train.quick_eval_every steps (it
+    #     leaves the model in the mode it found it),
     #     logged under eval_quick/ (a curve with more points than eval/);
     #   final_evaluation(model, best_path | None, logger, step, run_dir) -> dict: the numbers
     #     metrics.json reports, in place of the last evaluate() (e.g. the best checkpoint on the
@@ -428,7 +429,6 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 quick = tc["quick_eval_every"]
                 if quick and done % quick == 0 and is_main and hasattr(task, "quick_evaluate"):
                     logger.scalars(task.quick_evaluate(unwrap(model)), done, prefix="eval_quick/")
-                    model.train()
                 if done % tc["eval_every"] == 0 or done == steps:
                     if is_main:
                         metrics = task.evaluate(unwrap(model), logger, done)
