@@ -27,7 +27,7 @@ for prec in fp32 bf16; do
   t0=$(date +%s.%N)
   timeout 120 $PY "$ROOT/scripts/train_moving_mnist.py" --config "$CFG" --run-dir "$RUNS/probe-$prec" --set train.steps=$PROBE \
     --set "model.scheduled_sampling=[1.0,0.0,$((PROBE/2))]" --set train.precision=$prec --set train.eval_every=100000 \
-    --set train.checkpoint_every=100000 --set data.eval_sequences=64 $EXTRA >"$OUT/probe-$prec.log" 2>&1
+    --set train.checkpoint_every=100000 --set data.val_sequences=64 $EXTRA >"$OUT/probe-$prec.log" 2>&1
   rc=$?; r=$(rate "$RUNS/probe-$prec/metrics.json"); t1=$(date +%s.%N)
   echo "probe $prec: rc=$rc ${r:-?} steps/s, wall $(awk "BEGIN{print $t1 - $t0}") s" | tee -a "$OUT/summary.txt"
   if [ -n "$r" ] && [ "$(awk "BEGIN{print ($r > $best)}")" = 1 ]; then best=$r; bestp=$prec; fi
@@ -37,7 +37,7 @@ echo "run: $bestp, $N steps (SS over $SS), eval every $E" | tee -a "$OUT/summary
 t0=$(date +%s)
 timeout "$(awk "BEGIN{print int($TRAIN_S) + 150}")" $PY "$ROOT/scripts/train_moving_mnist.py" --config "$CFG" --run-dir "$RUNS/gpu-trunc" --set train.steps=$N \
   --set "model.scheduled_sampling=[1.0,0.0,$SS]" --set train.precision=$bestp --set train.eval_every=$E \
-  --set train.checkpoint_every=$E --set data.eval_sequences=256 $EXTRA >"$OUT/train.log" 2>&1
+  --set train.checkpoint_every=$E --set data.val_sequences=256 $EXTRA >"$OUT/train.log" 2>&1
 rc=$?; status=$rc; echo "train rc=$rc wall $(( $(date +%s) - t0 )) s" | tee -a "$OUT/summary.txt"
 cp "$RUNS/gpu-trunc/metrics.json" "$OUT/train-metrics.json" 2>/dev/null
 timeout 120 $PY "$ROOT/scripts/evaluate.py" --checkpoint "$RUNS/gpu-trunc/checkpoints/best.pt" --sequences "$EVAL_SEQ" --json "$OUT/eval.json" >"$OUT/eval.log" 2>&1

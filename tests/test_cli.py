@@ -107,9 +107,9 @@ def test_run_folder_gets_legible_predictions_from_the_best_checkpoint(cli_run: P
 def test_quick_evaluation_is_logged_as_its_own_curve(cli_run: Path):
     ea = EventAccumulator(str(cli_run), size_guidance={"scalars": 0, "images": 0})
     ea.Reload()
-    quick = ea.Scalars("eval_quick/mse")
+    quick = ea.Scalars("val_quick/mse")
     assert [e.step for e in quick] == [2, 4, 6] and all(0 < e.value < 4096 for e in quick)
-    assert [e.step for e in ea.Scalars("eval/mse")] == [3, 6]
+    assert [e.step for e in ea.Scalars("val/mse")] == [3, 6]
     strip = ea.Images("predictions/sequence_0")[-1]
     assert (strip.width, strip.height) == (4 * 128 + 3 * 2, 3 * 128 + 2 * 2)
 

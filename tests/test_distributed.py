@@ -102,7 +102,7 @@ def _check_rank0_only_outputs(run_dir: Path) -> dict:
 def test_two_process_training_agrees_and_resumes_exactly(tmp_path: Path) -> None:
     steps = 6
     overrides = _TINY_CPU + [
-        "model.input_frames=4", "model.output_frames=4", "data.eval_sequences=4", "data.eval_batch_size=4",
+        "model.input_frames=4", "model.output_frames=4", "data.val_sequences=4", "data.eval_batch_size=4",
         f"train.steps={steps}", "train.checkpoint_every=2", "train.eval_every=3",
         # the coin flips of scheduled sampling come from each rank's own RNG stream
         "model.scheduled_sampling=[1.0,0.0,4]",
@@ -166,7 +166,7 @@ def test_ranks_free_the_ddp_wrapper_before_tearing_the_process_group_down(tmp_pa
     script.write_text(_PROBE)
     monkeypatch.setenv("PROBE_DIR", str(tmp_path))
     overrides = _TINY_CPU + [
-        "model.input_frames=2", "model.output_frames=2", "data.eval_sequences=2", "data.eval_batch_size=2",
+        "model.input_frames=2", "model.output_frames=2", "data.val_sequences=2", "data.eval_batch_size=2",
         "train.steps=2", "train.checkpoint_every=2", "train.eval_every=2",
     ]  # fmt: skip
     _wait(_torchrun(tmp_path / "run", overrides, script=script))

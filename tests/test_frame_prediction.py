@@ -588,7 +588,7 @@ def test_training_script_writes_checkpoints_logs_and_metrics(tiny_run: Path):
     ea = EventAccumulator(str(tiny_run), size_guidance={"images": 0, "scalars": 0})
     ea.Reload()
     tags = ea.Tags()
-    assert {"train/loss", "train/lr", "eval/mse", "eval/ssim"} <= set(tags["scalars"])
+    assert {"train/loss", "train/lr", "val/mse", "val/ssim", "test/mse"} <= set(tags["scalars"])
     assert [e.step for e in ea.Scalars("train/loss")] == [2, 4, 6]
     # the task's per-step logs (0-dim tensors, read by the loop only when it logs) reach TensorBoard
     per_frame = ea.Scalars("train/mse_per_frame")
@@ -810,12 +810,13 @@ def test_train_implementation_compiled_runs_every_cell_step_through_torch_compil
         build = task.build_model
         monkeypatch.setattr(task, "build_model", lambda build=build: built.append(build()) or built[-1])
         fit(task, cfg, tmp_path / flag)
-        models[flag] = built[0]
+        models[flag] = built  # the trained model, then the one the final test loads best.pt into
         weights[flag] = load_checkpoint(tmp_path / flag / "checkpoints" / "last.pt")["model"]
-    cells = [m for m in models["true"].modules() if isinstance(m, ConvLSTMCell)]
+    assert len(models["true"]) == 2
+    cells = [m for model in models["true"] for m in model.modules() if isinstance(m, ConvLSTMCell)]
     assert cells and all(c.paths("cpu").compile for c in cells)
-    assert not any(c.paths("cpu").compile for c in models["false"].modules() if isinstance(c, ConvLSTMCell))
-    # every cell compiled its own step functions (training steps and the evaluation)
+    assert not any(c.paths("cpu").compile for model in models["false"] for c in model.modules() if isinstance(c, ConvLSTMCell))
+    # every cell compiled its own step functions (training steps, validation, the final test)
     owners = {f.__self__ for f in compiled}
     assert owners == set(cells)
     assert weights["true"].keys() == weights["false"].keys()

@@ -24,7 +24,7 @@ from convlstm_vp.train.tasks.patch_classifier import DEFAULTS as CLASSIFIER_DEFA
 from convlstm_vp.train.tasks.patch_classifier import PatchClassifierTask
 from convlstm_vp.train.tasks.patch_completion import DEFAULTS as COMPLETION_DEFAULTS
 from convlstm_vp.train.tasks.patch_completion import PatchCompletionTask
-from convlstm_vp.train.tasks.patch_data import random_affine, subset_indices
+from convlstm_vp.train.tasks.patch_data import random_affine, subset_indices, load_test_patches
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CLASSIFIER = ROOT / "configs" / "tiny-patch-classifier.yaml"
@@ -87,8 +87,10 @@ def test_patch_order_round_trip_through_the_data_path(order):
     assert batch.shape == (8, 16, 1, 7, 7) and batch.dtype == torch.float32
     # every digit of the batch is a dataset item of the pool: find it by its pixels
     dataset = MNISTPatchSequences("datasets", "train", 7, order, "embedded")
-    pool = task.pool.indices  # 256 evenly spaced train digits
-    assert len(pool) == 256 and len(set(task.pool.labels.tolist())) == 10
+    pool = task.pool.indices  # 256 evenly spaced train digits less the validation digits
+    val = task.pool.val_indices  # 10% of each class of them, held out
+    assert len(pool) + len(val) == 256 and not set(pool.tolist()) & set(val.tolist())
+    assert 20 <= len(val) <= 30 and len(set(task.pool.labels.tolist())) == 10 and len(set(task.pool.val_labels.tolist())) == 10
     images = torch.from_numpy(load_digits("datasets", "train", "embedded").images[pool].astype(np.float32) / 255.0)
     reassembled = unpatchify(batch, 28, order)  # (8, 1, 28, 28)
     for k in range(batch.shape[0]):
@@ -96,8 +98,13 @@ def test_patch_order_round_trip_through_the_data_path(order):
         assert len(matches) >= 1
         item, label = dataset[matches[0]]
         assert torch.equal(item, batch[k]) and label == int(labels[k])
-    # the evaluation set is the test split's items (64 evenly spaced ones), in order
-    patches, test_labels = task.eval_set()
+    # the validation set is the held-out train digits' items, in order
+    val_patches, val_labels = task.val_set()
+    for i in (0, len(val) - 1):
+        item, label = dataset[int(val[i])]
+        assert torch.equal(val_patches[i], item) and int(val_labels[i]) == label
+    # the test set is the test split's items (64 evenly spaced ones), in order
+    patches, test_labels = load_test_patches(cfg["data"])
     test_set = MNISTPatchSequences("datasets", "test", 7, order, "embedded")
     assert patches.shape == (64, 16, 1, 7, 7) and len(set(test_labels.tolist())) == 10
     chosen = subset_indices(len(test_set), 64)
@@ -227,8 +234,8 @@ def test_scripts_run_end_to_end_on_tiny_configs(tmp_path: Path):
     grid = Image.open(run / "misclassified.png")
     assert grid.size[0] >= 56 and grid.size[1] >= 56
     tags = _tb_tags(run)
-    assert {"train/loss", "train/accuracy", "eval/accuracy", "eval/loss", "eval_per_class/recall_9"} <= set(tags["scalars"])
-    assert {"eval/confusion_matrix", "eval/misclassified"} <= set(tags["images"])
+    assert {"train/loss", "train/accuracy", "val/accuracy", "val/loss", "val_per_class/recall_9", "test/accuracy", "test_per_class/recall_9"} <= set(tags["scalars"])
+    assert {"val/confusion_matrix", "val/misclassified", "test/confusion_matrix", "test/misclassified"} <= set(tags["images"])
 
     run = tmp_path / "completion"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -239,7 +246,7 @@ def test_scripts_run_end_to_end_on_tiny_configs(tmp_path: Path):
     assert picture.size == (3 * 56 + 4 * 2, 4 * (56 + 14) + 5 * 2)
     assert f"reassembled digits: {run / 'completions.png'}" in out["completion"]
     tags = _tb_tags(run)
-    assert "completions" in tags["images"] and {"train/loss", "eval/mse"} <= set(tags["scalars"])
+    assert {"val/completions", "test/completions"} <= set(tags["images"]) and {"train/loss", "val/mse", "test/mse"} <= set(tags["scalars"])
 
 
 def test_subset_indices_are_evenly_spaced_and_cover_every_class():

@@ -38,22 +38,31 @@ def test_script_runs_end_to_end_on_the_tiny_config(tmp_path: Path) -> None:
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert ckpt["step"] == 4
     assert (run_dir / "checkpoints" / "best.pt").is_file()
-    # metrics.json describes the final weights: re-evaluating the checkpoint gives the same numbers
-    cfg = merge(DEFAULTS, ckpt["config"])
-    _, test = load_splits(cfg)
+    # metrics.json tests best.pt (chosen on validation) on the test split: re-evaluating it gives
+    # the same numbers; the validation cases are training cases, none of them a test case
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    cfg = merge(DEFAULTS, best["config"])
+    train, val, test = load_splits(cfg)
+    assert len(train) == 32 and len(val) == 8 and len(test) == 40  # BasicMotions: 40 train cases, 20% held out
+    assert sorted(val.labels.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
     model = build_model(cfg, in_channels=6, num_classes=4)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(best["model"])
     again = evaluate_windows(model, test)
     for key in ("accuracy", "f1_macro", "f1_weighted"):
         assert abs(again[key] - metrics[key]) < 1e-6
+    assert metrics["evaluated_on"]["split"] == "test" and metrics["evaluated_on"]["checkpoint"] == "best.pt"
+    assert metrics["evaluated_on"]["checkpoint_step"] == best["step"] == metrics["validation"]["best_step"]
+    v = metrics["validation"]
+    assert v["split"] == "validation" and v["windows"] == 8 and v["best_metric"] == "f1_weighted"
+    assert abs(evaluate_windows(model, val)["f1_weighted"] - v["metrics"]["f1_weighted"]) < 1e-6
 
     events = list(run_dir.glob("events.out.tfevents.*"))
     assert events
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
-    assert {"train/loss", "eval/accuracy", "eval/f1_macro", "eval/f1_weighted"} <= scalars
-    assert "eval/confusion_matrix" in acc.Tags()["images"]
+    assert {"train/loss", "val/accuracy", "val/f1_macro", "val/f1_weighted", "test/accuracy"} <= scalars
+    assert "val/confusion_matrix" in acc.Tags()["images"] and "test/confusion_matrix" in acc.Tags()["images"]
 
 
 def _write_recording(path: Path, rows: int, rng: np.random.Generator) -> None:

@@ -40,7 +40,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_SPLIT_CODES = {"train": 0, "test": 1}
+_SPLIT_CODES = {"train": 0, "test": 1, "val": 2}
+# the last entry of a validation item's seed: validation seeds have four entries, so none equals
+# the three-entry (seed, step, rank) of a training batch or a test item's (seed, 1, index)
+_VAL_TAG = 7919
 
 DEFAULT_SPEED = 3.6
 """Pixels per frame: the original generator's step of 0.1 over the 36-px range of a 64-px canvas."""
@@ -290,9 +293,13 @@ class MovingMNIST(Dataset):
     ``<root>/moving_mnist/mnist_test_seq.npy`` when present (see ``standard_file``), otherwise
     items rendered from the test digit pool, seeded by ``(seed, i)`` only.
 
+    ``split="val"`` is a fixed validation set drawn from the *train* digit pool with its own seeds
+    (never those of training batches or test items): what training evaluates to pick its best
+    checkpoint and stop early, so the test digits are left to the final evaluation.
+
     Args:
         root: data root (MNIST IDX files, the standard test file).
-        split: ``"train"`` or ``"test"``.
+        split: ``"train"``, ``"val"`` or ``"test"``.
         num_digits: digits per sequence.
         num_frames: ``T``; for the standard file, the first ``T`` of its 20 frames.
         image_size: canvas side ``S``.
@@ -311,7 +318,7 @@ class MovingMNIST(Dataset):
     def __init__(
         self,
         root: str | os.PathLike = "datasets",
-        split: Literal["train", "test"] = "train",
+        split: Literal["train", "val", "test"] = "train",
         num_digits: int = 2,
         num_frames: int = 20,
         image_size: int = 64,
@@ -353,11 +360,16 @@ class MovingMNIST(Dataset):
             logger.info("Moving MNIST test set: standard file %s (%d sequences)", self.standard_path, self.length)
         else:
             self.length = length
-            self.digits = load_digits(root, split, source, download=download)
+            self.digits = load_digits(root, self._digit_split, source, download=download)
             # Validate the generator settings once, here rather than in a worker.
             bouncing_trajectories(0, num_frames, num_digits, image_size=image_size,
                                   digit_size=self.digits.images.shape[1])
         self._batch_rng = np.random.default_rng([self.seed, _SPLIT_CODES[split], 2**31])
+
+    @property
+    def _digit_split(self) -> str:
+        """The digit pool this split renders from: validation sequences use the train digits."""
+        return "test" if self.split == "test" else "train"
 
     def _find_standard_file(self, required: bool) -> Path | None:
         path = standard_test_file(self.root)
@@ -403,7 +415,7 @@ class MovingMNIST(Dataset):
         return state
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose training sequences ``__getitem__`` returns (no effect on test)."""
+        """Select the epoch whose training sequences ``__getitem__`` returns (no effect on val or test)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -412,6 +424,8 @@ class MovingMNIST(Dataset):
     def _item_rng(self, index: int) -> np.random.Generator:
         if self.split == "train":
             return np.random.default_rng([self.seed, _SPLIT_CODES["train"], self.epoch, index])
+        if self.split == "val":
+            return np.random.default_rng([self.seed, _SPLIT_CODES["val"], index, _VAL_TAG])
         return np.random.default_rng([self.seed, _SPLIT_CODES["test"], index])
 
     def __getitem__(self, index: int) -> torch.Tensor:
@@ -473,7 +487,7 @@ class MovingMNIST(Dataset):
         successive calls differ and a run is reproducible. The transform is not applied.
         """
         if self.digits is None:
-            self.digits = load_digits(self.root, self.split, self.source)
+            self.digits = load_digits(self.root, self._digit_split, self.source)
         return moving_mnist_batch(
             batch_size, digits=self.digits, num_digits=self.num_digits,
             num_frames=self.num_frames, image_size=self.image_size, speed=self.speed,

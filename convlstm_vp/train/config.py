@@ -31,9 +31,12 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "grad_clip": 1.0,  # 0 disables
     "precision": "fp32",  # fp32 | bf16 | fp16 (fp16 on CUDA only) | auto (bf16 where the device computes it natively, else fp32)
     "log_every": 10,
-    "eval_every": 200,
+    "eval_every": 200,  # evaluate the validation split (and maybe save best.pt) every this many steps
+    # early stopping: end training after this many validation evaluations without a better
+    # score (the task's best_metric); 0 trains all train.steps
+    "patience": 0,
     # a cheap evaluation every this many steps, for tasks that have one (frame prediction: MSE of
-    # a few fixed test sequences, TensorBoard eval_quick/); 0 turns it off
+    # a few fixed validation sequences, TensorBoard val_quick/); 0 turns it off
     "quick_eval_every": 0,
     "checkpoint_every": 50,
     "nan_policy": "stop",  # stop | skip
@@ -47,6 +50,12 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "implementation": "auto",  # auto | plain | fused | compiled
 }
 
+# keys renamed since: an old config that uses one is told the new name
+RENAMED_KEYS = {
+    "data.eval_sequences": "data.val_sequences",  # validation moved off the test set
+    "data.eval_size": "data.test_size",
+}
+
 _CHOICES = {
     ("train", "optimizer"): ("adamw", "adam", "sgd", "rmsprop"),
     ("train", "schedule"): ("onecycle", "cosine", "constant"),
@@ -56,9 +65,9 @@ _CHOICES = {
     ("train", "implementation"): ("auto", "plain", "fused", "compiled"),
 }
 _POSITIVE = {("train", k) for k in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every")} | {
-    ("data", "eval_batch_size"), ("data", "eval_sequences"), ("data", "final_eval_sequences")
+    ("data", "eval_batch_size"), ("data", "val_sequences"), ("data", "final_eval_sequences")
 }
-_NON_NEGATIVE = {("train", k) for k in ("lr", "weight_decay", "grad_clip", "num_threads", "warmup_fraction", "quick_eval_every")} | {
+_NON_NEGATIVE = {("train", k) for k in ("lr", "weight_decay", "grad_clip", "num_threads", "warmup_fraction", "quick_eval_every", "patience")} | {
     ("seed",), ("encoder_loss_weight",), ("l1_weight",), ("motion_loss_weight",)
 }
 
@@ -124,7 +133,9 @@ def merge(defaults: Mapping[str, Any], overrides: Mapping[str, Any], path: tuple
         here = path + (str(key),)
         if key not in defaults:
             known = ", ".join(sorted(defaults))
-            raise ConfigError(f"unknown config key {'.'.join(here)!r} (known keys here: {known})")
+            renamed = RENAMED_KEYS.get(".".join(here))
+            hint = f"; it is now {renamed!r}" if renamed and renamed.rsplit(".", 1)[-1] in defaults else ""
+            raise ConfigError(f"unknown config key {'.'.join(here)!r}{hint} (known keys here: {known})")
         if isinstance(defaults[key], Mapping):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"config key {'.'.join(here)!r}: expected a mapping, got {value!r}")

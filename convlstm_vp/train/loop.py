@@ -1,9 +1,15 @@
 """The one training loop every script uses.
 
-A *task* supplies the model, the batches and the evaluation; :func:`fit` does the rest:
+A *task* supplies the model, the batches and two evaluations, one on a validation split carved
+from the training data and one on the test split; :func:`fit` does the rest:
 optimizer and schedule, mixed precision, gradient clipping, regularization losses, NaN
 handling, TensorBoard, a tqdm bar, atomic ``last``/``best`` checkpoints, exact resume, signal
 handling and DistributedDataParallel when launched by ``torchrun``.
+
+Splits: every ``train.eval_every`` steps the task's ``evaluate`` scores the *validation* split;
+that score picks ``best.pt`` and, with ``train.patience``, stops the run early. The test split is
+touched once, at the end, by the task's ``test`` on ``best.pt``: the numbers ``metrics.json``
+reports, next to the validation score that chose the checkpoint.
 
 Exact resume: batch ``k`` is a pure function of ``(seed, k, rank)`` (the task builds it from a
 generator seeded with those numbers), every schedule follows the step (the task's
@@ -79,16 +85,19 @@ class Task(Protocol):
     # logs maps names to floats or 0-dim tensors (TBLogger.scalars reads both)
     def training_step(self, model: nn.Module, batch: Any, step: int) -> tuple[Tensor, dict]: ...
 
+    # metrics of ``model`` on the validation split (TensorBoard val/); best_metric picks best.pt
     def evaluate(self, model: nn.Module, logger: TBLogger | None, step: int) -> dict: ...
 
-    # Optional, used when a task defines them (frame prediction does):
-    #   quick_evaluate(model) -> dict: a cheap evaluation every train.quick_eval_every steps (it
-    #     leaves the model in the mode it found it),
-    #     logged under eval_quick/ (a curve with more points than eval/);
-    #   final_evaluation(model, best_path | None, logger, step, run_dir) -> dict: the numbers
-    #     metrics.json reports, in place of the last evaluate() (e.g. the best checkpoint on the
-    #     set an evaluation script scores), with an "evaluated_on" entry naming that set;
-    #   eval_description() -> dict: the "evaluated_on" entry of metrics.json otherwise.
+    # what evaluate() scores: {"split": "validation", "what": <a sentence>, <sizes>}
+    def val_description(self) -> dict: ...
+
+    # metrics of ``model`` (the best checkpoint's weights) on the test split, with an
+    # "evaluated_on" entry naming that set (split "test"); it may write pictures into run_dir
+    def test(self, model: nn.Module, logger: TBLogger | None, step: int, run_dir: Path) -> dict: ...
+
+    # Optional: quick_evaluate(model) -> dict, a cheap validation score every
+    # train.quick_eval_every steps, logged under val_quick/ (a curve with more points than val/);
+    # it leaves the model in the mode it found it.
 
 
 def _has_regularizers(model: nn.Module) -> bool:
@@ -240,14 +249,15 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
     """Train ``task`` as configured by ``cfg`` (``cfg["train"]`` holds the loop's settings).
 
     Writes under ``run_dir``: TensorBoard event files, ``config.yaml``,
-    ``checkpoints/last.pt`` and ``checkpoints/best.pt``, and ``metrics.json`` with the final
-    evaluation: the task's ``final_evaluation`` where it has one (frame prediction: the best
-    checkpoint on the test set evaluate.py scores by default), else the last ``evaluate`` (the
-    final weights); ``evaluated_on`` in it names the set and its size. Returns those metrics.
+    ``checkpoints/last.pt`` and ``checkpoints/best.pt`` (the best validation score), and
+    ``metrics.json``: the task's ``test`` of ``best.pt`` (the final weights when no evaluation
+    ran), ``evaluated_on`` naming the test set, the checkpoint and its step, and ``validation``
+    holding the validation metrics that chose it. ``train.patience`` > 0 ends training after that
+    many evaluations without a better validation score. Returns the metrics.
 
     ``resume=True`` continues from ``checkpoints/last.pt``: model, optimizer, scheduler, scaler,
-    RNG states, step, best score and skipped-step count are restored, so the run ends with the
-    weights an uninterrupted run would have. SIGINT/SIGTERM save ``last.pt`` and raise
+    RNG states, step, best score (and its step and metrics), early-stopping count and skipped-step
+    count are restored, so the run ends with the weights an uninterrupted run would have. SIGINT/SIGTERM save ``last.pt`` and raise
     ``SystemExit(128 + signum)``.
     """
     tc = cfg["train"]
@@ -283,12 +293,16 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
             scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp)
 
             start_step, best_score, skipped = 0, None, 0
+            # the best validation evaluation (step, metrics), evaluations since, early stop
+            best_step, best_metrics, since_best, stopped_early = None, None, 0, False
             if resume:
                 if not last_path.is_file():
                     raise CheckpointError(f"--resume: no checkpoint to resume from at {last_path}")
                 ck = load_checkpoint(last_path)
                 _restore_training_state(last_path, ck, model, optimizer, scheduler, scaler, tc)
                 start_step, best_score, skipped = int(ck["step"]), ck.get("best_score"), int(ck.get("skipped", 0))
+                best_step, best_metrics = ck.get("best_step"), ck.get("best_metrics")
+                since_best, stopped_early = int(ck.get("since_best", 0)), bool(ck.get("stopped_early", False))
                 _restore_rank_rng(ck, dist, seed, last_path)
                 del ck
             if dist.world_size > 1:
@@ -325,6 +339,10 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                     "scaler": scaler.state_dict(),
                     "step": step,
                     "best_score": best_score,
+                    "best_step": best_step,
+                    "best_metrics": best_metrics,
+                    "since_best": since_best,
+                    "stopped_early": stopped_early,
                     "skipped": skipped,
                     "config": cfg,
                     "world_size": dist.world_size,
@@ -356,6 +374,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 return score < best_score if task.best_mode == "min" else score > best_score
 
             steps = tc["steps"]
+            last_step = start_step  # the step training ends at (earlier than steps when stopped early)
             has_reg = _has_regularizers(unwrap(model))
             metrics: dict = {}
             bar = None
@@ -371,7 +390,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
             # backward, and fp16's scaler must not unscale a step it then skips: they check first.
             deferred_check = dist.world_size == 1 and not use_cuda_amp
             model.train()
-            for step in range(start_step, steps):
+            for step in range(start_step, steps if not stopped_early else start_step):
                 batch = task.train_batch(step, dist.rank, dist.world_size)
                 optimizer.zero_grad(set_to_none=True)
                 problem, loss, logs, reg, total = None, None, {}, None, None
@@ -428,37 +447,61 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                     logger.scalar("train/sequences_per_second", (done - start_step) * tc["batch_size"] * dist.world_size / max(time.time() - t0, 1e-9), done)
                 quick = tc["quick_eval_every"]
                 if quick and done % quick == 0 and is_main and hasattr(task, "quick_evaluate"):
-                    logger.scalars(task.quick_evaluate(unwrap(model)), done, prefix="eval_quick/")
+                    logger.scalars(task.quick_evaluate(unwrap(model)), done, prefix="val_quick/")
                 if done % tc["eval_every"] == 0 or done == steps:
                     if is_main:
                         metrics = task.evaluate(unwrap(model), logger, done)
-                        logger.scalars(metrics, done, prefix="eval/")
+                        logger.scalars(metrics, done, prefix="val/")
+                        since_best += 1
                         if task.best_metric in metrics and better(metrics[task.best_metric]):
-                            best_score = metrics[task.best_metric]
+                            best_score, best_step, since_best = metrics[task.best_metric], done, 0
+                            best_metrics = _plain_numbers(metrics)
                             checkpoint(best_path, done, all_ranks=False)
                         if bar is not None:
-                            bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+                            bar.write(f"step {done} (validation): " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+                    # every rank stops together: rank 0 alone evaluates
+                    stopped_early = _any_rank(is_main and tc["patience"] > 0 and since_best >= tc["patience"] and done < steps, dist)
                     barrier(dist)
                     model.train()
-                if done % tc["checkpoint_every"] == 0 or done == steps:
+                last_step = done
+                if done % tc["checkpoint_every"] == 0 or done == steps or stopped_early:
                     checkpoint(last_path, done)
+                if stopped_early:
+                    if bar is not None:
+                        bar.write(f"step {done}: no better validation {task.best_metric} in {tc['patience']} evaluations "
+                                  f"(best at step {best_step}); stopping early (train.patience)")
+                    break
                 stop_here(done)
             if bar is not None:
                 bar.close()
-            if is_main and not metrics:  # resumed from the final checkpoint: evaluate it again
-                metrics = task.evaluate(unwrap(model), logger, steps)
             train_seconds = round(time.time() - t0, 1)
-            if is_main and hasattr(task, "final_evaluation"):
+            result: dict = {}
+            if is_main:
+                if best_metrics is None:  # no evaluation ran (resumed from an old final checkpoint)
+                    best_metrics = _plain_numbers(task.evaluate(unwrap(model), logger, last_step))
                 t1 = time.time()
-                metrics = task.final_evaluation(unwrap(model), best_path if best_path.is_file() else None, logger, steps, run_dir)
-                metrics["final_evaluation_seconds"] = round(time.time() - t1, 1)
-            elif is_main and hasattr(task, "eval_description"):
-                metrics = {**metrics, "evaluated_on": task.eval_description()}
+                tested, tested_step = _best_weights(task, unwrap(model), best_path, tc), best_step
+                if tested is unwrap(model):
+                    tested_step = last_step
+                result = task.test(tested, logger, tested_step, run_dir)
+                logger.scalars({k: v for k, v in result.items() if isinstance(v, (int, float))}, last_step, prefix="test/")
+                result["evaluated_on"] = {
+                    **result.get("evaluated_on", {}),
+                    "checkpoint": "best.pt" if tested is not unwrap(model) else "final weights",
+                    "checkpoint_step": tested_step,
+                }
+                result["validation"] = {
+                    **task.val_description(), "best_metric": task.best_metric, "best_step": best_step,
+                    "metrics": best_metrics,
+                }
+                result["final_evaluation_seconds"] = round(time.time() - t1, 1)
+            metrics = result
             logger.flush()
             digests = _gather_objects(weights_digest(unwrap(model).state_dict()), dist)
             if is_main:
                 result = dict(metrics)
-                result["step"] = steps
+                result["step"] = last_step
+                result["stopped_early"] = stopped_early
                 result["skipped_steps"] = skipped
                 result["train_seconds"] = train_seconds  # the steps and their evaluations, not the final one
                 result["world_size"] = dist.world_size
@@ -487,6 +530,35 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 model = None  # also clears the reference the checkpoint closure holds
                 gc.collect()
             cleanup_distributed(dist)
+
+
+def _plain_numbers(metrics: dict) -> dict:
+    """``metrics`` with tensors and numpy scalars as Python numbers (a checkpoint and JSON hold it)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, Tensor):
+            return v.tolist()
+        if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+            return v.item()
+        return v
+
+    return {k: plain(v) for k, v in metrics.items()}
+
+
+def _best_weights(task: Task, model: nn.Module, best_path: Path, tc: dict) -> nn.Module:
+    """A model of ``task`` holding ``best.pt``'s weights on ``model``'s device (``model`` itself
+    when there is no ``best.pt``); ``model`` is left as it is."""
+    if not best_path.is_file():
+        return model
+    best = task.build_model()
+    best.load_state_dict(load_checkpoint(best_path)["model"])
+    best = best.to(next(model.parameters()).device)
+    set_implementation(best, tc["implementation"])
+    best.eval()
+    return best
 
 
 def _check_model_accepts_batches(task: Task, model: nn.Module, cfg: dict, dist: DistInfo) -> None:

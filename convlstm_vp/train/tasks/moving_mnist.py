@@ -42,8 +42,8 @@ DEFAULTS: dict[str, Any] = {
         # [start, end, steps] or null: in training step k the forecaster is fed the true previous
         # frame with probability start + (end - start) * min(k / steps, 1) (scheduled_sampling())
         "scheduled_sampling": None,
-        # softmax temperature of the filter kernels when predicting: evaluations during training
-        # (and so the best checkpoint), evaluate.py and predict.py (their --filter-temperature
+        # softmax temperature of the filter kernels when predicting: validation during training
+        # (and so the best checkpoint), the final test, evaluate.py and predict.py (their --filter-temperature
         # overrides it); training itself always runs at 1. Below 1 sharpens the kernels, so less
         # blur piles up over the horizon: SSIM up, MSE a little worse (README "Results")
         "eval_filter_temperature": 1.0,
@@ -52,12 +52,14 @@ DEFAULTS: dict[str, Any] = {
         "root": "datasets",
         "source": "auto",  # auto | mnist | embedded
         "num_digits": 2,
-        "eval_sequences": 1000,  # size of the fixed test set evaluated during training (every train.eval_every steps)
-        # the frequent cheap evaluation (every train.quick_eval_every steps, TensorBoard
-        # eval_quick/mse): MSE of the first this-many of those sequences
+        # validation (every train.eval_every steps; picks best.pt): this many fixed sequences of
+        # train digits (MovingMNIST split "val"); the test digits are left to the final test
+        "val_sequences": 1000,
+        # the frequent cheap validation (every train.quick_eval_every steps, TensorBoard
+        # val_quick/mse): MSE of the first this-many validation sequences
         "quick_eval_sequences": 16,
-        # the end of training evaluates the best checkpoint on the first this-many test sequences,
-        # the set evaluate.py scores by default, so metrics.json and evaluate.py --json agree
+        # the end of training tests best.pt on the first this-many test sequences, the set
+        # evaluate.py scores by default, so metrics.json and evaluate.py --json agree
         "final_eval_sequences": 1000,
         "eval_batch_size": 50,
         "test_seed": 0,
@@ -168,14 +170,20 @@ class MovingMNISTTask:
     def build_model(self) -> nn.Module:
         return build_model(self.cfg)
 
-    def eval_set(self) -> Tensor:
-        """The fixed test sequences ``(N, T, 1, 64, 64)`` used for evaluation during training."""
+    def val_set(self) -> Tensor:
+        """The fixed validation sequences ``(N, T, 1, 64, 64)`` (train digits, MovingMNIST split
+        "val") evaluated during training."""
         if self._eval is None:
             d = self.cfg["data"]
-            ds = MovingMNIST(d["root"], "test", num_digits=d["num_digits"], num_frames=self.frames,
-                             length=d["eval_sequences"], seed=d["test_seed"], source=d["source"])
+            ds = MovingMNIST(d["root"], "val", num_digits=d["num_digits"], num_frames=self.frames,
+                             length=d["val_sequences"], source=d["source"])
             self._eval = torch.stack([ds[i] for i in range(len(ds))])
         return self._eval
+
+    def val_description(self) -> dict:
+        n = self.cfg["data"]["val_sequences"]
+        return {"split": "validation", "sequences": n,
+                "what": f"{n} validation sequences generated from the train digits (MovingMNIST split 'val')"}
 
     def train_batch(self, step: int, rank: int, world: int) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """Frames ``(B, T, 1, 64, 64)``; with ``motion_loss_weight`` > 0 also the true motion
@@ -229,32 +237,30 @@ class MovingMNISTTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, logger: TBLogger | None, step: int) -> dict:
-        result = evaluate_frames(model, self.eval_set(), self.cfg, logger, step)
+        """Frame metrics on the validation sequences (TensorBoard: examples, per-frame MSE)."""
+        result = evaluate_frames(model, self.val_set(), self.cfg, logger, step)
         return {k: v for k, v in result.items() if k != "per_frame"}
 
     @torch.no_grad()
     def quick_evaluate(self, model: nn.Module) -> dict:
-        """MSE (per frame, summed over pixels) of the first ``data.quick_eval_sequences`` test
-        sequences: the training loop logs it every ``train.quick_eval_every`` steps (eval_quick/)."""
-        seqs = self.eval_set()[: self.cfg["data"]["quick_eval_sequences"]]
+        """MSE (per frame, summed over pixels) of the first ``data.quick_eval_sequences``
+        validation sequences: the training loop logs it every ``train.quick_eval_every`` steps
+        (val_quick/)."""
+        seqs = self.val_set()[: self.cfg["data"]["quick_eval_sequences"]]
         t_in, m = self.cfg["model"]["input_frames"], self.cfg["model"]
         pred = predict(model, seqs[:, :t_in], self.cfg["data"]["eval_batch_size"], self.cfg["train"]["precision"],
                        filter_temperature=m["eval_filter_temperature"])
         return {"mse": float(frame_mse(pred, seqs[:, t_in:]).mean())}
 
-    def final_evaluation(self, model: nn.Module, best_path, logger: TBLogger | None, step: int, run_dir) -> dict:
-        """The numbers metrics.json reports: the best checkpoint (``best_path``; ``model`` when there
-        is none) on the first ``data.final_eval_sequences`` test sequences, exactly as
-        ``evaluate.py --checkpoint best.pt`` scores it by default (same set, batch size, precision
-        and device; see :mod:`convlstm_vp.train.evaluate`). Writes ``predictions.png`` and
-        ``predictions.gif`` of the first ``log.examples`` of them to ``run_dir``."""
-        from ..checkpoint import atomic_write_bytes, load_checkpoint
+    @torch.no_grad()
+    def test(self, model: nn.Module, logger: TBLogger | None, step: int, run_dir) -> dict:
+        """The numbers metrics.json reports: ``model`` (the loop passes best.pt's weights) on the
+        first ``data.final_eval_sequences`` test sequences, exactly as ``evaluate.py --checkpoint
+        best.pt`` scores it by default (same set, batch size, precision and device; see
+        :mod:`convlstm_vp.train.evaluate`). Writes ``predictions.png`` and ``predictions.gif`` of
+        the first ``log.examples`` of them to ``run_dir``."""
+        from ..checkpoint import atomic_write_bytes
 
-        device, best_step = next(model.parameters()).device, step
-        if best_path is not None:
-            best_step = int(load_checkpoint(best_path)["step"])
-            model, _ = load_trained(str(best_path))
-            model = model.to(device)
         d = self.cfg["data"]
         ds = MovingMNIST(d["root"], "test", num_digits=d["num_digits"], num_frames=self.frames,
                          length=d["final_eval_sequences"], seed=d["test_seed"], source=d["source"])
@@ -272,7 +278,6 @@ class MovingMNISTTask:
         result["evaluated_on"] = {
             "split": "test", "test_set": test_set, "sequences": int(seqs.shape[0]),
             "what": f"test set {test_set}, first {int(seqs.shape[0])} sequences",
-            "checkpoint": "best.pt" if best_path is not None else "final weights", "checkpoint_step": best_step,
         }
         return result
 
@@ -366,7 +371,7 @@ def evaluate_frames(model: EncoderForecaster, sequences: Tensor, cfg: dict, logg
             video = side_by_side(torch.cat([x[i], y[i]]), torch.cat([x[i], pred[i]]))
             logger.gif(f"videos/sequence_{i}_truth_vs_prediction", upscale(video, 2), step, fps=cfg["log"]["fps"])
         for h, v in enumerate(result["per_frame"]["mse"]):
-            logger.scalar(f"eval_per_frame/mse_t{h + 1:02d}", v, step)
+            logger.scalar(f"val_per_frame/mse_t{h + 1:02d}", v, step)
     if return_predictions:
         result["predictions"] = pred
     return result
@@ -391,6 +396,9 @@ def _upgrade_config(config: dict, checkpoint: str) -> dict:
     import warnings
 
     config = copy.deepcopy(config)
+    data = config.get("data")
+    if isinstance(data, dict) and "eval_sequences" in data:  # renamed when validation left the test set
+        data.setdefault("val_sequences", data.pop("eval_sequences"))
     for path, neutral in _REMOVED_KEYS.items():
         *parents, key = path
         section = config

@@ -5,13 +5,14 @@ space-to-depth (``patch_size=1``) on ``1x7x7`` patch frames: the encoder reads
 ``model.input_frames`` patches, the forecaster predicts ``model.output_frames`` (together the 16
 patches of a digit; in raster or snake order the first 8 are the top half).
 
-Evaluation on the test split: the frame metrics of :mod:`convlstm_vp.train.metrics` over the
-predicted patches (``mse``/``mae`` summed over the 49 pixels of a patch, ``ssim``, ``psnr``)
-and the mean binary cross-entropy ``bce``. Pictures: for ``log.examples`` test digits (evenly
-spaced over the test set, so every class shows), three
-reassembled digits side by side — the input half (missing patches grey), the input half with
-the predicted half, and the truth — to TensorBoard (``completions``) and to
-``completions.png`` in the run folder.
+Evaluation, on the validation digits during training (held out of the train digits, see
+:class:`~.patch_data.PatchDigitPool`) and on the test split at the end: the frame metrics of
+:mod:`convlstm_vp.train.metrics` over the predicted patches (``mse``/``mae`` summed over the 49
+pixels of a patch, ``ssim``, ``psnr``) and the mean binary cross-entropy ``bce``. Pictures: for
+``log.examples`` digits (evenly spaced over the set, so every class shows), three reassembled
+digits side by side — the input half (missing patches grey), the input half with the predicted
+half, and the truth — to TensorBoard (``val/completions``, ``test/completions``); the test one
+also to ``completions.png`` in the run folder.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .digit_images import captioned_tiles, digit_grid, save_png
 from .moving_mnist import LOSSES, check_scheduled_sampling, frame_loss, predict, teacher_forcing
 from .moving_mnist import build_model as build_encoder_forecaster
 from .patch_classifier import DIGIT_SIZE, check_data_config
-from .patch_data import DATA_DEFAULTS, PatchDigitPool, subset_indices, test_patch_set
+from .patch_data import DATA_DEFAULTS, PatchDigitPool, subset_indices, describe_test_set, load_test_patches
 
 DEFAULTS: dict[str, Any] = {
     "name": "patch_completion",
@@ -59,7 +60,8 @@ def build_model(cfg: dict) -> nn.Module:
 
 
 class PatchCompletionTask:
-    """Train on (optionally shifted) train digits; evaluate and draw completions of test digits."""
+    """Train on (optionally shifted) train digits; validate on held-out train digits; test and
+    draw completions of test digits at the end."""
 
     best_metric = "mse"
     best_mode = "min"
@@ -79,25 +81,23 @@ class PatchCompletionTask:
         check_scheduled_sampling(m["scheduled_sampling"])
         self.cfg = cfg
         self.pool = PatchDigitPool(cfg["data"], int(cfg["seed"]))
-        self._eval: Tensor | None = None
+        self._val: Tensor | None = None
         self.image_path: Path | None = None
 
     def build_model(self) -> nn.Module:
         return build_model(self.cfg)
 
-    def eval_set(self) -> Tensor:
-        """Test patch sequences ``(N, 16, 1, 7, 7)``."""
-        if self._eval is None:
-            self._eval = test_patch_set(self.cfg["data"])[0]
-        return self._eval
+    def val_set(self) -> Tensor:
+        """Validation patch sequences ``(N, 16, 1, 7, 7)``."""
+        if self._val is None:
+            self._val = self.pool.val_set()[0]
+        return self._val
+
+    def val_description(self) -> dict:
+        return self.pool.val_description()
 
     def train_batch(self, step: int, rank: int, world: int) -> Tensor:
         return self.pool.batch(step, rank, world, self.cfg["train"]["batch_size"])[0]
-
-    def eval_description(self) -> dict:
-        """What the evaluation (and metrics.json) is computed on: the test split's digits."""
-        n = int(self.eval_set().shape[0])
-        return {"split": "test", "digits": n, "what": f"test split, {n} digits (data.eval_size: 0 = all, else evenly spaced)"}
 
     def training_step(self, model: nn.Module, batch: Tensor, step: int) -> tuple[Tensor, dict]:
         batch = batch.to(next(model.parameters()).device)
@@ -108,7 +108,20 @@ class PatchCompletionTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, logger: TBLogger | None, step: int) -> dict:
-        sequences = self.eval_set()
+        """Metrics on the validation digits; their completions to TensorBoard (``val/completions``)."""
+        return self._score(model, self.val_set(), logger, step, "val")
+
+    @torch.no_grad()
+    def test(self, model: nn.Module, logger: TBLogger | None, step: int, run_dir: Path) -> dict:
+        """Metrics on the test digits; their completions to TensorBoard (``test/completions``) and
+        ``completions.png`` in ``run_dir``."""
+        sequences = load_test_patches(self.cfg["data"])[0]
+        result = self._score(model, sequences, logger, step, "test", run_dir)
+        result["evaluated_on"] = describe_test_set(self.cfg["data"], int(sequences.shape[0]))
+        return result
+
+    def _score(self, model: nn.Module, sequences: Tensor, logger: TBLogger | None, step: int, split: str,
+               run_dir: Path | None = None) -> dict:
         t_in = self.cfg["model"]["input_frames"]
         x, y = sequences[:, :t_in], sequences[:, t_in:]
         pred = predict(model, x, self.cfg["data"]["eval_batch_size"], self.cfg["train"]["precision"])
@@ -119,8 +132,9 @@ class PatchCompletionTask:
         if logger is not None and logger.enabled:
             shown = subset_indices(x.shape[0], min(self.cfg["log"]["examples"], x.shape[0]))
             picture = self.completion_picture(x[shown], pred[shown], y[shown])
-            logger.image("completions", picture, step)
-            self.image_path = save_png(logger.log_dir / "completions.png", picture)
+            logger.image(f"{split}/completions", picture, step)
+            if run_dir is not None:
+                self.image_path = save_png(Path(run_dir) / "completions.png", picture)
         return result
 
     def completion_picture(self, inputs: Tensor, pred: Tensor, truth: Tensor) -> Tensor:

@@ -3,7 +3,9 @@
 Training batches are cut from the train digit pool with the same ``patchify`` that
 :class:`~convlstm_vp.data.MNISTPatchSequences` uses, after an optional random shift, rotation
 and zoom of each digit; batch ``k`` is a pure function of ``(seed, k, rank)`` (exact resume).
-The evaluation set is the dataset's own items, stacked.
+Validation (during training: the best checkpoint, early stopping) holds out a seeded, stratified
+``data.val_fraction`` of those train digits (:func:`~convlstm_vp.data.splits.stratified_split`);
+the test set, scored once at the end, is the test split's own items, stacked.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import torch
 from torch import Tensor
 
 from ...data import MNISTPatchSequences, load_digits, patchify
+from ...data.splits import VAL_SPLIT_SEED, stratified_split
 from ..distributed import dataset_batch_indices
 
-__all__ = ["DATA_DEFAULTS", "PatchDigitPool", "patch_sequences", "random_affine", "subset_indices", "test_patch_set"]
+__all__ = ["DATA_DEFAULTS", "PatchDigitPool", "patch_sequences", "random_affine", "subset_indices", "describe_test_set",
+           "load_test_patches"]
 
 DATA_DEFAULTS: dict = {
     "root": "datasets",
@@ -26,8 +30,9 @@ DATA_DEFAULTS: dict = {
     "max_shift": 0,  # training augmentation: shift each digit by up to this many pixels,
     "max_rotation": 0.0,  # rotate it by up to this many degrees,
     "max_scale": 0.0,  # and zoom it by a factor in [1 - max_scale, 1 + max_scale]
-    "train_size": 0,  # train on N evenly spaced train digits (0: all)
-    "eval_size": 0,  # evaluate on N evenly spaced test digits (0: all)
+    "train_size": 0,  # use N evenly spaced train digits (0: all), validation included
+    "val_fraction": 0.1,  # share of each class of those held out for validation (best.pt, patience)
+    "test_size": 0,  # test on N evenly spaced test digits (0: all)
     "eval_batch_size": 500,
 }
 
@@ -87,7 +92,8 @@ def patch_sequences(images: np.ndarray, patch_size: int, order: str) -> Tensor:
 
 
 class PatchDigitPool:
-    """The train digits a patch task samples its batches from.
+    """The train digits a patch task samples its batches from, and the validation digits held
+    out of them (``data.val_fraction`` of each class, seeded: :func:`stratified_split`).
 
     Args:
         data: the task's ``data`` config (keys of :data:`DATA_DEFAULTS`).
@@ -98,15 +104,28 @@ class PatchDigitPool:
         digits = load_digits(data["root"], "train", data["source"])
         if data["train_size"] > len(digits):
             raise ValueError(f"config key 'data.train_size': {data['train_size']} is more than the {len(digits)} train digits")
-        self.indices = subset_indices(len(digits), data["train_size"])  # into the train split
+        pool = subset_indices(len(digits), data["train_size"])  # into the train split
+        fit, val = stratified_split(digits.labels[pool], data["val_fraction"], VAL_SPLIT_SEED)
+        self.indices, self.val_indices = pool[fit], pool[val]
         self.images = digits.images[self.indices]
         self.labels = torch.tensor(digits.labels[self.indices], dtype=torch.int64)
+        self.val_images = digits.images[self.val_indices]
+        self.val_labels = torch.tensor(digits.labels[self.val_indices], dtype=torch.int64)
         self.source = digits.source
         self.data = data
         self.seed = int(seed)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def val_set(self) -> tuple[Tensor, Tensor]:
+        """The validation digits as ``(patches (N, T, 1, p, p), labels (N,))``, not augmented."""
+        return patch_sequences(self.val_images, self.data["patch_size"], self.data["order"]), self.val_labels
+
+    def val_description(self) -> dict:
+        n = len(self.val_indices)
+        return {"split": "validation", "digits": n,
+                "what": f"{n} train digits held out for validation ({self.data['val_fraction']:g} of each class, seeded)"}
 
     def batch(self, step: int, rank: int, world: int, batch_size: int, augment: bool = True) -> tuple[Tensor, Tensor]:
         """Batch ``step`` of ``rank``: ``(patches (B, T, 1, p, p) float32, labels (B,) int64)``."""
@@ -119,11 +138,17 @@ class PatchDigitPool:
         return patch_sequences(images, self.data["patch_size"], self.data["order"]), self.labels[idx]
 
 
-def test_patch_set(data: dict) -> tuple[Tensor, Tensor]:
-    """The evaluation set: ``(patches (N, T, 1, p, p), labels (N,))``: the test split's items
-    (or ``data.eval_size`` evenly spaced ones, see :func:`subset_indices`), in split order."""
+def load_test_patches(data: dict) -> tuple[Tensor, Tensor]:
+    """The test set: ``(patches (N, T, 1, p, p), labels (N,))``: the test split's items (or
+    ``data.test_size`` evenly spaced ones, see :func:`subset_indices`), in split order."""
     ds = MNISTPatchSequences(data["root"], "test", data["patch_size"], data["order"], data["source"])
-    if data["eval_size"] > len(ds):
-        raise ValueError(f"config key 'data.eval_size': {data['eval_size']} is more than the {len(ds)} test digits")
-    items = [ds[int(i)] for i in subset_indices(len(ds), data["eval_size"])]
+    if data["test_size"] > len(ds):
+        raise ValueError(f"config key 'data.test_size': {data['test_size']} is more than the {len(ds)} test digits")
+    items = [ds[int(i)] for i in subset_indices(len(ds), data["test_size"])]
     return torch.stack([p for p, _ in items]), torch.tensor([int(y) for _, y in items], dtype=torch.int64)
+
+
+def describe_test_set(data: dict, n: int) -> dict:
+    """The ``evaluated_on`` entry of a patch task's test: which test digits, how many."""
+    what = "test split, all digits" if not data["test_size"] else f"test split, {n} evenly spaced digits (data.test_size)"
+    return {"split": "test", "digits": n, "what": what}

@@ -1,8 +1,16 @@
 """Activity recognition from sensor windows with DeepConvLSTM (BasicMotions or OPPORTUNITY).
 
 The task hands :func:`convlstm_vp.train.fit` a :class:`~convlstm_vp.models.DeepConvLSTM`, training
-batches of ``(B, T, C)`` windows and an evaluation on the test split that reports accuracy, macro
-F1 and weighted F1 (defined in :mod:`convlstm_vp.train.metrics`) and logs the confusion matrix.
+batches of ``(B, T, C)`` windows, a validation split held out of the training data (picks
+``best.pt``) and a test split scored at the end; each evaluation reports accuracy, macro F1 and
+weighted F1 (defined in :mod:`convlstm_vp.train.metrics`) and logs the confusion matrix.
+
+Validation: BasicMotions holds out a seeded, stratified ``data.val_fraction`` of its training
+cases. OPPORTUNITY holds out whole recordings (:data:`OPPORTUNITY_VAL_FILES`), because its
+windows overlap (``step`` < ``window``): windows drawn at random would put copies of the
+training samples into the validation set. Channels are z-scored with the statistics of the
+training split before the hold-out (BasicMotions) or of the remaining training recordings
+(OPPORTUNITY).
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...data import BasicMotions, Opportunity
+from ...data.opportunity import OPPORTUNITY_SPLITS
 from ...data.sensor_windows import WindowDataset
+from ...data.splits import VAL_SPLIT_SEED, check_val_fraction, stratified_split
 from ...models.deepconvlstm import DeepConvLSTM
 from ..config import TRAIN_DEFAULTS, ConfigError
 from ..metrics import classification_metrics, confusion_matrix
@@ -44,26 +54,47 @@ DEFAULTS: dict[str, Any] = {
         "window": 24,  # OPPORTUNITY window length (samples); BasicMotions cases are whole windows
         "step": 12,  # OPPORTUNITY window step
         "label_mode": "last",  # last | majority
+        # BasicMotions: share of each class of the training cases held out for validation
+        # (best.pt, train.patience); OPPORTUNITY validates on whole recordings instead
+        "val_fraction": 0.2,
         "eval_batch_size": 256,
     },
     "train": dict(TRAIN_DEFAULTS, optimizer="adam", schedule="constant", warmup_fraction=0.0, eval_every=100),
 }
 
 
-def load_splits(cfg: dict) -> tuple[WindowDataset, WindowDataset]:
-    """Training and test windows; the test split is normalized with the training statistics."""
+#: OPPORTUNITY recordings of the standard training list held out for validation: one ADL run of
+#: each test subject (their ADL4-5 runs are the test set), so validation resembles the test.
+OPPORTUNITY_VAL_FILES = ("S2-ADL3.dat", "S3-ADL3.dat")
+
+
+def _subset(data: WindowDataset, index: np.ndarray) -> WindowDataset:
+    return WindowDataset(data.windows[torch.from_numpy(index)], data.labels[torch.from_numpy(index)], data.classes)
+
+
+def load_splits(cfg: dict) -> tuple[WindowDataset, WindowDataset, WindowDataset]:
+    """Training, validation and test windows, all normalized with the training statistics (see
+    the module docstring for how validation is held out)."""
     d = cfg["data"]
+    try:
+        check_val_fraction(d["val_fraction"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if d["dataset"] == "basicmotions":
-        train = BasicMotions("train", root=d["root"])
-        test = BasicMotions("test", root=d["root"], standardizer=train.standardizer)
+        full = BasicMotions("train", root=d["root"])
+        test = BasicMotions("test", root=d["root"], standardizer=full.standardizer)
+        fit, held_out = stratified_split(full.labels.numpy(), d["val_fraction"], VAL_SPLIT_SEED)
+        train, val = _subset(full, fit), _subset(full, held_out)
     elif d["dataset"] == "opportunity":
         root = d["root"] if d["root"] is not None else "datasets"
         kw = {"task": d["task"], "window": d["window"], "step": d["step"], "label_mode": d["label_mode"]}
-        train = Opportunity(root, "train", **kw)
+        fit_files = [f for f in OPPORTUNITY_SPLITS["train"] if f not in OPPORTUNITY_VAL_FILES]
+        train = Opportunity(root, "train", files=fit_files, **kw)
+        val = Opportunity(root, "train", files=list(OPPORTUNITY_VAL_FILES), standardizer=train.standardizer, **kw)
         test = Opportunity(root, "test", standardizer=train.standardizer, **kw)
     else:
         raise ConfigError(f"config key 'data.dataset': expected one of {DATASETS}, got {d['dataset']!r}")
-    return train, test
+    return train, val, test
 
 
 def build_model(cfg: dict, in_channels: int, num_classes: int) -> DeepConvLSTM:
@@ -84,7 +115,7 @@ class SensorTask:
 
     def __init__(self, cfg: dict) -> None:
         self.cfg = cfg
-        self.train_set, self.test_set = load_splits(cfg)
+        self.train_set, self.val_set, self.test_set = load_splits(cfg)
         self.classes = self.train_set.classes
         self.in_channels = int(self.train_set.windows.shape[-1])
 
@@ -114,23 +145,36 @@ class SensorTask:
         accuracy = float((logits.detach().argmax(1) == y).float().mean())
         return loss, {"accuracy": accuracy}
 
-    @torch.no_grad()
-    def eval_description(self) -> dict:
-        """What the evaluation (and metrics.json) is computed on: every window of the test split."""
-        n = len(self.test_set)
-        return {"split": "test", "windows": n, "what": f"{self.cfg['data']['dataset']} test split, all {n} windows"}
+    def val_description(self) -> dict:
+        d, n = self.cfg["data"], len(self.val_set)
+        if d["dataset"] == "opportunity":
+            what = f"opportunity recordings {', '.join(OPPORTUNITY_VAL_FILES)} held out of the training list, {n} windows"
+        else:
+            what = f"{d['dataset']} training split, {n} cases held out ({d['val_fraction']:g} of each class, seeded)"
+        return {"split": "validation", "windows": n, "what": what}
 
+    @torch.no_grad()
     def evaluate(self, model: nn.Module, logger: TBLogger | None, step: int) -> dict:
-        return evaluate_windows(model, self.test_set, self.cfg["data"]["eval_batch_size"], logger, step)
+        """Metrics on the validation windows (confusion matrix to TensorBoard ``val/``)."""
+        return evaluate_windows(model, self.val_set, self.cfg["data"]["eval_batch_size"], logger, step, "val")
+
+    @torch.no_grad()
+    def test(self, model: nn.Module, logger: TBLogger | None, step: int, run_dir) -> dict:
+        """Metrics on every window of the test split (confusion matrix to TensorBoard ``test/``)."""
+        result = evaluate_windows(model, self.test_set, self.cfg["data"]["eval_batch_size"], logger, step, "test")
+        n = len(self.test_set)
+        result["evaluated_on"] = {"split": "test", "windows": n, "what": f"{self.cfg['data']['dataset']} test split, all {n} windows"}
+        return result
 
 
 @torch.no_grad()
 def evaluate_windows(
-    model: nn.Module, dataset: WindowDataset, batch_size: int = 256, logger: TBLogger | None = None, step: int = 0
+    model: nn.Module, dataset: WindowDataset, batch_size: int = 256, logger: TBLogger | None = None, step: int = 0,
+    split: str = "eval",
 ) -> dict:
     """Accuracy, macro / weighted F1, mean cross-entropy and per-class recall of ``model`` on ``dataset``.
 
-    Logs the confusion matrix (rows = true class) as the image ``eval/confusion_matrix``.
+    Logs the confusion matrix (rows = true class) as the image ``<split>/confusion_matrix``.
     """
     was_training = model.training
     model.eval()
@@ -146,7 +190,7 @@ def evaluate_windows(
     cm = confusion_matrix(torch.cat(preds), dataset.labels, len(dataset.classes))
     m = classification_metrics(cm)
     if logger is not None:
-        logger.image("eval/confusion_matrix", confusion_matrix_image(cm, dataset.classes), step, dataformats="HWC")
+        logger.image(f"{split}/confusion_matrix", confusion_matrix_image(cm, dataset.classes), step, dataformats="HWC")
     return {
         "accuracy": m["accuracy"],
         "f1_macro": m["f1_macro"],
