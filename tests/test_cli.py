@@ -70,7 +70,8 @@ def cli_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("cli") / "tiny"
     res = _cli("train", "frames", "--config", str(TINY), "--run-dir", str(run), "--set", "train.quick_eval_every=2",
                "--set", "data.quick_eval_sequences=4")
-    assert "evaluated on: test set generated (seed 0, test digits), first 16 sequences (best.pt of step" in res.stdout
+    assert "  on: test set generated (seed 0, test digits), first 16 sequences (best.pt of step" in res.stdout
+    assert "chosen on validation: mse=" in res.stdout and "validation sequences generated from the train digits" in res.stdout
     return run
 
 

@@ -119,7 +119,7 @@ def test_two_process_training_agrees_and_resumes_exactly(tmp_path: Path) -> None
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copy(last, resumed / "checkpoints" / "last.pt")
     out = _wait(p)
-    assert out.count("final evaluation:") == 1  # only rank 0 reports
+    assert out.count("test: ") == 1  # only rank 0 reports
 
     start = load_checkpoint(resumed / "checkpoints" / "last.pt")
     assert 0 < start["step"] < steps

@@ -85,10 +85,16 @@ def run_training(
     if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports
         return metrics
     print(f"run folder: {run_dir}")
-    print("final evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    scores = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float) and k != "final_evaluation_seconds")
+    print(f"test: {scores}")
     on = metrics.get("evaluated_on")
     if isinstance(on, dict):
-        print(f"evaluated on: {on['what']}" + (f" ({on['checkpoint']} of step {on['checkpoint_step']})" if "checkpoint" in on else ""))
+        print(f"  on: {on['what']}" + (f" ({on['checkpoint']} of step {on['checkpoint_step']})" if "checkpoint" in on else ""))
+    val = metrics.get("validation")
+    if isinstance(val, dict) and isinstance(val.get("metrics"), dict):
+        score = val["metrics"].get(val["best_metric"])
+        print(f"chosen on validation: {val['best_metric']}={score:.4f} at step {val['best_step']} ({val['what']})"
+              + (f"; stopped early at step {metrics['step']} (train.patience)" if metrics.get("stopped_early") else ""))
     return metrics
 
 

@@ -480,9 +480,8 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 if best_metrics is None:  # no evaluation ran (resumed from an old final checkpoint)
                     best_metrics = _plain_numbers(task.evaluate(unwrap(model), logger, last_step))
                 t1 = time.time()
-                tested, tested_step = _best_weights(task, unwrap(model), best_path, tc), best_step
-                if tested is unwrap(model):
-                    tested_step = last_step
+                tested, tested_step = _best_weights(task, unwrap(model), best_path, tc)
+                tested_step = last_step if tested_step is None else tested_step
                 result = task.test(tested, logger, tested_step, run_dir)
                 logger.scalars({k: v for k, v in result.items() if isinstance(v, (int, float))}, last_step, prefix="test/")
                 result["evaluated_on"] = {
@@ -508,6 +507,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 result["precision"] = precision  # train.precision as it ran (auto resolved)
                 result["weights_sha256"] = digests  # one per rank; DDP keeps them equal
                 atomic_write_bytes(run_dir / "metrics.json", json_bytes(result))
+                metrics = result  # what the caller gets: metrics.json's content
             if len(set(digests)) > 1:
                 raise RuntimeError(f"the ranks ended with different weights (SHA-256 per rank: {digests})")
             # all ranks leave together, with nothing left to do before tearing the process group
@@ -548,17 +548,18 @@ def _plain_numbers(metrics: dict) -> dict:
     return {k: plain(v) for k, v in metrics.items()}
 
 
-def _best_weights(task: Task, model: nn.Module, best_path: Path, tc: dict) -> nn.Module:
-    """A model of ``task`` holding ``best.pt``'s weights on ``model``'s device (``model`` itself
-    when there is no ``best.pt``); ``model`` is left as it is."""
+def _best_weights(task: Task, model: nn.Module, best_path: Path, tc: dict) -> tuple[nn.Module, int | None]:
+    """A model of ``task`` holding ``best.pt``'s weights on ``model``'s device, and its step
+    (``model`` itself and None when there is no ``best.pt``); ``model`` is left as it is."""
     if not best_path.is_file():
-        return model
+        return model, None
+    ck = load_checkpoint(best_path)
     best = task.build_model()
-    best.load_state_dict(load_checkpoint(best_path)["model"])
+    best.load_state_dict(ck["model"])
     best = best.to(next(model.parameters()).device)
     set_implementation(best, tc["implementation"])
     best.eval()
-    return best
+    return best, int(ck["step"])
 
 
 def _check_model_accepts_batches(task: Task, model: nn.Module, cfg: dict, dist: DistInfo) -> None:
