@@ -75,6 +75,8 @@ class Task(Protocol):
 
     best_metric: str  # key of evaluate()'s result used to pick the best checkpoint
     best_mode: str  # "min" or "max"
+    # optional class attribute tie_metric: a key of evaluate()'s result, lower is better, that
+    # decides between evaluations with equal best_metric (the classifiers: "loss")
 
     def build_model(self) -> nn.Module: ...
 
@@ -368,10 +370,15 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                     )
                 raise SystemExit(128 + signum)
 
-            def better(score: float) -> bool:
+            def better(result: dict) -> bool:
+                score = result[task.best_metric]
                 if best_score is None:
                     return True
-                return score < best_score if task.best_mode == "min" else score > best_score
+                if score != best_score:
+                    return score < best_score if task.best_mode == "min" else score > best_score
+                # a tie (a small validation set saturates accuracy or F1): the lower tie_metric wins
+                tie = getattr(task, "tie_metric", None)
+                return tie is not None and tie in result and tie in (best_metrics or {}) and result[tie] < best_metrics[tie]
 
             steps = tc["steps"]
             last_step = start_step  # the step training ends at (earlier than steps when stopped early)
@@ -453,7 +460,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                         metrics = task.evaluate(unwrap(model), logger, done)
                         logger.scalars(metrics, done, prefix="val/")
                         since_best += 1
-                        if task.best_metric in metrics and better(metrics[task.best_metric]):
+                        if task.best_metric in metrics and better(metrics):
                             best_score, best_step, since_best = metrics[task.best_metric], done, 0
                             best_metrics = _plain_numbers(metrics)
                             checkpoint(best_path, done, all_ranks=False)
