@@ -95,6 +95,8 @@ class Task(Protocol):
     # "evaluated_on" entry naming that set (split "test"); it may write pictures into run_dir
     def test(self, model: nn.Module, logger: TBLogger | None, step: int, run_dir: Path) -> dict: ...
 
+    # Optional: checkpoint_state() -> dict, plain data stored in every checkpoint as "task_state"
+    # (the sensor task: class names and z-score statistics, which classifying new data needs).
     # Optional: quick_evaluate(model) -> dict, a cheap validation score every
     # train.quick_eval_every steps, logged under val_quick/ (a curve with more points than val/);
     # it leaves the model in the mode it found it.
@@ -347,6 +349,8 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                     "config": cfg,
                     "world_size": dist.world_size,
                 }
+                if hasattr(task, "checkpoint_state"):  # what applying the model later needs (classes, statistics)
+                    payload["task_state"] = task.checkpoint_state()
                 if rng_ranks is not None:
                     payload["rng"], payload["rng_ranks"] = rng_ranks[0], rng_ranks
                 save_checkpoint(path, payload)
