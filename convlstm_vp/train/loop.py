@@ -75,6 +75,7 @@ class Task(Protocol):
 
     best_metric: str  # key of evaluate()'s result used to pick the best checkpoint
     best_mode: str  # "min" or "max"
+    # Optional: tie_break = (key, "min" | "max"), the metric that decides between equal best_metric
 
     def build_model(self) -> nn.Module: ...
 
@@ -372,9 +373,17 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                     )
                 raise SystemExit(128 + signum)
 
-            def better(score: float) -> bool:
+            def better(metrics: dict) -> bool:
+                """Whether ``metrics`` beat the best evaluation so far: a better ``best_metric``, or
+                an equal one and a better ``tie_break`` (a task's optional (key, mode): on a small
+                validation set accuracy and F1 saturate early, its loss still ranks the models)."""
                 if best_score is None:
                     return True
+                score = metrics[task.best_metric]
+                if score == best_score and getattr(task, "tie_break", None) and best_metrics:
+                    key, mode = task.tie_break  # type: ignore[attr-defined]
+                    if key in metrics and key in best_metrics:
+                        return metrics[key] < best_metrics[key] if mode == "min" else metrics[key] > best_metrics[key]
                 return score < best_score if task.best_mode == "min" else score > best_score
 
             steps = tc["steps"]
@@ -457,7 +466,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                         metrics = task.evaluate(unwrap(model), logger, done)
                         logger.scalars(metrics, done, prefix="val/")
                         since_best += 1
-                        if task.best_metric in metrics and better(metrics[task.best_metric]):
+                        if task.best_metric in metrics and better(metrics):
                             best_score, best_step, since_best = metrics[task.best_metric], done, 0
                             best_metrics = _plain_numbers(metrics)
                             checkpoint(best_path, done, all_ranks=False)
