@@ -270,3 +270,36 @@ def test_confusion_matrix_image_keeps_full_names_and_fits_counts() -> None:
     big = confusion_matrix_image(np.array([[123456789, 0], [0, 1]]), ["a", "b"])
     small = confusion_matrix_image(np.array([[1, 0], [0, 1]]), ["a", "b"])
     assert big.shape[1] > small.shape[1]  # the cells grow to hold the count
+
+
+def test_equal_validation_scores_are_decided_by_the_tie_break(tmp_path: Path) -> None:
+    """F1 stuck at 1.0 while the validation loss falls: best.pt is the last evaluation, not the first."""
+    from convlstm_vp.train.loop import fit
+
+    class Flat:
+        best_metric, best_mode = "f1_weighted", "max"
+
+        def __init__(self, tie_break):
+            self.tie_break = tie_break
+
+        def build_model(self):
+            return torch.nn.Linear(1, 1)
+
+        def train_batch(self, step, rank, world):
+            return torch.ones(2, 1)
+
+        def training_step(self, model, batch, step):
+            return model(batch).pow(2).mean(), {}
+
+        def evaluate(self, model, logger, step):
+            return {"f1_weighted": 1.0, "loss": 1.0 / step}
+
+        def val_description(self):
+            return {"split": "validation", "what": "constant"}
+
+        def test(self, model, logger, step, run_dir):
+            return {"evaluated_on": {"split": "test", "what": "nothing"}}
+
+    cfg = merge(DEFAULTS, {"train": {"steps": 4, "eval_every": 1, "checkpoint_every": 4, "progress": False}})
+    assert fit(Flat(("loss", "min")), cfg, tmp_path / "a")["validation"]["best_step"] == 4
+    assert fit(Flat(None), cfg, tmp_path / "b")["validation"]["best_step"] == 1
