@@ -109,6 +109,8 @@ def test_ts_pair_trains_with_variable_lengths_and_classify_reproduces_the_test(t
     assert png.is_file() and png.stat().st_size > 1000
     tags = EventAccumulator(str(run)).Reload().Tags()["images"]
     assert "test/confusion_matrix" in tags and "val/confusion_matrix" in tags
+    scalars = EventAccumulator(str(run)).Reload().Tags()["scalars"]
+    assert {"test_per_class/recall_left_turn", "val_per_class/recall_stop"} <= set(scalars)
 
     ck = load_checkpoint(run / "checkpoints" / "best.pt")
     state = ck["task_state"]

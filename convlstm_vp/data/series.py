@@ -24,14 +24,14 @@ number, else alphabetically.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .sensor_windows import LabelMode, Standardizer, WindowDataset, interpolate_nans, sliding_windows
+from .sensor_windows import LabelMode, WindowDataset, interpolate_nans, sliding_windows
 from .splits import stratified_split
 
 __all__ = ["LabelledSeries", "SeriesDataset", "TEST_FRACTION", "TEST_SPLIT_SEED", "class_order", "read_source", "source_kind"]

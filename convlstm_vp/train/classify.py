@@ -120,6 +120,10 @@ def classify(checkpoint: str | Path, spec: str, output: str | Path, batch_size: 
         logits = patch_logits(model, patches, batch_size)
     else:
         raise CheckpointError(f"{checkpoint}: not a DeepConvLSTM (train sensors) or patch-classifier (train patches) checkpoint")
+    if names is not None:  # before anything is written
+        unknown = sorted(set(names.tolist()) - set(classes))
+        if unknown:
+            raise ValueError(f"{spec}: labels {unknown[:5]} are not among the model's classes {list(classes)}")
     probs = torch.softmax(logits, 1)
     predicted = [classes[k] for k in logits.argmax(1).tolist()]
     out = Path(output)
@@ -132,9 +136,6 @@ def classify(checkpoint: str | Path, spec: str, output: str | Path, batch_size: 
     atomic_write_bytes(out / "predictions.csv", buf.getvalue().encode())
     metrics = None
     if names is not None:
-        unknown = sorted(set(names.tolist()) - set(classes))
-        if unknown:
-            raise ValueError(f"{spec}: labels {unknown[:5]} are not among the model's classes {list(classes)}")
         lookup = {c: k for k, c in enumerate(classes)}
         labels = torch.tensor([lookup[str(v)] for v in names], dtype=torch.long)
         metrics = classification_report(logits, labels, classes, image_path=out / "confusion_matrix.png")

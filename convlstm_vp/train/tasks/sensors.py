@@ -324,13 +324,16 @@ def classification_report(logits: Tensor, labels: Tensor, classes: tuple[str, ..
                           step: int = 0, split: str = "eval", image_path: Path | None = None) -> dict:
     """Accuracy, macro / weighted F1, mean cross-entropy and per-class recall (keyed by class
     name) of ``logits`` ``(N, K)`` against ``labels`` ``(N,)``; the confusion matrix (rows = true
-    class) goes to TensorBoard as ``<split>/confusion_matrix`` and, with ``image_path``, to a PNG."""
+    class) goes to TensorBoard as ``<split>/confusion_matrix`` (with the recalls as
+    ``<split>_per_class/recall_<name>``) and, with ``image_path``, to a PNG."""
     cm = confusion_matrix(logits.argmax(1), labels, len(classes))
     m = classification_metrics(cm)
     if logger is not None or image_path is not None:
         img = confusion_matrix_image(cm, classes)
         if logger is not None:
             logger.image(f"{split}/confusion_matrix", img, step, dataformats="HWC")
+            for name, recall in zip(classes, m["per_class_recall"]):  # tagged with the class names
+                logger.scalar(f"{split}_per_class/recall_{name}", recall, step)
         if image_path is not None:
             atomic_write_bytes(image_path, png_bytes(rearrange(img, "h w c -> c h w")))
     return {
