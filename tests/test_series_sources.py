@@ -305,3 +305,40 @@ def test_equal_validation_scores_are_decided_by_the_tie_break(tmp_path: Path) ->
     cfg = merge(DEFAULTS, {"train": {"steps": 4, "eval_every": 1, "checkpoint_every": 4, "progress": False}})
     assert fit(Flat(("loss", "min")), cfg, tmp_path / "a")["validation"]["best_step"] == 4
     assert fit(Flat(None), cfg, tmp_path / "b")["validation"]["best_step"] == 1
+
+
+def test_daphnet_csv_with_both_classes_validates_on_later_windows(tmp_path: Path) -> None:
+    from convlstm_vp.data import Daphnet
+
+    rng = np.random.default_rng(6)
+    n = 1000
+    freeze = ((np.arange(n) // 50) % 3 == 2).astype(int)  # every third stretch of 50 samples freezes
+    table = np.column_stack([rng.normal(size=(n, 9)) + freeze[:, None], freeze])
+    path = tmp_path / "S99.csv"
+    path.write_text(",".join(list(Daphnet.CHANNELS) + ["is_anomaly"]) + "\n"
+                    + "\n".join(",".join(f"{v:g}" for v in row) for row in table) + "\n")
+    task = SensorTask(tiny("daphnet", root=str(path), window=40, step=20, val_fraction=0.2))
+    n_train = (700 - 40) // 20 + 1  # windows of the first 70% of the stream
+    k = round(0.2 * n_train)
+    assert len(task.val_set) == k and len(task.train_set) == n_train - k - 1  # one overlapping window dropped
+    # no training window shares a sample with a validation window: the last training window ends
+    # before the first validation window starts
+    last_train_end = (len(task.train_set) - 1) * 20 + 40
+    first_val_start = (n_train - k) * 20
+    assert last_train_end <= first_val_start
+    assert set(task.train_set.labels.tolist()) == {0, 1}
+
+
+def test_classify_an_old_checkpoint_without_task_state(ts_pair: Path, tmp_path: Path) -> None:
+    """Checkpoints written before task_state: the statistics are fitted again from the config's data."""
+    cfg = tiny(str(ts_pair))
+    task = SensorTask(cfg)
+    torch.manual_seed(0)
+    model = task.build_model()
+    save_checkpoint(tmp_path / "new.pt", {"model": model.state_dict(), "config": cfg, "step": 1, "task_state": task.checkpoint_state()})
+    save_checkpoint(tmp_path / "old.pt", {"model": model.state_dict(), "config": cfg, "step": 1})
+    test_file = str(ts_pair.with_name("Turns_TEST.ts"))
+    a = classify(tmp_path / "new.pt", test_file, tmp_path / "a")
+    b = classify(tmp_path / "old.pt", test_file, tmp_path / "b")
+    assert (tmp_path / "a" / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
+    assert a["metrics"]["accuracy"] == b["metrics"]["accuracy"]
