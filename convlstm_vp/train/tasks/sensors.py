@@ -278,8 +278,8 @@ class SensorTask:
             what = f"opportunity recordings {', '.join(OPPORTUNITY_VAL_FILES)} held out of the training list, {n} windows"
         elif d["dataset"] == "daphnet":
             what = f"daphnet: the last {n} windows of the training part ({d['val_fraction']:g}), none overlapping a training window"
-        elif self.val_set is not None and getattr(self.val_set, "ids", None) and "@" in self.val_set.ids[0]:
-            files = sorted({i.split("@")[0] for i in self.val_set.ids})
+        elif source_kind(d["dataset"]) == "csv":  # ids are "<file>@<start>"
+            files = sorted({i.split("@")[0] for i in self.val_set.ids})  # type: ignore[attr-defined]
             what = f"{d['dataset']}: training recordings {', '.join(files)} held out, {n} windows"
         else:
             what = f"{d['dataset']} training split, {n} cases held out ({d['val_fraction']:g} of each class, seeded)"
