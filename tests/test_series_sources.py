@@ -221,6 +221,12 @@ def test_csv_folder_windows_and_validation_by_whole_recordings(tmp_path: Path) -
     assert len(val_files) == 1 and not train_files & val_files and len(train_files) == 4
     assert len(task.test_set) == 2 * 11  # (60 - 10) // 5 + 1 windows per recording
     assert "held out" in task.val_description()["what"]
+    # the statistics pool the samples of the training recordings, each once (windows overlap)
+    from convlstm_vp.data.series import read_csv_recording
+
+    samples = np.concatenate([read_csv_recording(tmp_path / "rec" / "train" / f, "activity")[1] for f in sorted(train_files)])
+    np.testing.assert_allclose(task.standardizer.mean, samples.mean(0))
+    np.testing.assert_allclose(task.standardizer.std, samples.std(0))
 
 
 def test_single_class_training_split_and_short_series_are_config_errors(tmp_path: Path) -> None:

@@ -57,11 +57,15 @@ class LabelledSeries:
     ids: list[str]
     groups: np.ndarray | None = None
     where: str = ""  # the file or folder, for messages
+    #: csv sources: each recording's samples ``(N_g, C)`` (index = group), so normalisation
+    #: statistics count every sample once rather than once per overlapping window
+    recordings: list[np.ndarray] | None = None
 
     def subset(self, index: np.ndarray) -> "LabelledSeries":
         return LabelledSeries(
             [self.series[i] for i in index], None if self.labels is None else self.labels[index],
             [self.ids[i] for i in index], None if self.groups is None else self.groups[index], self.where,
+            self.recordings,
         )
 
 
@@ -388,4 +392,4 @@ def read_csv_folder(folder: Path, label_column: str, window: int, step: int, lab
     if not series:
         raise ValueError(f"{folder}: every recording is shorter than data.window={window} samples")
     names_out = np.asarray([classes[i] for i in labels]) if all(labelled) and classes is not None else None
-    return LabelledSeries(series, names_out, ids, np.asarray(groups), where=str(folder))
+    return LabelledSeries(series, names_out, ids, np.asarray(groups), str(folder), [r[2] for r in recordings])

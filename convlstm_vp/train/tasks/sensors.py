@@ -127,7 +127,7 @@ def _source_splits(d: dict) -> tuple[WindowDataset, WindowDataset, WindowDataset
         val_recordings = np.random.default_rng(VAL_SPLIT_SEED).choice(recordings, size=k, replace=False)
         held = np.flatnonzero(np.isin(full.groups, val_recordings))
         fit = np.flatnonzero(~np.isin(full.groups, val_recordings))
-        standardizer = Standardizer().fit([full.series[i] for i in fit])
+        standardizer = Standardizer().fit([full.recordings[g] for g in recordings if g not in val_recordings])  # type: ignore[index]
     return (_series_dataset(full.subset(fit), classes, standardizer), _series_dataset(full.subset(held), classes, standardizer),
             _series_dataset(test, classes, standardizer), standardizer)
 
