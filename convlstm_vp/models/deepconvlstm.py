@@ -63,6 +63,7 @@ class DeepConvLSTM(nn.Module):
     Shapes:
         x: ``(B, T, C)`` batch-first windows, or an unbatched ``(T, C)`` window, with
             ``T > num_conv_layers * (conv_kernel - 1)``.
+        lengths: optional ``(B,)`` real lengths of zero-padded series, each ``>= min_window``.
         returns logits ``(B, num_classes)`` (``(num_classes,)`` for an unbatched window).
     """
 
