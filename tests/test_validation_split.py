@@ -193,22 +193,3 @@ def test_patience_stops_after_that_many_evaluations_without_a_better_validation_
     saved = json.loads((tmp_path / "c" / "metrics.json").read_text())
     assert saved["step"] == 8 and saved["stopped_early"] is False and saved["validation"]["best_step"] == 6
 
-
-def test_a_tied_validation_score_is_decided_by_the_tie_metric(tmp_path):
-    """Classifiers' accuracy/F1 saturate on small validation sets: among equal scores the lower
-    validation loss picks best.pt (tie_metric); without a tie_metric the first stays."""
-
-    class Tied(_Scripted):
-        best_metric, best_mode, tie_metric = "f1", "max", "loss"
-        scores = {1: (0.5, 1.0), 2: (1.0, 0.4), 3: (1.0, 0.2), 4: (1.0, 0.3), 5: (0.9, 0.1)}
-
-        def evaluate(self, model, logger, step):
-            f1, loss = self.scores[step]
-            return {"f1": f1, "loss": loss}
-
-    cfg = _cfg("train.steps=5", "train.eval_every=1", "train.schedule=constant")
-    fit(Tied(cfg), cfg, tmp_path / "a")
-    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["validation"]["best_step"] == 3
-    Tied.tie_metric = None
-    fit(Tied(cfg), cfg, tmp_path / "b")
-    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["validation"]["best_step"] == 2

@@ -5,3 +5,4 @@ from .mnist_patches import MNISTPatchSequences, patchify, unpatchify
 from .moving_mnist import MovingMNIST, motion_targets, moving_mnist_batch, render_moving_mnist
 from .splits import stratified_split
 from .sensors import BasicMotions, Daphnet, Opportunity, Standardizer, sliding_windows
+from .series import LabelledSeries, SeriesDataset, read_source, read_ts

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
@@ -62,6 +63,7 @@ class DeepConvLSTM(nn.Module):
     Shapes:
         x: ``(B, T, C)`` batch-first windows, or an unbatched ``(T, C)`` window, with
             ``T > num_conv_layers * (conv_kernel - 1)``.
+        lengths: optional ``(B,)`` real lengths of zero-padded series, each ``>= min_window``.
         returns logits ``(B, num_classes)`` (``(num_classes,)`` for an unbatched window).
     """
 
@@ -146,13 +148,28 @@ class DeepConvLSTM(nn.Module):
         """Steps the recurrent part runs over for a window of ``window`` samples."""
         return window - self.num_conv_layers * (self.conv_kernel - 1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, T, C)`` windows → ``(B, num_classes)`` logits (unbatched ``(T, C)`` → ``(num_classes,)``)."""
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``(B, T, C)`` windows → ``(B, num_classes)`` logits (unbatched ``(T, C)`` → ``(num_classes,)``).
+
+        ``lengths`` ``(B,)``: series of different lengths, zero-padded at the end to ``T``; series
+        ``i`` is ``x[i, :lengths[i]]``. The valid convolutions look forward only, so their first
+        ``lengths[i] - (min_window - 1)`` outputs read no padding, and the recurrent part stops
+        there (its ``lengths=``): the logits equal those of each series run alone.
+        """
         if x.dim() not in (2, 3) or x.shape[-1] != self.in_channels or x.shape[-2] < self.min_window:
             raise ValueError(
                 f"DeepConvLSTM expects windows (B, T, C) or unbatched (T, C) with C={self.in_channels} "
                 f"and T >= {self.min_window}, got shape {tuple(x.shape)}"
             )
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, dtype=torch.long).cpu()
+            if lengths.shape != (x.shape[0] if x.dim() == 3 else 1,) or bool((lengths < self.min_window).any()) \
+                    or bool((lengths > x.shape[-2]).any()):
+                raise ValueError(
+                    f"DeepConvLSTM lengths: expected one length per series in [{self.min_window}, T={x.shape[-2]}], "
+                    f"got {lengths.tolist()[:8]} for windows of shape {tuple(x.shape)}"
+                )
+            lengths = self.output_steps(lengths)  # type: ignore[assignment]
         if self.check_finite:  # here, on the windows, rather than inside on the convolved features
             _check_finite(x, "windows", "DeepConvLSTM (check_finite=True)")
         unbatched = x.dim() == 2
@@ -169,7 +186,7 @@ class DeepConvLSTM(nn.Module):
         else:
             seq = rearrange(z, "b f t s -> b t f s")
         seq = F.dropout(seq, self.dropout, self.training)
-        last, _ = self.lstm(seq)  # (B, H) or (B, H, S)
+        last, _ = self.lstm(seq, lengths=lengths)  # (B, H) or (B, H, S): each series' last real step
         last = F.dropout(last.flatten(1), self.dropout, self.training)
         logits = self.classifier(last)
         return logits.squeeze(0) if unbatched else logits

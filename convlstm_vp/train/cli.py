@@ -105,7 +105,7 @@ TRAIN_JOBS: dict[str, tuple[str, str]] = {
     "frames": ("moving_mnist", "Moving MNIST frame prediction with the ConvLSTM encoder-forecaster (scripts/train_moving_mnist.py)"),
     "patches": ("patch_classifier", "MNIST digits read as sequences of 7x7 patches, classified (scripts/train_patch_classifier.py)"),
     "patch-completion": ("patch_completion", "complete MNIST digits from their first 8 patches (scripts/complete_patches.py)"),
-    "sensors": ("sensors", "DeepConvLSTM on sensor windows: BasicMotions or OPPORTUNITY (scripts/train_deepconvlstm.py)"),
+    "sensors": ("sensors", "DeepConvLSTM on sensor windows or series: BasicMotions, OPPORTUNITY, aeon:<Name>, .ts, .npz, .csv (scripts/train_deepconvlstm.py)"),
 }
 
 

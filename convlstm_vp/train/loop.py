@@ -75,8 +75,7 @@ class Task(Protocol):
 
     best_metric: str  # key of evaluate()'s result used to pick the best checkpoint
     best_mode: str  # "min" or "max"
-    # optional class attribute tie_metric: a key of evaluate()'s result, lower is better, that
-    # decides between evaluations with equal best_metric (the classifiers: "loss")
+    # Optional: tie_break = (key, "min" | "max"), the metric that decides between equal best_metric
 
     def build_model(self) -> nn.Module: ...
 
@@ -97,6 +96,8 @@ class Task(Protocol):
     # "evaluated_on" entry naming that set (split "test"); it may write pictures into run_dir
     def test(self, model: nn.Module, logger: TBLogger | None, step: int, run_dir: Path) -> dict: ...
 
+    # Optional: checkpoint_state() -> dict, plain data stored in every checkpoint as "task_state"
+    # (the sensor task: class names and z-score statistics, which classifying new data needs).
     # Optional: quick_evaluate(model) -> dict, a cheap validation score every
     # train.quick_eval_every steps, logged under val_quick/ (a curve with more points than val/);
     # it leaves the model in the mode it found it.
@@ -349,6 +350,8 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                     "config": cfg,
                     "world_size": dist.world_size,
                 }
+                if hasattr(task, "checkpoint_state"):  # what applying the model later needs (classes, statistics)
+                    payload["task_state"] = task.checkpoint_state()
                 if rng_ranks is not None:
                     payload["rng"], payload["rng_ranks"] = rng_ranks[0], rng_ranks
                 save_checkpoint(path, payload)
@@ -370,15 +373,18 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                     )
                 raise SystemExit(128 + signum)
 
-            def better(result: dict) -> bool:
-                score = result[task.best_metric]
+            def better(metrics: dict) -> bool:
+                """Whether ``metrics`` beat the best evaluation so far: a better ``best_metric``, or
+                an equal one and a better ``tie_break`` (a task's optional (key, mode): on a small
+                validation set accuracy and F1 saturate early, its loss still ranks the models)."""
                 if best_score is None:
                     return True
-                if score != best_score:
-                    return score < best_score if task.best_mode == "min" else score > best_score
-                # a tie (a small validation set saturates accuracy or F1): the lower tie_metric wins
-                tie = getattr(task, "tie_metric", None)
-                return tie is not None and tie in result and tie in (best_metrics or {}) and result[tie] < best_metrics[tie]
+                score = metrics[task.best_metric]
+                if score == best_score and getattr(task, "tie_break", None) and best_metrics:
+                    key, mode = task.tie_break  # type: ignore[attr-defined]
+                    if key in metrics and key in best_metrics:
+                        return metrics[key] < best_metrics[key] if mode == "min" else metrics[key] > best_metrics[key]
+                return score < best_score if task.best_mode == "min" else score > best_score
 
             steps = tc["steps"]
             last_step = start_step  # the step training ends at (earlier than steps when stopped early)

@@ -103,22 +103,52 @@ def png_bytes(img: Tensor | np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+_FONT, _SCALE = cv2.FONT_HERSHEY_SIMPLEX, 0.4
+
+
+def _text(text: str) -> np.ndarray:
+    """``text`` in black on white, an RGB uint8 ``(h, w, 3)`` just large enough for it."""
+    (w, h), base = cv2.getTextSize(text, _FONT, _SCALE, 1)
+    img = np.full((h + base + 2, w + 2, 3), 255, np.uint8)
+    cv2.putText(img, text, (1, h + 1), _FONT, _SCALE, (0, 0, 0), 1, cv2.LINE_AA)
+    return img
+
+
+def _paste(img: np.ndarray, patch: np.ndarray, top: int, left: int) -> None:
+    img[top : top + patch.shape[0], left : left + patch.shape[1]] = np.minimum(img[top : top + patch.shape[0], left : left + patch.shape[1]], patch)
+
+
 def confusion_matrix_image(cm: Tensor | np.ndarray, class_names: Sequence[str] | None = None, cell: int = 36) -> np.ndarray:
-    """Render a confusion matrix (rows = true) as an RGB uint8 image ``(H, W, 3)`` with counts."""
+    """Render a confusion matrix as an RGB uint8 image ``(H, W, 3)``: rows are the true classes
+    (axis ``true``, names on the left), columns the predicted ones (axis ``predicted``, names
+    written upwards above them), each cell its count, shaded by the share of its row (green on
+    the diagonal, blue off it). Names are written in full and cells grow (from ``cell`` pixels)
+    until the largest count fits."""
     cm = np.asarray(cm.cpu() if isinstance(cm, Tensor) else cm)
     n = cm.shape[0]
-    names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
-    margin = 8 * max(len(s) for s in names) + 16
-    img = np.full((margin + n * cell + 4, margin + n * cell + 4, 3), 255, np.uint8)
+    names = [str(s) for s in class_names] if class_names is not None else [str(i) for i in range(n)]
+    labels = [_text(s) for s in names]
+    counts = [[_text(str(int(v))) for v in row] for row in cm]
+    cell = max([cell] + [c.shape[1] + 6 for row in counts for c in row] + [c.shape[0] + 6 for row in counts for c in row])
+    name_w = max(t.shape[1] for t in labels)
+    axis_true, axis_pred = np.rot90(_text("true")).copy(), _text("predicted")
+    left = axis_true.shape[1] + 6 + name_w + 6
+    top = axis_pred.shape[0] + 4 + name_w + 6
+    img = np.full((top + n * cell + 4, max(left + n * cell + 4, left + axis_pred.shape[1] + 4), 3), 255, np.uint8)
+    _paste(img, axis_pred, 2, left + max((n * cell - axis_pred.shape[1]) // 2, 0))
+    _paste(img, axis_true, top + max((n * cell - axis_true.shape[0]) // 2, 0), 2)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     for r in range(n):
-        cv2.putText(img, names[r][:12], (2, margin + r * cell + cell // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
-        cv2.putText(img, names[r][:4], (margin + r * cell + 2, margin - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+        y0 = top + r * cell
+        _paste(img, labels[r], y0 + (cell - labels[r].shape[0]) // 2, left - 6 - labels[r].shape[1])
+        upright = np.rot90(labels[r]).copy()  # the column name, read bottom to top
+        _paste(img, upright, top - 6 - upright.shape[0], left + r * cell + (cell - upright.shape[1]) // 2)
         for c in range(n):
             shade = int(255 - 200 * norm[r, c])
-            y0, x0 = margin + r * cell, margin + c * cell
+            x0 = left + c * cell
             img[y0 : y0 + cell - 1, x0 : x0 + cell - 1] = (shade, shade, 255) if r != c else (shade, 255, shade)
-            cv2.putText(img, str(int(cm[r, c])), (x0 + 3, y0 + cell // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+            t = counts[r][c]
+            _paste(img, t, y0 + (cell - 1 - t.shape[0]) // 2, x0 + (cell - 1 - t.shape[1]) // 2)
     return img
 
 

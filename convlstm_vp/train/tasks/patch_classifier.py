@@ -109,7 +109,7 @@ class PatchClassifierTask:
     best_mode = "max"
     # validation accuracy/F1 saturate on a small validation set (BasicMotions: 8 cases); among
     # equal scores the lower validation cross-entropy picks best.pt
-    tie_metric = "loss"
+    tie_break = ("loss", "min")
 
     def __init__(self, cfg: dict) -> None:
         check_data_config(cfg["data"])
