@@ -278,7 +278,7 @@ class SensorTask:
             what = f"opportunity recordings {', '.join(OPPORTUNITY_VAL_FILES)} held out of the training list, {n} windows"
         elif d["dataset"] == "daphnet":
             what = f"daphnet: the last {n} windows of the training part ({d['val_fraction']:g}), none overlapping a training window"
-        elif source_kind(d["dataset"]) == "csv":  # ids are "<file>@<start>"
+        elif d["dataset"] != "basicmotions" and source_kind(d["dataset"]) == "csv":  # ids are "<file>@<start>"
             files = sorted({i.split("@")[0] for i in self.val_set.ids})  # type: ignore[attr-defined]
             what = f"{d['dataset']}: training recordings {', '.join(files)} held out, {n} windows"
         else:
