@@ -248,7 +248,7 @@ def test_config_errors_name_the_key_before_any_work(tmp_path: Path):
     cases = [
         ([f"data.root={tmp_path}", "motion_loss_weight=0.5"], "motion_loss_weight': the motion targets come from Moving MNIST's generator"),
         ([f"data.root={tmp_path}", "data.dataset=youtube"], "data.dataset': expected one of"),
-        ([f"data.root={tmp_path}", "data.size=[30,30]"], "data.size': [30, 30] is not divisible by model.patch_size 4"),
+        ([f"data.root={tmp_path}", "data.size=[30]"], "data.size': expected [H, W] with positive integers"),
         ([f"data.root={tmp_path}", "data.channels=2"], "data.channels': expected 1 (grey) or 3 (RGB)"),
         (["data.dataset=moving_mnist"], "data.channels': Moving MNIST frames are 64x64 grey"),
         ([f"data.root={tmp_path / 'nowhere'}"], "video folder not found"),
