@@ -145,6 +145,13 @@ def test_frames_are_decoded_once_and_again_only_when_the_file_or_options_change(
     assert len(decoded) == 3 and list(other.glob("cam-*.npy"))
 
 
+def test_a_cache_that_cannot_be_written_is_its_own_error(tmp_path: Path):
+    shapes_video(tmp_path / "cam.avi", frames=30)
+    (tmp_path / "blocker").write_text("a file where the cache folder would go")
+    with pytest.raises(vf.CacheError, match=r"cannot write the frame cache .*blocker.*pass cache_dir="):
+        VideoFolder(tmp_path, "train", 2, 2, size=(8, 8), cache_dir=tmp_path / "blocker" / "cache")
+
+
 def test_fit_frame_keeps_the_aspect_ratio_by_centre_cropping():
     frame = np.zeros((20, 40, 3), np.float32)
     frame[:, :10] = 1.0  # white sides, which a centre crop of a 2:1 frame to a square cuts off

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from .splits import VAL_SPLIT_SEED
 
-__all__ = ["VideoFolder", "VIDEO_SUFFIXES", "ARRAY_SUFFIXES", "fit_frame", "iter_frames", "load_frames", "to_unit_range",
+__all__ = ["VideoFolder", "CacheError", "VIDEO_SUFFIXES", "ARRAY_SUFFIXES", "fit_frame", "iter_frames", "load_frames", "to_unit_range",
            "TEST_FRACTION", "VAL_FRACTION"]
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,10 @@ TEST_FRACTION = 0.2
 VAL_FRACTION = 0.1
 _CACHE_VERSION = 1  # bump when the cached frames would change for the same options
 SPLITS = ("train", "val", "test")
+
+
+class CacheError(ValueError):
+    """The frame cache cannot be written (a read-only data folder, a full disk): not the video's fault."""
 
 
 def to_unit_range(arr: np.ndarray, path: Path | str, input_range: tuple[float, float] | None = None) -> np.ndarray:
@@ -265,6 +269,8 @@ class VideoFolder(Dataset):
         for path in sorted({p for group in sources.values() for p in group}):
             try:
                 arrays[path] = self._cached(path)
+            except CacheError:
+                raise
             except (ValueError, OSError, cv2.error) as exc:
                 self.skipped.append(path)
                 errors.append(f"{path.relative_to(self.root)} ({str(exc).split(': ', 1)[-1][:120]})")
@@ -356,11 +362,17 @@ class VideoFolder(Dataset):
             except (ValueError, OSError):  # a damaged entry (e.g. a disk that filled up): decode again
                 logger.warning("cache entry %s is unreadable; decoding %s again", entry, path)
         frames = _decode(path, self.size, self.channels, self.frame_step)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, frames)
-        os.replace(tmp, entry)  # atomic: a reader never sees half a file
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.save(f, frames)
+            os.replace(tmp, entry)  # atomic: a reader never sees half a file
+        except OSError as exc:
+            if tmp.parent.is_dir():
+                tmp.unlink(missing_ok=True)
+            raise CacheError(f"VideoFolder: cannot write the frame cache {entry} ({exc.strerror or exc}); make "
+                             f"{self.cache_dir} writable or pass cache_dir= a writable folder") from None
         logger.info("decoded %s: %d frames -> %s", path, frames.shape[0], entry)
         return np.load(entry, mmap_mode="r")
 

@@ -76,7 +76,7 @@ def main(argv=None, prog: str | None = None) -> Path:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--input", required=True, help=".npy/.npz, .gif or a video file of any frame size")
     p.add_argument("--output", required=True, help="out.gif, out.mp4, out.avi or out.npy")
-    p.add_argument("--start", type=non_negative_int, default=0, help="index of the first context frame")
+    p.add_argument("--start", type=non_negative_int, default=0, help="index of the first context frame (counted after the model's data.frame_step)")
     p.add_argument("--input-range", default=None, metavar="LO,HI",
                    help="map input values in [LO, HI] to [0, 1] (default: uint8 / 255; float frames must lie in [0, 1])")
     p.add_argument("--render", choices=["filter", "warp"], default="filter",
