@@ -825,7 +825,11 @@ def test_train_implementation_compiled_runs_every_cell_step_through_torch_compil
 
 
 def test_predict_input_scale_follows_the_dtype_and_never_guesses(tmp_path: Path):
-    from convlstm_vp.train.predict import parse_range, read_frames
+    from convlstm_vp.data.video_folder import iter_frames
+    from convlstm_vp.train.predict import parse_range
+
+    def read_frames(path, input_range=None):  # grey frames (T, H, W) as predict and VideoFolder read them
+        return np.stack(list(iter_frames(path, input_range)))[..., 0]
 
     rng = np.random.default_rng(0)
     clip = rng.random((6, 16, 16)).astype(np.float32) * 0.9

@@ -1,15 +1,19 @@
-"""Evaluate a Moving MNIST checkpoint on the fixed test set.
+"""Evaluate a frame-prediction checkpoint on the test split of the data it was trained on.
 
     python scripts/evaluate.py --checkpoint runs/cpu-quick/checkpoints/best.pt [--digits 3] [--json out.json] [--recognition] [--motion]
     convlstm-vp evaluate --checkpoint runs/cpu-quick/checkpoints/best.pt [--digits 3] [--json out.json] [--recognition] [--motion]
+    convlstm-vp evaluate --checkpoint runs/video-folder/checkpoints/best.pt [--data other/videos] [--json out.json]
 
 By default it scores the first ``data.final_eval_sequences`` (1000) test sequences of the run's
 config at its ``data.eval_batch_size`` and precision: the set, batch size and precision with which
 the end of training scores ``best.pt`` for ``metrics.json``, so the two report the same numbers.
+A video-folder checkpoint is scored on the test clips of its ``data.root`` (or of ``--data DIR``),
+cut and resized as in training.
 
-Metrics (README, "Metrics"): MSE and MAE per frame summed over pixels and averaged over frames and
-sequences, SSIM (11x11 Gaussian window) and PSNR, plus per-horizon curves. The all-zeros and
-copy-last-frame baselines on the same sequences are printed for reference. With --recognition, a
+Metrics (README, "Metrics"): MSE and MAE per frame summed over pixels (and channels) and averaged
+over frames and sequences, SSIM (11x11 Gaussian window, mean over channels) and PSNR, plus
+per-horizon curves. The all-zeros, copy-last-frame and mean-of-inputs baselines on the same
+sequences are printed for reference. With --recognition, a
 digit classifier trained on the training digits reads each digit's 28x28 window in the predicted
 and in the true frames (README, "Metrics"). With --motion (dynamic-filter head, generated test set), the
 filter kernels' mean source offsets are compared with the digits' true motion.
@@ -29,7 +33,9 @@ from convlstm_vp.train.cli import positive_int
 from convlstm_vp.train.loop import resolve_device
 from convlstm_vp.train.metrics import FrameMetrics
 from convlstm_vp.train.recognition import digit_accuracy, recognition_accuracy, train_digit_recognizer
-from convlstm_vp.train.tasks.moving_mnist import load_trained, motion_error, predict
+from convlstm_vp.train.tasks.moving_mnist import load_trained, motion_error, predict, test_sequences
+
+BASELINES = ("zeros", "copy_last", "mean_inputs")
 
 
 def main(argv=None, prog: str | None = None) -> dict:
@@ -40,7 +46,9 @@ def main(argv=None, prog: str | None = None) -> dict:
                    help="number of test sequences, the first of the set (default: the config's data.final_eval_sequences, 1000 "
                         "unless set: the set the end of training scores, so the run's metrics.json and this agree)")
     p.add_argument("--seed", type=int, default=None, help="test-set seed (generated test set only; default: the config's data.test_seed, 0 unless set)")
-    p.add_argument("--root", default=None, help="data root (default: as trained)")
+    p.add_argument("--root", default=None, help="Moving MNIST data root (default: as trained)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="video-folder checkpoints: score the test split of this folder of videos (default: the data.root it was trained on)")
     p.add_argument("--standard-file", choices=["auto", "yes", "no"], default="auto",
                    help="use datasets/moving_mnist/mnist_test_seq.npy (auto: when present and 2 digits)")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None, help="default: as trained (auto: bf16 where the device computes it natively)")
@@ -78,6 +86,15 @@ def main(argv=None, prog: str | None = None) -> dict:
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     d = cfg["data"]
+    videos = d["dataset"] == "video_folder"
+    mnist_only = [flag for flag, given in (("--digits", args.digits), ("--seed", args.seed), ("--root", args.root),
+                                           ("--recognition", args.recognition), ("--motion", args.motion),
+                                           ("--standard-file", args.standard_file != "auto")) if given]
+    if videos and mnist_only:
+        raise SystemExit(f"error: {', '.join(mnist_only)} apply to Moving MNIST checkpoints; {args.checkpoint} was trained "
+                         f"on the video folder {d['root']} (use --data DIR for another folder)")
+    if not videos and args.data:
+        raise SystemExit(f"error: --data applies to video-folder checkpoints; {args.checkpoint} was trained on Moving MNIST (use --root)")
     args.sequences = d["final_eval_sequences"] if args.sequences is None else args.sequences
     args.seed = d["test_seed"] if args.seed is None else args.seed
     args.batch_size = args.batch_size or d["eval_batch_size"]
@@ -85,52 +102,60 @@ def main(argv=None, prog: str | None = None) -> dict:
     t_in, t_out = cfg["model"]["input_frames"], cfg["model"]["output_frames"]
     standard = {"auto": None if digits == 2 else False, "yes": True, "no": False}[args.standard_file]
     root = args.root or d["root"]
-    ds = MovingMNIST(root, "test", num_digits=digits, num_frames=t_in + t_out,
-                     length=args.sequences, seed=args.seed, source=d["source"], standard_file=standard)
-    seqs = torch.stack([ds[i] for i in range(len(ds))])
-    if seqs.shape[1] < t_in + t_out:
-        raise SystemExit(f"error: test sequences have {seqs.shape[1]} frames; the model needs {t_in + t_out}")
-    seqs = seqs[:, : t_in + t_out]
-    x, y = seqs[:, :t_in], seqs[:, t_in:]
     if args.motion and model.head_type == "conv":
         raise SystemExit("error: --motion needs the dynamic-filter head (model.head dynamic_filter); this checkpoint's head is conv")
-    if args.motion and ds.standard_path is not None:
-        raise SystemExit(f"error: --motion needs digit trajectories; the standard file {ds.standard_path} has none: add --standard-file no")
+    try:
+        seqs, evaluated_on = (test_sequences(cfg, args.data, args.sequences) if videos else
+                              test_sequences(cfg, root, args.sequences, num_digits=digits, seed=args.seed, standard_file=standard))
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    x, y = seqs[:, :t_in], seqs[:, t_in:]
+    standard_path = None if videos or evaluated_on["test_set"].startswith("generated") else evaluated_on["test_set"]
+    for flag, wanted in (("--motion", args.motion), ("--recognition", args.recognition)):
+        if wanted and standard_path is not None:
+            raise SystemExit(f"error: {flag} needs digit trajectories; the standard file {standard_path} has none: add --standard-file no")
+    # the generated test set the sequences came from, for its digit trajectories
+    generated = MovingMNIST(root, "test", num_digits=digits, num_frames=t_in + t_out, length=args.sequences, seed=args.seed,
+                            source=d["source"], standard_file=False) if args.motion or args.recognition else None
     pred = predict(model, x, args.batch_size, args.precision or cfg["train"]["precision"], return_offsets=args.motion,
                    filter_temperature=temperature, render=args.render)
     if args.motion:
         pred, offsets = pred
     results = {}
-    for name, guess in (("model", pred), ("zeros", torch.zeros_like(y)), ("copy_last", x[:, -1:].expand_as(y))):
+    guesses = {"model": pred, "zeros": torch.zeros_like(y), "copy_last": x[:, -1:].expand_as(y),
+               "mean_inputs": x.mean(1, keepdim=True).expand_as(y)}
+    for name, guess in guesses.items():
         fm = FrameMetrics()
         fm.update(guess, y)
         results[name] = fm.compute()
     out = dict(results["model"])
-    out["baselines"] = {k: {m: results[k][m] for m in FrameMetrics.names} for k in ("zeros", "copy_last")}
+    out["baselines"] = {k: {m: results[k][m] for m in FrameMetrics.names} for k in BASELINES}
+    out["baselines_per_frame"] = {k: results[k]["per_frame"] for k in BASELINES}
     out["sequences"] = int(seqs.shape[0])
-    out["digits"] = digits
+    if not videos:
+        out["digits"] = digits
+    out["channels"] = int(seqs.shape[2])
     out["filter_temperature"] = temperature
     out["head"] = model.head_type
     out["render"] = args.render
-    out["test_set"] = str(ds.standard_path) if ds.standard_path else f"generated (seed {args.seed}, test digits)"
-    out["evaluated_on"] = {"split": "test", "test_set": out["test_set"], "sequences": out["sequences"],
-                           "what": f"test set {out['test_set']}, first {out['sequences']} sequences", "checkpoint": args.checkpoint}
+    out["test_set"] = evaluated_on["test_set"]
+    out["evaluated_on"] = {**evaluated_on, "checkpoint": args.checkpoint}
 
-    print(f"test set: {out['test_set']}, {out['sequences']} sequences, {digits} digits"
+    heading = evaluated_on["what"] if videos else f"test set: {out['test_set']}, {out['sequences']} sequences, {digits} digits"
+    print(heading
           + (f", filter temperature {temperature:g}" if temperature != 1.0 else "")
           + (f", rendered by {args.render}" if args.render != "filter" else ""))
-    print(f"{'':>10} {'MSE':>9} {'MAE':>9} {'SSIM':>7} {'PSNR':>7}")
-    for name in ("model", "zeros", "copy_last"):
+    print(f"{'':>11} {'MSE':>9} {'MAE':>9} {'SSIM':>7} {'PSNR':>7}")
+    for name in ("model",) + BASELINES:
         r = results[name]
-        print(f"{name:>10} {r['mse']:9.2f} {r['mae']:9.2f} {r['ssim']:7.4f} {r['psnr']:7.2f}")
+        print(f"{name:>11} {r['mse']:9.2f} {r['mae']:9.2f} {r['ssim']:7.4f} {r['psnr']:7.2f}")
     print("per frame (model):")
     print(f"{'t':>4} {'MSE':>9} {'MAE':>9} {'SSIM':>7} {'PSNR':>7}")
     pf = out["per_frame"]
     for t in range(t_out):
         print(f"{t + 1:>4} {pf['mse'][t]:9.2f} {pf['mae'][t]:9.2f} {pf['ssim'][t]:7.4f} {pf['psnr'][t]:7.2f}")
     if args.recognition:
-        if ds.standard_path is not None:
-            raise SystemExit(f"error: --recognition needs digit trajectories; the standard file {ds.standard_path} has none: add --standard-file no")
+        ds = generated
         pool = load_digits(root, "train", d["source"])
         recognizer = train_digit_recognizer(pool.images, pool.labels, epochs=args.recognizer_epochs)
         tracks = [ds.trajectories(i) for i in range(len(ds))]
@@ -147,7 +172,7 @@ def main(argv=None, prog: str | None = None) -> dict:
             print(f"{t + 1:>4} {rec['model']['per_frame'][t]:7.3f} {rec['truth']['per_frame'][t]:7.3f}")
         print(f"all {digits} digits right at the last frame: model {rec['model']['all_digits_last']:.3f}, truth {rec['truth']['all_digits_last']:.3f}")
     if args.motion:
-        truth = [ds.motion(i, model.patch_size) for i in range(len(ds))]
+        truth = [generated.motion(i, model.patch_size) for i in range(len(generated))]
         target = torch.stack([torch.from_numpy(o) for o, _ in truth])[:, t_in - 1 : t_in - 1 + t_out]
         weights = torch.stack([torch.from_numpy(w) for _, w in truth])[:, t_in - 1 : t_in - 1 + t_out]
         out["motion"] = motion_error(offsets, target, weights)

@@ -1,4 +1,10 @@
-"""Moving MNIST frame prediction with the ConvLSTM encoder-forecaster."""
+"""Frame prediction with the ConvLSTM encoder-forecaster: on Moving MNIST or on a folder of the
+user's own videos (``data.dataset``: ``moving_mnist`` | ``video_folder``), one training path for both.
+
+The model's input and output channels come from the data (``data.channels``: 1 for Moving MNIST,
+1 or 3 for videos); the pictures and GIFs in TensorBoard and the run folder are in the data's
+colours. Training tricks that need Moving MNIST's generator (``motion_loss_weight``: the digits'
+true motion) are refused on other data with an error naming the key."""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...data import MovingMNIST, load_digits, moving_mnist_batch
+from ...data import MovingMNIST, VideoFolder, load_digits, moving_mnist_batch
 from ...data.moving_mnist import frames_to_tensor, motion_targets, render_moving_mnist
 from ...models.encoder_forecaster import EncoderForecaster, Forecast
 from ..config import TRAIN_DEFAULTS
@@ -49,26 +55,35 @@ DEFAULTS: dict[str, Any] = {
         "eval_filter_temperature": 1.0,
     },
     "data": {
+        "dataset": "moving_mnist",  # moving_mnist | video_folder (convlstm_vp.data.VideoFolder)
+        # moving_mnist: the data root (datasets/); video_folder: the folder of your videos
         "root": "datasets",
-        "source": "auto",  # auto | mnist | embedded
+        # video_folder: frames are resized keeping the aspect ratio and centre-cropped to [H, W],
+        # 1 (grey) or 3 (RGB) channels, every frame_step-th source frame (Moving MNIST: 64x64 grey)
+        "size": [64, 64],
+        "channels": 1,
+        "frame_step": 1,
+        "source": "auto",  # moving_mnist: auto | mnist | embedded
         "num_digits": 2,
         # validation (every train.eval_every steps; picks best.pt): this many fixed sequences of
-        # train digits (MovingMNIST split "val"); the test digits are left to the final test
+        # train digits (MovingMNIST split "val"; the test digits are left to the final test), or
+        # at most this many clips of the video folder's validation split
         "val_sequences": 1000,
         # the frequent cheap validation (every train.quick_eval_every steps, TensorBoard
         # val_quick/mse): MSE of the first this-many validation sequences
         "quick_eval_sequences": 16,
-        # the end of training tests best.pt on the first this-many test sequences, the set
-        # evaluate.py scores by default, so metrics.json and evaluate.py --json agree
+        # the end of training tests best.pt on the first this-many test sequences (video folder:
+        # test clips), the set evaluate.py scores by default, so metrics.json and evaluate.py agree
         "final_eval_sequences": 1000,
         "eval_batch_size": 50,
-        "test_seed": 0,
+        "test_seed": 0,  # moving_mnist: seed of the generated test set
     },
     "log": {"examples": 4, "fps": 4.0},
     "train": dict(TRAIN_DEFAULTS, lr=2e-3, precision="auto", eval_every=200, quick_eval_every=50),
 }
 
 LOSSES = ("bce", "mse", "l1", "l1+mse", "bce+l1")
+DATASETS = ("moving_mnist", "video_folder")
 
 
 def _bce(pred: Tensor, target: Tensor) -> Tensor:
@@ -96,8 +111,9 @@ def frame_loss(kind: str, pred: Tensor, target: Tensor, l1_weight: float = 1.0) 
 
 def build_model(cfg: dict) -> EncoderForecaster:
     m = {**DEFAULTS["model"], **cfg["model"]}  # other tasks (patch completion) reuse this with fewer keys
+    channels = cfg.get("data", {}).get("channels", 1)
     return EncoderForecaster(
-        1,
+        channels,
         list(m["hidden_channels"]),
         m["kernel_size"],
         patch_size=m["patch_size"],
@@ -143,8 +159,33 @@ def teacher_forcing(spec: Sequence[float] | None, step: int) -> float | Tensor:
     return torch.tensor(scheduled_sampling(spec, step), dtype=torch.float64)
 
 
-class MovingMNISTTask:
-    """Batches are generated on the fly from the train digit pool, seeded by (seed, step, rank)."""
+def check_frame_data(cfg: dict) -> None:
+    """ValueError naming the ``data.*`` key that does not fit ``data.dataset`` (before any work)."""
+    d = cfg["data"]
+    if d["dataset"] not in DATASETS:
+        raise ValueError(f"config key 'data.dataset': expected one of {DATASETS}, got {d['dataset']!r}")
+    size = d["size"]
+    if not (len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ValueError(f"config key 'data.size': expected [H, W] with positive integers, got {size!r}")
+    if d["channels"] not in (1, 3):
+        raise ValueError(f"config key 'data.channels': expected 1 (grey) or 3 (RGB), got {d['channels']!r}")
+    if d["frame_step"] < 1:
+        raise ValueError(f"config key 'data.frame_step': expected an integer >= 1, got {d['frame_step']!r}")
+    # a size that model.patch_size does not divide is left to fit()'s check of batch 0, which names both
+    if d["dataset"] == "moving_mnist":
+        for key, value, fixed in (("size", list(size), [64, 64]), ("channels", d["channels"], 1), ("frame_step", d["frame_step"], 1)):
+            if value != fixed:
+                raise ValueError(f"config key 'data.{key}': Moving MNIST frames are 64x64 grey, generated frame by frame "
+                                 f"(expected {fixed}); it applies to data.dataset 'video_folder', got {value!r}")
+    elif cfg["motion_loss_weight"] > 0:
+        raise ValueError("config key 'motion_loss_weight': the motion targets come from Moving MNIST's generator (the "
+                         f"digits' true motion), which data.dataset {d['dataset']!r} does not have; set it to 0")
+
+
+class FramePredictionTask:
+    """Frame prediction on ``data.dataset``: Moving MNIST batches are generated on the fly from the
+    train digit pool, video-folder batches are clips of the training split
+    (:class:`~convlstm_vp.data.VideoFolder`) drawn at random; both seeded by (seed, step, rank)."""
 
     best_metric = "mse"
     best_mode = "min"
@@ -161,36 +202,54 @@ class MovingMNISTTask:
             raise ValueError(f"config key 'model.eval_filter_temperature': expected a finite number > 0, got {t!r}")
         if t != 1.0 and cfg["model"]["head"] == "conv":
             raise ValueError(f"config key 'model.eval_filter_temperature': the conv head has no filter kernels to sharpen; got {t!r}")
+        check_frame_data(cfg)
         self.cfg = cfg
         d = cfg["data"]
         self.frames = cfg["model"]["input_frames"] + cfg["model"]["output_frames"]
-        self.train_digits = load_digits(d["root"], "train", d["source"])
+        self.videos = d["dataset"] == "video_folder"
+        if self.videos:
+            self.train_clips = video_folder(cfg, "train")
+        else:
+            self.train_digits = load_digits(d["root"], "train", d["source"])
         self._eval: Tensor | None = None
 
     def build_model(self) -> nn.Module:
         return build_model(self.cfg)
 
     def val_set(self) -> Tensor:
-        """The fixed validation sequences ``(N, T, 1, 64, 64)`` (train digits, MovingMNIST split
-        "val") evaluated during training."""
+        """The fixed validation sequences ``(N, T, C, H, W)`` evaluated during training: Moving
+        MNIST split "val" (train digits), or the first ``data.val_sequences`` clips of the video
+        folder's validation split."""
         if self._eval is None:
             d = self.cfg["data"]
-            ds = MovingMNIST(d["root"], "val", num_digits=d["num_digits"], num_frames=self.frames,
-                             length=d["val_sequences"], source=d["source"])
-            self._eval = torch.stack([ds[i] for i in range(len(ds))])
+            if self.videos:
+                ds = video_folder(self.cfg, "val")
+                self._eval = ds.clips(range(min(len(ds), d["val_sequences"])))
+            else:
+                ds = MovingMNIST(d["root"], "val", num_digits=d["num_digits"], num_frames=self.frames,
+                                 length=d["val_sequences"], source=d["source"])
+                self._eval = torch.stack([ds[i] for i in range(len(ds))])
         return self._eval
 
     def val_description(self) -> dict:
+        if self.videos:
+            n = int(self.val_set().shape[0])
+            return {"split": "validation", "sequences": n,
+                    "what": f"{n} clips of the validation split of {self.cfg['data']['root']} (carved from the training videos)"}
         n = self.cfg["data"]["val_sequences"]
         return {"split": "validation", "sequences": n,
                 "what": f"{n} validation sequences generated from the train digits (MovingMNIST split 'val')"}
 
     def train_batch(self, step: int, rank: int, world: int) -> Tensor | tuple[Tensor, Tensor, Tensor]:
-        """Frames ``(B, T, 1, 64, 64)``; with ``motion_loss_weight`` > 0 also the true motion
-        ``(offsets, weights)`` of :func:`~convlstm_vp.data.moving_mnist.motion_targets` (the same
-        frames either way: the generator draws the same numbers)."""
+        """Frames ``(B, T, C, H, W)``: ``train.batch_size`` training clips drawn with replacement
+        (video folder), or generated sequences (Moving MNIST), with ``motion_loss_weight`` > 0 also
+        the true motion ``(offsets, weights)`` of
+        :func:`~convlstm_vp.data.moving_mnist.motion_targets` (the same frames either way: the
+        generator draws the same numbers)."""
         rng = np.random.default_rng([int(self.cfg["seed"]), step, rank])
         b, n = self.cfg["train"]["batch_size"], self.cfg["data"]["num_digits"]
+        if self.videos:
+            return self.train_clips.clips(rng.integers(len(self.train_clips), size=b))
         if self.cfg["motion_loss_weight"] == 0:
             return moving_mnist_batch(b, digits=self.train_digits, num_digits=n, num_frames=self.frames, rng=rng)
         pool = self.train_digits.images
@@ -261,10 +320,7 @@ class MovingMNISTTask:
         the first ``log.examples`` of them to ``run_dir``."""
         from ..checkpoint import atomic_write_bytes
 
-        d = self.cfg["data"]
-        ds = MovingMNIST(d["root"], "test", num_digits=d["num_digits"], num_frames=self.frames,
-                         length=d["final_eval_sequences"], seed=d["test_seed"], source=d["source"])
-        seqs = torch.stack([ds[i] for i in range(len(ds))])
+        seqs, evaluated_on = test_sequences(self.cfg)
         result = evaluate_frames(model, seqs, self.cfg, return_predictions=True)
         pred = result.pop("predictions")
         t_in = self.cfg["model"]["input_frames"]
@@ -274,12 +330,46 @@ class MovingMNISTTask:
         video = stack_rows([upscale(side_by_side(torch.cat([x[i], y[i]]), torch.cat([x[i], pred[i]])), 2) for i in shown], gap=8)
         atomic_write_bytes(run_dir / "predictions.png", png_bytes(picture))
         atomic_write_bytes(run_dir / "predictions.gif", gif_bytes(video, self.cfg["log"]["fps"]))
-        test_set = str(ds.standard_path) if ds.standard_path else f"generated (seed {d['test_seed']}, test digits)"
-        result["evaluated_on"] = {
-            "split": "test", "test_set": test_set, "sequences": int(seqs.shape[0]),
-            "what": f"test set {test_set}, first {int(seqs.shape[0])} sequences",
-        }
+        result["evaluated_on"] = evaluated_on
         return result
+
+
+MovingMNISTTask = FramePredictionTask  # the name before video folders joined (issue 24)
+
+
+def video_folder(cfg: dict, split: str, root: str | None = None) -> VideoFolder:
+    """The ``split`` of the video folder ``root`` (default ``data.root``) with ``cfg``'s clip
+    length, frame size, channels and frame step."""
+    d, m = cfg["data"], cfg["model"]
+    return VideoFolder(root or d["root"], split, m["input_frames"], m["output_frames"], size=tuple(d["size"]),
+                       channels=d["channels"], frame_step=d["frame_step"])
+
+
+def test_sequences(cfg: dict, root: str | None = None, sequences: int | None = None, **moving_mnist: Any) -> tuple[Tensor, dict]:
+    """The test sequences ``(N, T, C, H, W)`` of ``cfg``'s data and the ``evaluated_on`` entry
+    naming them: the first ``sequences`` (default ``data.final_eval_sequences``) clips of the
+    video folder's test split (``root`` overrides ``data.root``), or Moving MNIST test sequences
+    (``moving_mnist`` overrides the keyword arguments of :class:`~convlstm_vp.data.MovingMNIST`:
+    ``num_digits``, ``seed``, ``standard_file``). The end of training and ``evaluate.py`` share it,
+    so they score the same set."""
+    d, m = cfg["data"], cfg["model"]
+    n = d["final_eval_sequences"] if sequences is None else sequences
+    frames = m["input_frames"] + m["output_frames"]
+    if d["dataset"] == "video_folder":
+        ds = video_folder(cfg, "test", root)
+        seqs = ds.clips(range(min(n, len(ds))))
+        test_set = f"{ds.root} test split"
+        what = f"{test_set}, first {seqs.shape[0]} of {len(ds)} clips ({', '.join(str(f.relative_to(ds.root)) for f in ds.files)})"
+        return seqs, {"split": "test", "test_set": test_set, "sequences": int(seqs.shape[0]), "what": what}
+    kw = {"num_digits": d["num_digits"], "seed": d["test_seed"], **moving_mnist}
+    ds = MovingMNIST(root or d["root"], "test", num_frames=frames, length=n, source=d["source"], **kw)
+    seqs = torch.stack([ds[i] for i in range(len(ds))])
+    if seqs.shape[1] < frames:
+        raise ValueError(f"test sequences have {seqs.shape[1]} frames; the model needs {frames}")
+    seqs = seqs[:, :frames]
+    test_set = str(ds.standard_path) if ds.standard_path else f"generated (seed {kw['seed']}, test digits)"
+    return seqs, {"split": "test", "test_set": test_set, "sequences": int(seqs.shape[0]),
+                  "what": f"test set {test_set}, first {int(seqs.shape[0])} sequences"}
 
 
 def _forecast(model: nn.Module, frames: Tensor, targets: Tensor, **kwargs: Any) -> Forecast:
@@ -356,7 +446,7 @@ def motion_error(offsets: Tensor, target: Tensor, weights: Tensor) -> dict:
 
 def evaluate_frames(model: EncoderForecaster, sequences: Tensor, cfg: dict, logger: TBLogger | None = None, step: int = 0,
                     return_predictions: bool = False) -> dict:
-    """MSE/MAE/SSIM/PSNR of ``model`` on ``sequences`` ``(N, T, 1, H, W)``; logs examples if asked;
+    """MSE/MAE/SSIM/PSNR of ``model`` on ``sequences`` ``(N, T, C, H, W)``; logs examples if asked;
     ``return_predictions`` adds the predicted frames (key "predictions")."""
     t_in = cfg["model"]["input_frames"]
     x, y = sequences[:, :t_in], sequences[:, t_in:]
@@ -434,6 +524,6 @@ def load_trained(checkpoint: str, map_location: str = "cpu") -> tuple[EncoderFor
         model = build_model(cfg)
         model.load_state_dict({k: v for k, v in ck["model"].items() if k != "sampling_updates"})
     except (ValueError, RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"{checkpoint} is not a Moving MNIST encoder-forecaster checkpoint: {exc}") from exc
+        raise CheckpointError(f"{checkpoint} is not a frame-prediction encoder-forecaster checkpoint: {exc}") from exc
     model.eval()
     return model, cfg
