@@ -194,7 +194,7 @@ def test_colour_training_evaluate_and_predict_end_to_end(tmp_path: Path):
     videos.mkdir()
     shapes_video(videos / "cam.mp4", frames=80)
     run = tmp_path / "run"
-    sets = ["data.root=" + str(videos), "data.size=[16,16]", "model.hidden_channels=[8,8]", "model.input_frames=4",
+    sets = ["data.root=" + str(videos), "data.channels=3", "data.size=[16,16]", "model.hidden_channels=[8,8]", "model.input_frames=4",
             "model.output_frames=4", "train.steps=4", "train.batch_size=4", "train.eval_every=2", "train.checkpoint_every=2",
             "train.num_threads=1", "train.progress=false", "train.precision=fp32", "train.quick_eval_every=2", "log.examples=2"]
     _run("scripts/train_moving_mnist.py", "--config", str(ROOT / "configs" / "video-folder.yaml"), "--run-dir", str(run),
@@ -257,7 +257,7 @@ def test_config_errors_name_the_key_before_any_work(tmp_path: Path):
         ([f"data.root={tmp_path}", "data.dataset=youtube"], "data.dataset': expected one of"),
         ([f"data.root={tmp_path}", "data.size=[30]"], "data.size': expected [H, W] with positive integers"),
         ([f"data.root={tmp_path}", "data.channels=2"], "data.channels': expected 1 (grey) or 3 (RGB)"),
-        (["data.dataset=moving_mnist"], "data.channels': Moving MNIST frames are 64x64 grey"),
+        (["data.dataset=moving_mnist", "data.channels=3"], "data.channels': Moving MNIST frames are 64x64 grey"),
         ([f"data.root={tmp_path / 'nowhere'}"], "video folder not found"),
     ]
     for sets, message in cases:
