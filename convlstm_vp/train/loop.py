@@ -389,7 +389,6 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
             steps = tc["steps"]
             last_step = start_step  # the step training ends at (earlier than steps when stopped early)
             has_reg = _has_regularizers(unwrap(model))
-            metrics: dict = {}
             bar = None
             if tc["progress"] and is_main:
                 from tqdm import tqdm
@@ -507,11 +506,9 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                     "metrics": best_metrics,
                 }
                 result["final_evaluation_seconds"] = round(time.time() - t1, 1)
-            metrics = result
             logger.flush()
             digests = _gather_objects(weights_digest(unwrap(model).state_dict()), dist)
             if is_main:
-                result = dict(metrics)
                 result["step"] = last_step
                 result["stopped_early"] = stopped_early
                 result["skipped_steps"] = skipped
@@ -520,7 +517,6 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 result["precision"] = precision  # train.precision as it ran (auto resolved)
                 result["weights_sha256"] = digests  # one per rank; DDP keeps them equal
                 atomic_write_bytes(run_dir / "metrics.json", json_bytes(result))
-                metrics = result  # what the caller gets: metrics.json's content
             if len(set(digests)) > 1:
                 raise RuntimeError(f"the ranks ended with different weights (SHA-256 per rank: {digests})")
             # all ranks leave together, with nothing left to do before tearing the process group
@@ -528,7 +524,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
             # another is still busy can abort at exit
             logger.close()
             barrier(dist)
-            return metrics
+            return result  # metrics.json's content ({} on ranks other than 0)
         finally:
             if logger is not None:
                 logger.close()
