@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ..models.deepconvlstm import DeepConvLSTM
 from ..models.encoder_forecaster import EncoderForecaster
 from ..models.patch_classifier import PatchSequenceClassifier
-from ..nn import ConvLSTM, Implementation
+from ..nn import IMPLEMENTATIONS, ConvLSTM, Implementation
 from ..train.loop import resolve_precision
 from .reference import FirstOutput, LastStep, ReferenceEncoderForecaster, ReferencePatchClassifier, ReferenceStack
 
@@ -83,7 +83,7 @@ def _mse(pred: Tensor, target: Tensor) -> Tensor:
 
 
 def _precisions(device: torch.device) -> list[str]:
-    return ["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"]
+    return ["fp32", "bf16"]
 
 
 def _seeded(fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
@@ -105,13 +105,27 @@ def _defaults(module: str, fallback: dict) -> dict:
 
 def _model_cases(device: torch.device, reference: Callable[[], nn.Module],
                  project: Callable[..., Callable[[], nn.Module]], variants: bool = True) -> list[Case]:
-    """Reference fp32/bf16, the project in every precision and with single fast paths switched."""
+    """Reference fp32/bf16, the project in every precision (``implementation="auto"``) and with
+    single paths switched: on CPU the fast paths one at a time (``variants``), on CUDA the
+    eager and compiled alternatives to "graphed", the path "auto" takes there."""
     cases = [Case("reference fp32", "reference", "fp32", reference, role="reference"),
              Case("reference bf16", "reference", "bf16", reference)]
-    # the training default the floors compare: on CPU precision auto, on CUDA fp16
-    main = resolve_precision(device, "auto") if device.type == "cpu" else "fp16"
+    # the floors compare the project at the training default: precision auto (bf16 where the
+    # device computes it natively), implementation auto
+    main = resolve_precision(device, "auto")
+    compiled = "graphed, compiles" if device.type == "cuda" else ""
     for prec in _precisions(device):
-        cases.append(Case(f"project {prec}", "project", prec, project(), role="project" if prec == main else ""))
+        cases.append(Case(f"project {prec}", "project", prec, project(), role="project" if prec == main else "", note=compiled))
+    if device.type == "cuda":
+        for prec, what, impl in (
+            ("bf16", "graphed without CUDA graphs", replace(IMPLEMENTATIONS["graphed"], cuda_graphs=False)),
+            ("bf16", "compiled (per cell step)", "compiled"),
+            ("bf16", "plain (eager)", "plain"),
+            ("fp32", "plain (eager)", "plain"),
+        ):
+            note = f"implementation={impl!r}" + (", compiles" if impl != "plain" else "")
+            cases.append(Case(f"project {prec}, {what}", "project", prec, project(implementation=impl), note=note))
+        return cases
     if not variants:
         return cases
     for prec, what, kw in (

@@ -40,6 +40,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..nn import ConvLSTM
+from ..nn.fast import CompiledForward
 from ..nn.layout import check_data_format, describe_sequence, sequence_from_internal, sequence_to_internal
 from ..nn.functional import check_finite, get_activation
 
@@ -217,6 +218,12 @@ class EncoderForecaster(nn.Module):
         self.forecaster = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="forecaster", check_finite=False, **cell_kwargs)
         # the dynamic filter has one kernel per patch cell, shared by its p x p pixels
         self.head = nn.Conv2d(sum(hidden), c if head == "conv" else filter_size * filter_size, kernel_size=1)
+        self._compiled_forward: CompiledForward | None = None  # implementation "graphed"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state["_compiled_forward"] = None  # compiled code is rebuilt on first use, never copied
+        return state
 
     def _check(self, x: Tensor, frames: int, what: str) -> Tensor:
         expected = describe_sequence(2, True, self.data_format)
@@ -328,6 +335,21 @@ class EncoderForecaster(nn.Module):
         x = self._check(frames, self.input_frames, "frames")
         true_frames = self._check(targets, self.output_frames, "targets") if forcing else None
         warp = render == "warp"
+        paths = self.encoder.cells[0].paths(x.device.type)
+        if not (paths.whole_forward and not torch.compiler.is_compiling()):
+            return self._forecast_core(x, true_frames, teacher_forcing, encoder_predictions, offsets, temperature, warp)
+        if forcing:
+            # a tensor on the frames' device: a new probability every training step compiles
+            # nothing new, and a CPU tensor would keep the graph off CUDA graphs
+            teacher_forcing = torch.as_tensor(teacher_forcing, dtype=torch.float32).to(x.device, non_blocking=True)
+        if self._compiled_forward is None:
+            self._compiled_forward = CompiledForward(self._forecast_core, "EncoderForecaster forward", paths.cuda_graphs)
+        return self._compiled_forward(x, true_frames, teacher_forcing if forcing else 0.0, encoder_predictions, offsets, temperature, warp)
+
+    def _forecast_core(self, x: Tensor, true_frames: Tensor | None, teacher_forcing: float | Tensor,
+                       encoder_predictions: bool, offsets: bool, temperature: float, warp: bool) -> Forecast:
+        """:meth:`forecast` on checked inputs: ``x`` ``(B, input_frames, C, H, W)`` and
+        ``true_frames`` (None: no teacher forcing) in the internal channels-first layout."""
         p = self.patch_size
         layer_outputs, (h_n, c_n) = self.encoder(patchify(x, p))
         encoder_frames = None

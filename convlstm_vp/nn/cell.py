@@ -83,10 +83,12 @@ class ConvLSTMCell(LayerControls, nn.Module):
             one mask per sequence, training mode only.
         proj_size: rank 0 only: project ``h`` to this size with ``weight_hr`` (as torch.nn.LSTM).
         implementation: how the step is computed, never what: "auto" (default: "fused" on
-            CPU, "plain" elsewhere, what the benchmark measured fastest), "plain" (the equations
-            one operation at a time), "fused" (fused gate arithmetic, a C kernel for it on CPU,
-            one convolution over ``[x, h]``, a matrix product for tiny input convolutions),
-            "compiled" ("fused" through ``torch.compile``), or an
+            CPU, "graphed" on CUDA, "plain" elsewhere), "plain" (the equations one operation
+            at a time), "fused" (fused gate arithmetic, a C kernel for it on CPU, one
+            convolution over ``[x, h]``, a matrix product for tiny input convolutions),
+            "compiled" ("fused" through ``torch.compile``), "graphed" (the layer's or model's
+            whole forward through ``torch.compile``, CUDA graphs on CUDA; a lone cell steps
+            as "fused" without the C kernel), or an
             :class:`~convlstm_vp.nn.Implementation` (single paths, for tests and benchmarks).
         kernel_initializer, recurrent_initializer, bias_initializer, peephole_initializer:
             names (``glorot_uniform``, ``orthogonal``, ``zeros``, ``lstm_uniform``, ...) or
@@ -351,6 +353,9 @@ class ConvLSTMCell(LayerControls, nn.Module):
     def _ih_pads(self, spatial: Sequence[int]) -> tuple[tuple[int, int], ...]:
         """Input-convolution pads for a frame of size ``spatial``, resolved once per size."""
         key = tuple(spatial)
+        if torch.compiler.is_compiling():
+            # a cache filled while tracing would fail the compiled code's guards on the next call
+            return resolve_pads(self.padding, key, self.kernel_size, self.stride, self.dilation)
         pads = self._ih_pads_cache.get(key)
         if pads is None:
             pads = resolve_pads(self.padding, key, self.kernel_size, self.stride, self.dilation)
@@ -458,6 +463,8 @@ class ConvLSTMCell(LayerControls, nn.Module):
 
     def paths(self, device_type: str) -> Implementation:
         """The computation paths this cell takes on a device of type ``device_type``."""
+        if torch.compiler.is_compiling():  # no cache filled while tracing (see _ih_pads)
+            return resolve_implementation(self.implementation, device_type)
         impl = self._paths_cache.get(device_type)
         if impl is None:
             impl = self._paths_cache[device_type] = resolve_implementation(self.implementation, device_type)
@@ -664,9 +671,12 @@ class ConvLSTMCell(LayerControls, nn.Module):
 
 def set_implementation(module: nn.Module, implementation: ImplementationArg) -> nn.Module:
     """Set ``implementation`` on every :class:`ConvLSTMCell` in ``module`` (a layer, a model);
-    see :class:`ConvLSTMCell`. Returns ``module``."""
+    see :class:`ConvLSTMCell`. Returns ``module``. Whole-forward compiled code
+    (``"graphed"``) held by the modules is dropped and rebuilt on the next call."""
     check_implementation(implementation)
     for m in module.modules():
         if isinstance(m, ConvLSTMCell):
             m.implementation = implementation
+        if getattr(m, "_compiled_forward", None) is not None:
+            m._compiled_forward = None
     return module

@@ -8,9 +8,15 @@ use); ``tests/test_fast_paths.py`` checks each one. Callers choose with one argu
   one batched call, then per step the state convolution and the gate arithmetic.
 - ``"fused"``: the fast paths below, all on.
 - ``"compiled"``: ``"fused"`` with each cell step run through ``torch.compile``.
-- ``"auto"`` (default): per device, what ``scripts/benchmark.py`` measured fastest there:
-  ``"fused"`` on CPU, ``"plain"`` elsewhere (on an H200 the fused paths were slower than the
-  plain one; docs/performance.md).
+- ``"graphed"``: the GPU path. A module's whole forward (an :class:`~convlstm_vp.nn.ConvLSTM`
+  stack, or an encoder-forecaster's encoder, forecaster loop and head together) runs through
+  ``torch.compile``: the gate arithmetic of every step fused forward and backward, the
+  encoder's input convolutions over all frames in one call, and on CUDA the compiled forward
+  and backward replayed as CUDA graphs (``mode="reduce-overhead"``), so a step costs a few
+  graph launches instead of thousands of kernel launches. The first call of each shape
+  compiles (tens of seconds).
+- ``"auto"`` (default): per device: ``"fused"`` on CPU (measured fastest there by
+  ``scripts/benchmark.py``), ``"graphed"`` on CUDA, ``"plain"`` elsewhere (docs/performance.md).
 
 The fast paths:
 
@@ -71,6 +77,11 @@ class Implementation:
         torch_lstm: rank-0 layers of plain LSTM cells run the fused ``torch.lstm`` kernel.
         compile: each cell step runs through ``torch.compile`` (eager, after one
             ``RuntimeWarning``, where compiling is impossible).
+        whole_forward: a module's whole forward (layer stack, encoder-forecaster) runs through
+            ``torch.compile`` as one graph (:class:`CompiledForward`); cells inside it run
+            their steps as written (no per-step compile).
+        cuda_graphs: with ``whole_forward`` on CUDA, the compiled code is replayed as CUDA
+            graphs (``torch.compile(mode="reduce-overhead")``); no effect elsewhere.
     """
 
     fused_gates: bool = True
@@ -81,6 +92,8 @@ class Implementation:
     skip_zero_state: bool = True
     torch_lstm: bool = True
     compile: bool = False
+    whole_forward: bool = False
+    cuda_graphs: bool = False
 
 
 IMPLEMENTATIONS: dict[str, Implementation] = {
@@ -90,6 +103,9 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     ),
     "fused": Implementation(),
     "compiled": Implementation(compile=True),
+    # the GPU path: the C gate loop is CPU-only, and under compilation the gates are plain
+    # operations that inductor fuses; the encoder's input convolutions batched over all frames
+    "graphed": Implementation(native_gates=False, batch_input_conv=True, whole_forward=True, cuda_graphs=True),
 }
 ImplementationArg = Union[str, Implementation]
 
@@ -106,13 +122,12 @@ def check_implementation(value: ImplementationArg) -> ImplementationArg:
 def resolve_implementation(value: ImplementationArg, device_type: str) -> Implementation:
     """The paths that ``value`` means on a device of type ``device_type`` ("cpu", "cuda", ...).
 
-    "auto" is "fused" on CPU and "plain" elsewhere: that is what the benchmark measured fastest
-    (docs/performance.md).
+    "auto" is "fused" on CPU, "graphed" on CUDA and "plain" elsewhere (docs/performance.md).
     """
     if isinstance(value, Implementation):
         return value
     if value == "auto":
-        value = "fused" if device_type == "cpu" else "plain"
+        value = {"cpu": "fused", "cuda": "graphed"}.get(device_type, "plain")
     return IMPLEMENTATIONS[value]
 
 
@@ -347,3 +362,44 @@ class CompiledStep:
     def _fail(self, reason: str) -> None:
         self.failed = reason
         warnings.warn(f"torch.compile of {self.what} is unavailable ({reason}); running it eagerly", RuntimeWarning, stacklevel=3)
+
+
+class CompiledForward:
+    """A module's whole forward through ``torch.compile`` (:attr:`Implementation.whole_forward`).
+
+    ``fn`` takes tensors (and fixed Python settings) and returns a tensor or a tuple/list/
+    NamedTuple of tensors and ``None``. Shapes are compiled statically (``dynamic=False``): a new
+    batch size or frame size compiles once more. With ``cuda_graphs`` on CUDA the compiled code
+    runs as CUDA graphs (``mode="reduce-overhead"``); their outputs live in memory that the next
+    call overwrites, so the outputs are returned as copies, which callers may keep across calls
+    (an evaluation collecting predictions batch by batch). A training step must call
+    ``backward`` before the next training forward (as every training loop does), or CUDA graph
+    trees keep both steps' memory.
+
+    Where compiling fails, a ``RuntimeWarning`` says why and ``fn`` runs eagerly from then on
+    (:class:`CompiledStep`). Random numbers drawn inside (dropout, scheduled-sampling coins)
+    come from inductor's generator: reproducible for a seed, but not the eager path's numbers.
+    """
+
+    def __init__(self, fn: Callable[..., Any], what: str, cuda_graphs: bool) -> None:
+        self.cuda_graphs = cuda_graphs
+        kwargs: dict[str, Any] = {"dynamic": False}
+        if cuda_graphs:
+            kwargs["mode"] = "reduce-overhead"
+        self.step = CompiledStep(fn, what, **kwargs)
+
+    def __call__(self, *args: Any) -> Any:
+        out = self.step(*args)
+        if self.cuda_graphs and self.step.failed is None and any(isinstance(a, Tensor) and a.is_cuda for a in args):
+            out = _copy_outputs(out)
+        return out
+
+
+def _copy_outputs(out: Any) -> Any:
+    if isinstance(out, Tensor):
+        return out.clone()
+    if isinstance(out, tuple) and hasattr(out, "_fields"):  # a NamedTuple
+        return type(out)(*(_copy_outputs(o) for o in out))
+    if isinstance(out, (tuple, list)):
+        return type(out)(_copy_outputs(o) for o in out)
+    return out

@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import fast
 from .cell import ConvLSTMCell, set_implementation
-from .fast import Implementation, ImplementationArg
+from .fast import CompiledForward, Implementation, ImplementationArg
 from .controls import LayerControls
 from .functional import check_dtype_device, check_finite
 from .layout import (
@@ -70,13 +70,17 @@ class ConvLSTM(LayerControls, nn.Module):
             forgets it.
         go_backwards: process the sequence backwards and return the reversed sequence (Keras).
         implementation: how the layer computes, never what (the same numbers either way):
-            "auto" (default) picks per device what ``scripts/benchmark.py`` measured fastest
-            ("fused" on CPU, "plain" elsewhere); "plain" runs the equations one operation at a
+            "auto" (default) picks per device: "fused" on CPU, "graphed" on CUDA, "plain"
+            elsewhere; "plain" runs the equations one operation at a
             time with the input convolution of all steps batched; "fused" the fast paths (fused
             gate arithmetic, a C kernel for it on CPU, one ``[x, h]`` convolution per step, no
             state convolution from a zero state, ``torch.lstm`` at rank 0); "compiled" is
             "fused" with every cell step through ``torch.compile`` (eager, after a
-            ``RuntimeWarning``, where compiling is impossible). An
+            ``RuntimeWarning``, where compiling is impossible); "graphed" runs the whole
+            stack through ``torch.compile`` as one graph, replayed as CUDA graphs on CUDA
+            (convolutional cells without ``input_dropout``/``recurrent_dropout`` and calls
+            without ``lengths``; others step as "fused"); the first call of a shape compiles.
+            An
             :class:`~convlstm_vp.nn.Implementation` picks single paths (tests, benchmarks).
             Rank-0 layers of plain LSTM cells always use ``torch.lstm`` (oneDNN / cuDNN) except
             under an :class:`Implementation` with ``torch_lstm=False``.
@@ -209,7 +213,13 @@ class ConvLSTM(LayerControls, nn.Module):
         self.cells = nn.ModuleList(cells)
         self.out_channels = layer_in
         self._state: tuple[Any, Any] | None = None
+        self._compiled_forward: CompiledForward | None = None
         self._init_controls(name=name, trainable=trainable, store_gradients=store_gradients, grad_scale=grad_scale)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state["_compiled_forward"] = None  # compiled code is rebuilt on first use, never copied
+        return state
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -460,6 +470,44 @@ class ConvLSTM(LayerControls, nn.Module):
         if self.go_backwards:
             x = reverse_padded(x, lengths)
 
+        if self._compiles_whole_forward(x, lengths):
+            if self._compiled_forward is None:
+                self._compiled_forward = CompiledForward(
+                    self._run_layers, f"{self.tag()} forward", self.cells[0].paths(x.device.type).cuda_graphs
+                )
+            layer_outputs, hs, cs = self._compiled_forward(x, init)
+        else:
+            layer_outputs, hs, cs = self._run_layers(x, init, lengths)
+
+        if self.stateful:
+            self._state = ([h.detach() for h in hs], [c.detach() for c in cs])
+
+        h_n, c_n = self._pack_states(hs, cs, unbatched)
+        output: Any
+        if self.return_all_layers:
+            output = [self._format_output(o, lengths, unbatched, None) for o in layer_outputs]
+        else:
+            output = self._format_output(layer_outputs[-1], lengths, unbatched, packed_info)
+        return output, (h_n, c_n)
+
+    def _compiles_whole_forward(self, x: Tensor, lengths: Tensor | None) -> bool:
+        """Whether this call runs :meth:`_run_layers` through :class:`CompiledForward`
+        (``implementation`` "graphed"): convolutional cells without per-step dropout masks (they
+        are module state that the eager steps keep), fixed lengths, and not already inside a
+        compiled region (an encoder-forecaster compiles its layers with it)."""
+        return (
+            self.cells[0].paths(x.device.type).whole_forward
+            and self.spatial_dims > 0
+            and lengths is None
+            and not torch.compiler.is_compiling()
+            and all(c.input_dropout == 0 and c.recurrent_dropout == 0 for c in self.cells)
+        )
+
+    def _run_layers(
+        self, x: Tensor, init: Sequence[tuple[Tensor, Tensor] | None], lengths: Tensor | None = None
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Every layer over ``x`` ``(B, T, C, *spatial)`` (internal layout, already reversed for
+        ``go_backwards``): each layer's output sequence and the final ``h`` and ``c`` of every cell."""
         layer_input = x
         layer_outputs: list[Tensor] = []
         hs: list[Tensor] = []
@@ -478,17 +526,7 @@ class ConvLSTM(LayerControls, nn.Module):
             if l < self.num_layers - 1 and self.dropout > 0 and self.training:
                 out = F.dropout(out, self.dropout, training=True)
             layer_input = out
-
-        if self.stateful:
-            self._state = ([h.detach() for h in hs], [c.detach() for c in cs])
-
-        h_n, c_n = self._pack_states(hs, cs, unbatched)
-        output: Any
-        if self.return_all_layers:
-            output = [self._format_output(o, lengths, unbatched, None) for o in layer_outputs]
-        else:
-            output = self._format_output(layer_outputs[-1], lengths, unbatched, packed_info)
-        return output, (h_n, c_n)
+        return layer_outputs, hs, cs
 
     def _format_output(self, out: Tensor, lengths: Tensor | None, unbatched: bool, packed: PackedSequence | None) -> Any:
         n = self.spatial_dims

@@ -47,7 +47,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # the ConvLSTM cells' computation paths (convlstm_vp.nn.Implementation): auto picks per
     # device what the benchmark measured fastest; compiled runs every cell step through
     # torch.compile (the first steps compile; where compiling fails, a warning and eager steps)
-    "implementation": "auto",  # auto | plain | fused | compiled
+    "implementation": "auto",  # auto | plain | fused | compiled | graphed
 }
 
 # keys renamed since: an old config that uses one is told the new name
@@ -62,7 +62,7 @@ _CHOICES = {
     ("train", "precision"): ("fp32", "bf16", "fp16", "auto"),
     ("train", "nan_policy"): ("stop", "skip"),
     ("train", "device"): ("auto", "cpu", "cuda"),
-    ("train", "implementation"): ("auto", "plain", "fused", "compiled"),
+    ("train", "implementation"): ("auto", "plain", "fused", "compiled", "graphed"),
 }
 _POSITIVE = {("train", k) for k in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every")} | {
     ("data", "eval_batch_size"), ("data", "val_sequences"), ("data", "final_eval_sequences")

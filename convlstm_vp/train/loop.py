@@ -283,8 +283,11 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 model = task.build_model().to(device)
             except (ValueError, TypeError) as exc:
                 raise config_error(exc, cfg, "building the model", ["model"]) from exc
-            set_implementation(model, tc["implementation"])
+            # every implementation computes the same numbers: the check runs the plain one, so
+            # that "graphed" does not compile a graph for this one eval-mode batch
+            set_implementation(model, "plain")
             _check_model_accepts_batches(task, model, cfg, dist)
+            set_implementation(model, tc["implementation"])
             # the run folder is locked once the config is known to work (a failed check leaves no
             # folder behind) and before anything in it is read or touched (last.pt, stale
             # temporaries, config.yaml) while another process may be writing there
