@@ -1,54 +1,87 @@
 #!/bin/bash
-# A time-boxed check of the GPU path, for a machine with one CUDA GPU:
-#   1. two 200-step probes of configs/gpu-openstl.yaml (fp32, bf16) measure steps/s;
-#   2. the faster precision trains the gpu-openstl recipe cut to what fits in TRAIN_S seconds
-#      (one-cycle schedule and scheduled sampling scaled to the shorter run: sampling ends at 40%
-#      of the steps, as in the full recipe) into $RUNS/gpu-trunc/;
-#   3. scripts/evaluate.py scores it on the 1,000 fixed test sequences (EVAL_SEQ; on the GPU);
-#   4. scripts/benchmark.py --device cuda on the OpenSTL and default Moving MNIST shapes;
-#   5. the test suite with CUDA visible (pytest-xdist, 8 workers).
-# Results land in $OUT (default /tmp/gpu-check): summary.txt, the logs, eval.json, bench-gpu.json;
-# runs (checkpoints, TensorBoard) in $RUNS (default runs/gpu-check-<date-time>, a new folder each call).
-# Usage: [OUT=dir] [RUNS=dir] [TRAIN_S=220] [PY=python3] [SKIP_BENCH=1] [SKIP_TESTS=1] bash scripts/gpu_check.sh
-# CFG and EXTRA (more --set arguments) change the config; PROBE the probe length, MIN_STEPS the
-# shortest time-boxed run (200).
+# The GPU path's check, in one go, on a machine with one CUDA GPU (about 12 minutes; BUDGET_S):
+#   graphed  tests/test_graphed.py with CUDA visible: the CUDA-graph path against the plain equations;
+#   bench    scripts/benchmark.py --device cuda --train-only, OpenSTL's ConvLSTM-S shapes and the
+#            default model: the "graphed" path against the plain reference (floors 1.5x and 1.2x),
+#            beside the eager and per-step-compiled paths;
+#   openstl  configs/gpu-openstl.yaml for OPENSTL_STEPS steps: steady steps/s after the compilation
+#            (scripts/run_timeline.py) and the hours its 125,000 steps take at that rate;
+#   quick    configs/gpu-quick.yaml trained whole, scored on the 1,000 test sequences
+#            (scripts/evaluate.py), its curve (validation MSE against minutes) in quick-curve.csv;
+#   suite    the test suite with CUDA visible, in the time left.
+# Every stage runs under a time limit cut to what is left of BUDGET_S, so the script ends in time
+# with what it measured. Results in $OUT (default /tmp/gpu-check): summary.txt, the logs and JSON;
+# runs (checkpoints, TensorBoard) in $RUNS (default runs/gpu-check-<date-time>).
+# Usage: [OUT=dir] [RUNS=dir] [PY=python3] [BUDGET_S=720] [SKIP=graphed,bench-openstl,bench-moving_mnist,openstl,quick,suite] [CFG=config]
+#        [QUICK_SET="--set k=v ..."] [QUICK_AFTER=200 (steps/s from this step on)] [OPENSTL_SET=...] [OPENSTL_STEPS=400] [EVAL_SEQ=1000] bash scripts/gpu_check.sh
+# CFG replaces configs/gpu-quick.yaml (the tests run it on a tiny config, on the CPU).
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-/tmp/gpu-check}; mkdir -p "$OUT"; : >"$OUT/summary.txt"
 RUNS=${RUNS:-runs/gpu-check-$(date +%Y%m%d-%H%M%S)}
-PY=${PY:-python3}
-TRAIN_S=${TRAIN_S:-220}; PROBE=${PROBE:-200}; EVAL_SEQ=${EVAL_SEQ:-1000}; CFG=${CFG:-$ROOT/configs/gpu-openstl.yaml}; EXTRA=${EXTRA:-}
+PY=${PY:-python3}; SKIP=",${SKIP:-},"; BUDGET_S=${BUDGET_S:-720}
+CFG=${CFG:-$ROOT/configs/gpu-quick.yaml}; QUICK_SET=${QUICK_SET:-}; OPENSTL_SET=${OPENSTL_SET:-}
+OPENSTL_STEPS=${OPENSTL_STEPS:-400}; EVAL_SEQ=${EVAL_SEQ:-1000}
 export PYTHONUNBUFFERED=1
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc;
-  $PY -c "import sys,torch;print(sys.version.split()[0],torch.__version__,torch.cuda.is_available() and torch.cuda.get_device_name())"; } 2>&1 | tee "$OUT/env.txt"
-rate() { $PY -c "import json,sys;m=json.load(open(sys.argv[1]));print(round(m['step']/m['train_seconds'],3))" "$1" 2>/dev/null; }
-best=0; bestp=fp32
-for prec in fp32 bf16; do
-  t0=$(date +%s.%N)
-  timeout 120 $PY "$ROOT/scripts/train_moving_mnist.py" --config "$CFG" --run-dir "$RUNS/probe-$prec" --set train.steps=$PROBE \
-    --set "model.scheduled_sampling=[1.0,0.0,$((PROBE/2))]" --set train.precision=$prec --set train.eval_every=100000 \
-    --set train.checkpoint_every=100000 --set data.val_sequences=64 $EXTRA >"$OUT/probe-$prec.log" 2>&1
-  rc=$?; r=$(rate "$RUNS/probe-$prec/metrics.json"); t1=$(date +%s.%N)
-  echo "probe $prec: rc=$rc ${r:-?} steps/s, wall $(awk "BEGIN{print $t1 - $t0}") s" | tee -a "$OUT/summary.txt"
-  if [ -n "$r" ] && [ "$(awk "BEGIN{print ($r > $best)}")" = 1 ]; then best=$r; bestp=$prec; fi
+START=$(date +%s); DEADLINE=$(( START + BUDGET_S ))
+say() { echo "$*" | tee -a "$OUT/summary.txt"; }
+ran() { [[ $SKIP != *",$1,"* ]]; }
+# limit WANT [RESERVE]: seconds a stage may take: WANT, cut to the time left minus RESERVE (kept for later stages)
+limit() { local left=$(( DEADLINE - $(date +%s) - ${2:-0} )); [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
+# stage NAME SECONDS COMMAND...: run COMMAND under a time limit, log to $OUT/NAME.log, note the outcome
+status=0
+stage() {
+  local name=$1 secs=$2; shift 2
+  if ! ran "$name"; then say "$name: skipped (SKIP)"; return 0; fi
+  if [ "$secs" -lt 20 ]; then say "$name: not run, ${secs} s left of BUDGET_S=$BUDGET_S"; return 0; fi
+  local t0=$(date +%s); timeout "$secs" "$@" >"$OUT/$name.log" 2>&1; local rc=$?
+  say "$name: rc=$rc in $(( $(date +%s) - t0 )) s (limit $secs s)$( [ $rc -eq 124 ] && echo ', TIMED OUT')"
+  [ $rc -ne 0 ] && status=$rc
+  return 0
+}
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1; echo "cores: $(nproc)";
+  $PY -c "import sys,torch;print(sys.version.split()[0],torch.__version__,torch.cuda.is_available() and torch.cuda.get_device_name())"; } >"$OUT/env.txt" 2>&1
+say "$(tr '\n' ' ' <"$OUT/env.txt")"; say "budget ${BUDGET_S} s; runs in $RUNS"
+
+# 1. the CUDA-graph path against the plain equations
+stage graphed "$(limit 100 600)" $PY -m pytest -q -rs -p no:cacheprovider "$ROOT/tests/test_graphed.py"
+ran graphed && tail -3 "$OUT/graphed.log" | tee -a "$OUT/summary.txt"
+
+# 2. the benchmark rows (training steps only: each compiled case compiles once)
+for cfg in openstl moving_mnist; do
+  stage "bench-$cfg" "$(limit 130 480)" $PY "$ROOT/scripts/benchmark.py" --device cuda --configs $cfg --train-only --rounds 3 \
+    --memory inprocess --json "$OUT/bench-$cfg.json"
+  ran "bench-$cfg" && grep -E "^\||MET|MISSED" "$OUT/bench-$cfg.log" | tee -a "$OUT/summary.txt"
 done
-N=$(awk "BEGIN{print int($best * $TRAIN_S)}"); MIN_STEPS=${MIN_STEPS:-200}; N=$(( N < MIN_STEPS ? MIN_STEPS : N )); E=$(( N / 5 )); SS=$(( N * 2 / 5 ))
-echo "run: $bestp, $N steps (SS over $SS), eval every $E" | tee -a "$OUT/summary.txt"
-t0=$(date +%s)
-timeout "$(awk "BEGIN{print int($TRAIN_S) + 150}")" $PY "$ROOT/scripts/train_moving_mnist.py" --config "$CFG" --run-dir "$RUNS/gpu-trunc" --set train.steps=$N \
-  --set "model.scheduled_sampling=[1.0,0.0,$SS]" --set train.precision=$bestp --set train.eval_every=$E \
-  --set train.checkpoint_every=$E --set data.val_sequences=256 $EXTRA >"$OUT/train.log" 2>&1
-rc=$?; status=$rc; echo "train rc=$rc wall $(( $(date +%s) - t0 )) s" | tee -a "$OUT/summary.txt"
-cp "$RUNS/gpu-trunc/metrics.json" "$OUT/train-metrics.json" 2>/dev/null
-timeout 120 $PY "$ROOT/scripts/evaluate.py" --checkpoint "$RUNS/gpu-trunc/checkpoints/best.pt" --sequences "$EVAL_SEQ" --json "$OUT/eval.json" >"$OUT/eval.log" 2>&1
-rc=$?; [ $rc -ne 0 ] && status=$rc; echo "eval rc=$rc" | tee -a "$OUT/summary.txt"; head -6 "$OUT/eval.log" | tee -a "$OUT/summary.txt"
-if [ -z "${SKIP_BENCH:-}" ]; then
-  timeout 100 $PY "$ROOT/scripts/benchmark.py" --device cuda --configs openstl,moving_mnist --rounds 3 --memory inprocess \
-    --json "$OUT/bench-gpu.json" >"$OUT/bench.log" 2>&1; rc=$?; echo "bench rc=$rc" | tee -a "$OUT/summary.txt"
+
+# 3. gpu-openstl's speed on the GPU path (scheduled sampling on, as in the recipe's first 40%)
+stage openstl "$(limit 150 360)" $PY "$ROOT/scripts/train_moving_mnist.py" --config "$ROOT/configs/gpu-openstl.yaml" \
+  --run-dir "$RUNS/openstl" --set train.steps=$OPENSTL_STEPS --set train.log_every=50 --set train.eval_every=100000 \
+  --set train.checkpoint_every=100000 --set data.val_sequences=64 --set data.final_eval_sequences=64 $OPENSTL_SET
+if ran openstl; then
+  $PY "$ROOT/scripts/run_timeline.py" --run-dir "$RUNS/openstl" --after 100 --json "$OUT/openstl-timeline.json" >/dev/null 2>>"$OUT/openstl.log"
+  $PY - "$OUT/openstl-timeline.json" <<'EOF' 2>/dev/null | tee -a "$OUT/summary.txt"
+import json, sys
+t = json.load(open(sys.argv[1])); r = t["steps_per_second"]
+print(f"gpu-openstl: {r:.2f} steps/s after compiling (steps {t['measured_between_steps']}); "
+      f"125,000 steps: {125000 / r / 3600:.2f} h" if r else "gpu-openstl: no rate")
+EOF
 fi
-if [ -z "${SKIP_TESTS:-}" ]; then
-  (cd "$ROOT" && timeout 400 $PY -m pytest -q -rf -n 8 -p no:cacheprovider tests) >"$OUT/pytest.log" 2>&1
-  rc=$?; echo "pytest rc=$rc" | tee -a "$OUT/summary.txt"
-  grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest.log" | tail -20 | tee -a "$OUT/summary.txt"
+
+# 4. gpu-quick: trained whole, then scored on the test sequences
+stage quick "$(limit 600 120)" $PY "$ROOT/scripts/train_moving_mnist.py" --config "$CFG" --run-dir "$RUNS/quick" $QUICK_SET
+if ran quick; then
+  cp "$RUNS/quick/metrics.json" "$OUT/quick-metrics.json" 2>/dev/null
+  $PY "$ROOT/scripts/run_timeline.py" --run-dir "$RUNS/quick" --after "${QUICK_AFTER:-200}" --csv "$OUT/quick-curve.csv" \
+    --json "$OUT/quick-timeline.json" 2>&1 | tee -a "$OUT/summary.txt"
+  # a run cut by its time limit is still scored: its best checkpoint so far
+  CK="$RUNS/quick/checkpoints/best.pt"; [ -f "$CK" ] || CK="$RUNS/quick/checkpoints/last.pt"
+  stage quick-eval "$(limit 120 45)" $PY "$ROOT/scripts/evaluate.py" --checkpoint "$CK" --sequences "$EVAL_SEQ" --json "$OUT/quick-eval.json"
+  head -6 "$OUT/quick-eval.log" 2>/dev/null | tee -a "$OUT/summary.txt"
 fi
+
+# 5. the test suite with CUDA visible, in the time left
+stage suite "$(limit 600 0)" $PY -m pytest -q -rf -n 8 -p no:cacheprovider "$ROOT/tests"
+ran suite && grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/suite.log" | tail -20 | tee -a "$OUT/summary.txt"
+say "total $(( $(date +%s) - START )) s"
 exit $status

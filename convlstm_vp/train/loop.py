@@ -460,6 +460,9 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                         logger.scalar("train/regularization", float(reg), done)
                     logger.scalars(logs, done, prefix="train/")
                     logger.scalar("train/sequences_per_second", (done - start_step) * tc["batch_size"] * dist.world_size / max(time.time() - t0, 1e-9), done)
+                    # seconds since this process started training (compilation, evaluations and
+                    # checkpoints included): plot a validation metric against time with it
+                    logger.scalar("train/elapsed_seconds", time.time() - t0, done)
                 quick = tc["quick_eval_every"]
                 if quick and done % quick == 0 and is_main and hasattr(task, "quick_evaluate"):
                     logger.scalars(task.quick_evaluate(unwrap(model)), done, prefix="val_quick/")
@@ -494,15 +497,17 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
             if is_main:
                 if best_metrics is None:  # no evaluation ran (resumed from an old final checkpoint)
                     best_metrics = _plain_numbers(task.evaluate(unwrap(model), logger, last_step))
+            # the final weights' digest, before the test loads best.pt's weights into the model
+            digests = _gather_objects(weights_digest(unwrap(model).state_dict()), dist)
+            if is_main:
                 t1 = time.time()
-                tested, tested_step = _best_weights(task, unwrap(model), best_path, tc)
-                tested_step = last_step if tested_step is None else tested_step
-                result = task.test(tested, logger, tested_step, run_dir)
+                tested_step = _load_best_weights(unwrap(model), best_path)
+                result = task.test(unwrap(model), logger, last_step if tested_step is None else tested_step, run_dir)
                 logger.scalars({k: v for k, v in result.items() if isinstance(v, (int, float))}, last_step, prefix="test/")
                 result["evaluated_on"] = {
                     **result.get("evaluated_on", {}),
-                    "checkpoint": "best.pt" if tested is not unwrap(model) else "final weights",
-                    "checkpoint_step": tested_step,
+                    "checkpoint": "best.pt" if tested_step is not None else "final weights",
+                    "checkpoint_step": last_step if tested_step is None else tested_step,
                 }
                 result["validation"] = {
                     **task.val_description(), "best_metric": task.best_metric, "best_step": best_step,
@@ -510,7 +515,6 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 }
                 result["final_evaluation_seconds"] = round(time.time() - t1, 1)
             logger.flush()
-            digests = _gather_objects(weights_digest(unwrap(model).state_dict()), dist)
             if is_main:
                 result["step"] = last_step
                 result["stopped_early"] = stopped_early
@@ -560,18 +564,16 @@ def _plain_numbers(metrics: dict) -> dict:
     return {k: plain(v) for k, v in metrics.items()}
 
 
-def _best_weights(task: Task, model: nn.Module, best_path: Path, tc: dict) -> tuple[nn.Module, int | None]:
-    """A model of ``task`` holding ``best.pt``'s weights on ``model``'s device, and its step
-    (``model`` itself and None when there is no ``best.pt``); ``model`` is left as it is."""
+def _load_best_weights(model: nn.Module, best_path: Path) -> int | None:
+    """Load ``best.pt``'s weights into ``model`` (in place, so that code compiled for it, and
+    CUDA graphs pointing at its parameters, serve the test too) and put it in eval mode;
+    returns best.pt's step, or None (weights untouched) when there is no ``best.pt``."""
     if not best_path.is_file():
-        return model, None
+        return None
     ck = load_checkpoint(best_path)
-    best = task.build_model()
-    best.load_state_dict(ck["model"])
-    best = best.to(next(model.parameters()).device)
-    set_implementation(best, tc["implementation"])
-    best.eval()
-    return best, int(ck["step"])
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return int(ck["step"])
 
 
 def _check_model_accepts_batches(task: Task, model: nn.Module, cfg: dict, dist: DistInfo) -> None:
