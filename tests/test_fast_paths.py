@@ -389,7 +389,7 @@ def test_rank0_layer_under_cpu_bf16_autocast_skips_torch_lstm_where_bf16_is_emul
     # layer must take its step loop there instead of failing, and keep the fused kernel elsewhere
     from convlstm_vp.nn import fast
 
-    monkeypatch.setattr(fast, "cpu_bf16_native", lambda: native_bf16)
+    monkeypatch.setattr(fast, "cpu_bf16_supported", lambda: native_bf16)
     torch.manual_seed(0)
     layer = ConvLSTM(6, [16], 0, spatial_dims=0)
     assert all(cell.is_plain_lstm() for cell in layer.cells)

@@ -152,3 +152,36 @@ def test_cuda_graphs_equal_plain_and_keep_outputs(precision):
         torch.testing.assert_close(first, kept, rtol=0, atol=0)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False
+
+
+def test_prefetching_the_next_batch_changes_no_number(tmp_path, monkeypatch):
+    """On CUDA fit() builds batch step+1 while the GPU runs step (train_batch depends on the step
+    only): forced on here on the CPU, every batch is built once, in order, and the run ends with
+    the weights of a run without it."""
+    from convlstm_vp.train import loop
+    from convlstm_vp.train.checkpoint import load_checkpoint
+    from convlstm_vp.train.config import load_config
+    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, FramePredictionTask
+
+    cfg = load_config(ROOT / "configs" / "tiny-moving-mnist.yaml", DEFAULTS, ["train.num_threads=1", "train.steps=5"])
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    weights, events = {}, {}
+    for prefetch in (False, True):
+        monkeypatch.setattr(loop, "_prefetches", lambda device, on=prefetch: on)
+        task = FramePredictionTask(cfg)
+        seen = events[prefetch] = []
+        build = task.train_batch
+        monkeypatch.setattr(task, "train_batch", lambda step, rank, world, build=build, seen=seen: seen.append(step) or build(step, rank, world))
+        hook = register_optimizer_step_post_hook(lambda *a, seen=seen: seen.append("update"))
+        try:
+            loop.fit(task, cfg, tmp_path / str(prefetch))
+        finally:
+            hook.remove()
+        weights[prefetch] = load_checkpoint(tmp_path / str(prefetch) / "checkpoints" / "last.pt")["model"]
+    # batch 0 twice: the model check, then step 0; with prefetching each next batch comes before
+    # the update of the step before it
+    assert events[False] == [0, 0, "update", 1, "update", 2, "update", 3, "update", 4, "update"]
+    assert events[True] == [0, 0, 1, "update", 2, "update", 3, "update", 4, "update", "update"]
+    for k, w in weights[False].items():
+        torch.testing.assert_close(weights[True][k], w, rtol=0, atol=0, msg=k)

@@ -591,3 +591,27 @@ def test_precision_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypa
         assert not messages
     else:  # ... with a warning naming the fix where it is emulated
         assert len(messages) == 1 and "without native bfloat16" in messages[0] and "train.precision=auto" in messages[0]
+
+
+@pytest.mark.parametrize("flags, oneDNN, native", [
+    ("fpu avx2 avx512f avx512bw avx512_vnni", True, False),  # Skylake to Ice Lake: oneDNN converts, slower than fp32
+    ("fpu avx2 avx512f avx512_bf16", True, True),  # Cooper Lake, Zen 4
+    ("fpu avx2 avx512f amx_bf16 amx_tile", True, True),  # Sapphire Rapids
+    ("fpu avx2 fma", False, False),  # AVX2 only
+])
+def test_native_bf16_needs_the_bf16_instructions_not_only_avx512(monkeypatch, tmp_path, flags, oneDNN, native):
+    """precision auto is bf16 only where the CPU has bf16 arithmetic: oneDNN's bf16 on plain
+    AVX-512 measured 2.2x slower than fp32 (the Moving MNIST training step on an Ice Lake)."""
+    import builtins
+
+    from convlstm_vp.nn import fast
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(info if f == "/proc/cpuinfo" else f, *a, **k))
+    monkeypatch.setattr(fast, "cpu_bf16_supported", lambda: oneDNN)
+    assert fast.cpu_bf16_native.__wrapped__() is native
+    # where /proc/cpuinfo cannot be read, oneDNN's own check decides
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (_ for _ in ()).throw(OSError("no")) if f == "/proc/cpuinfo" else real_open(f, *a, **k))
+    assert fast.cpu_bf16_native.__wrapped__() is oneDNN

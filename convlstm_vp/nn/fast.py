@@ -132,12 +132,10 @@ def resolve_implementation(value: ImplementationArg, device_type: str) -> Implem
 
 
 @functools.cache  # the CPU does not change within a process; asked on every layer call under autocast
-def cpu_bf16_native() -> bool:
-    """Whether oneDNN computes bfloat16 on this CPU (AVX-512 or AMX), as torch itself checks.
-
-    Where it does not (e.g. an AVX2-only CPU), bfloat16 autocast on CPU is emulated: the
-    ConvLSTM training steps measured 16x slower than float32 on such a machine, and
-    ``torch.lstm`` under bfloat16 autocast fails to build its oneDNN primitive.
+def cpu_bf16_supported() -> bool:
+    """Whether torch's oneDNN has bfloat16 primitives on this CPU (AVX-512 or newer), as torch
+    itself checks. Without them (an AVX2-only CPU) bfloat16 autocast is emulated by slow
+    fallbacks, and ``torch.lstm`` under bfloat16 autocast fails to build its oneDNN primitive.
     """
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -145,13 +143,34 @@ def cpu_bf16_native() -> bool:
         return False
 
 
+@functools.cache
+def cpu_bf16_native() -> bool:
+    """Whether this CPU has bfloat16 arithmetic instructions (``avx512_bf16`` or ``amx_bf16``),
+    so that bfloat16 autocast is faster than float32 (``precision: auto``).
+
+    oneDNN also runs bfloat16 on AVX-512 CPUs without them (Skylake to Ice Lake servers), by
+    converting to float32: there the Moving MNIST training step measured 2.2x slower in bfloat16
+    than in float32 (docs/results/2026-11-29-gpu-path.md), and on an AVX2-only CPU 16x slower.
+    The flags are read from ``/proc/cpuinfo``; where it cannot be read (not Linux), oneDNN's
+    own check (:func:`cpu_bf16_supported`) decides.
+    """
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is None:
+        return cpu_bf16_supported()
+    return cpu_bf16_supported() and ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
 def cpu_bf16_autocast_emulated(device_type: str) -> bool:
-    """True inside a CPU bfloat16 autocast region on a CPU without native bfloat16."""
+    """True inside a CPU bfloat16 autocast region on a CPU without oneDNN bfloat16 primitives."""
     return (
         device_type == "cpu"
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and not cpu_bf16_native()
+        and not cpu_bf16_supported()
     )
 
 

@@ -79,6 +79,9 @@ class Task(Protocol):
 
     def build_model(self) -> nn.Module: ...
 
+    # the training batch of ``step`` on ``rank`` of ``world``: a function of its arguments and the
+    # seed only (no global RNG), so that a resumed run sees the same batches and the loop may
+    # build a batch before the previous step has finished
     def train_batch(self, step: int, rank: int, world: int) -> Any: ...
 
     # (loss, logs) of batch ``train_batch(step, ...)`` at training step ``step`` (0-based; it may
@@ -142,18 +145,18 @@ def build_scheduler(opt: torch.optim.Optimizer, tc: dict) -> torch.optim.lr_sche
 
 def resolve_precision(device: torch.device, precision: str) -> str:
     """``train.precision`` as it runs on ``device``: ``auto`` is bf16 where the device computes
-    bfloat16 natively (a CUDA GPU that supports it; a CPU with AVX-512 or AMX, see
-    :func:`convlstm_vp.nn.fast.cpu_bf16_native`) and fp32 elsewhere; other values as given.
-    An explicit bf16 on a CPU that only emulates it warns: it runs, many times slower."""
+    bfloat16 natively (a CUDA GPU that supports it; a CPU with AVX512_BF16 or AMX instructions,
+    see :func:`convlstm_vp.nn.fast.cpu_bf16_native`) and fp32 elsewhere; other values as given.
+    An explicit bf16 on a CPU that only emulates it warns: it runs, several times slower."""
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if device.type == "cpu" and cpu_bf16_native() else "fp32"
     if precision == "bf16" and device.type == "cpu" and not cpu_bf16_native():
         warnings.warn(
-            "train.precision=bf16 on a CPU without native bfloat16 (no AVX-512/AMX): autocast emulates it, "
-            "16x slower than fp32 in the ConvLSTM training steps measured on such a CPU; use "
-            "train.precision=auto (fp32 here) or fp32",
+            "train.precision=bf16 on a CPU without native bfloat16 (no AVX512_BF16/AMX instructions): autocast "
+            "emulates it, 2x (AVX-512) to 16x (AVX2) slower than fp32 in the ConvLSTM training steps measured on "
+            "such CPUs; use train.precision=auto (fp32 here) or fp32",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -404,9 +407,14 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
             # the queue of launched kernels). DDP ranks must agree before the all-reduce in
             # backward, and fp16's scaler must not unscale a step it then skips: they check first.
             deferred_check = dist.world_size == 1 and not use_cuda_amp
+            # On a GPU the next batch is built before this step's read-back (train_batch is a
+            # function of (seed, step, rank), so building it early changes no number); on a CPU
+            # there is nothing to overlap.
+            prefetch, prefetched = _prefetches(device), None
             model.train()
             for step in range(start_step, steps if not stopped_early else start_step):
-                batch = task.train_batch(step, dist.rank, dist.world_size)
+                batch = prefetched if prefetched is not None else task.train_batch(step, dist.rank, dist.world_size)
+                prefetched = None
                 optimizer.zero_grad(set_to_none=True)
                 problem, loss, logs, reg, total = None, None, {}, None, None
                 try:
@@ -427,6 +435,9 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                     scaler.unscale_(optimizer)
                     params = [p for p in model.parameters() if p.grad is not None]
                     norm = torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"] if tc["grad_clip"] > 0 else float("inf"))
+                    if prefetch and step + 1 < steps:
+                        # the host builds the next batch while the GPU runs this step's backward
+                        prefetched = task.train_batch(step + 1, dist.rank, dist.world_size)
                     if deferred_check:  # loss and norm read back together: one host sync per step
                         loss_ok, norm_ok = torch.stack([torch.isfinite(total.detach()), torch.isfinite(norm)]).tolist()
                         if not loss_ok:
@@ -562,6 +573,11 @@ def _plain_numbers(metrics: dict) -> dict:
         return v
 
     return {k: plain(v) for k, v in metrics.items()}
+
+
+def _prefetches(device: torch.device) -> bool:
+    """Whether :func:`fit` builds each next batch while the device runs the step (CUDA)."""
+    return device.type == "cuda"
 
 
 def _load_best_weights(model: nn.Module, best_path: Path) -> int | None:
