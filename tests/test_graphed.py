@@ -87,6 +87,10 @@ def test_graphed_layer_equals_plain_and_falls_back_where_it_must():
     assert layer._compiled_forward is not None and layer._compiled_forward.step.failed is None
     for a, b in zip(got + got_g, ref + ref_g):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # first derivatives only: create_graph=True gets an error naming the fix, never a wrong number
+    outs, _ = layer(x, h0)
+    with pytest.raises(RuntimeError, match="first derivatives only.*implementation='fused'"):
+        torch.autograd.grad(outs[-1].square().sum(), x, create_graph=True)
     # per-step dropout masks and lengths are eager-only: those calls step as usual
     assert not layer._compiles_whole_forward(x, torch.tensor([4, 3]))
     drop = ConvLSTM(2, 4, 3, recurrent_dropout=0.2, implementation="graphed")
@@ -185,3 +189,4 @@ def test_prefetching_the_next_batch_changes_no_number(tmp_path, monkeypatch):
     assert events[True] == [0, 0, 1, "update", 2, "update", 3, "update", 4, "update", "update"]
     for k, w in weights[False].items():
         torch.testing.assert_close(weights[True][k], w, rtol=0, atol=0, msg=k)
+

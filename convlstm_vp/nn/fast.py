@@ -409,16 +409,37 @@ class CompiledForward:
 
     def __call__(self, *args: Any) -> Any:
         out = self.step(*args)
-        if self.cuda_graphs and self.step.failed is None and any(isinstance(a, Tensor) and a.is_cuda for a in args):
-            out = _copy_outputs(out)
-        return out
+        if self.step.failed is not None:  # ran eagerly: nothing to guard
+            return out
+        copy = self.cuda_graphs and any(isinstance(a, Tensor) and a.is_cuda for a in args)
+        return _map_tensors(out, lambda t: _FirstOrderOnly.apply(t, copy) if t.requires_grad else (t.clone() if copy else t))
 
 
-def _copy_outputs(out: Any) -> Any:
+def _map_tensors(out: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     if isinstance(out, Tensor):
-        return out.clone()
+        return fn(out)
     if isinstance(out, tuple) and hasattr(out, "_fields"):  # a NamedTuple
-        return type(out)(*(_copy_outputs(o) for o in out))
+        return type(out)(*(_map_tensors(o, fn) for o in out))
     if isinstance(out, (tuple, list)):
-        return type(out)(_copy_outputs(o) for o in out)
+        return type(out)(_map_tensors(o, fn) for o in out)
     return out
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity (or a copy) on a compiled forward's output whose backward refuses
+    ``create_graph=True`` with an error that names the fix: compiled code has first derivatives
+    only (torch.compile's own error would not say which switch to turn)."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor, copy: bool) -> Tensor:  # type: ignore[override]
+        return t.clone() if copy else t.view_as(t)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "implementation 'graphed' (the default on CUDA) computes first derivatives only; for "
+                "create_graph=True (gradient penalties, Hessian-vector products) use implementation='fused' "
+                "or 'plain' (convlstm_vp.nn.set_implementation(model, 'fused'))"
+            )
+        return grad, None
