@@ -778,18 +778,28 @@ def test_gpu_check_script_runs_end_to_end_on_a_tiny_config(tmp_path: Path):
     leaves no time for is reported, not run."""
     env = dict(os.environ, OUT=str(tmp_path / "out"), RUNS=str(tmp_path / "runs"), PY=sys.executable,
                CFG=str(TINY), EVAL_SEQ="8", QUICK_SET="--set train.num_threads=1 --set train.log_every=1", QUICK_AFTER="2",
-               SKIP="graphed,bench-openstl,bench-moving_mnist,openstl")
+               OPENSTL_CFG=str(TINY), OPENSTL_SET="--set train.num_threads=1", SKIP="graphed,bench-openstl,bench-moving_mnist")
     res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=tmp_path, env={**env, "BUDGET_S": "600",
                          "SKIP": env["SKIP"] + ",suite"}, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     summary = (tmp_path / "out" / "summary.txt").read_text()
-    assert "quick: rc=0" in summary and "quick-eval: rc=0" in summary and "openstl: skipped (SKIP)" in summary
+    assert "quick: rc=0" in summary and "quick-eval: rc=0" in summary and "bench-openstl: skipped (SKIP)" in summary
+    assert "openstl: rc=0" in summary and "gpu-openstl (fp32, auto): " in summary and "125,000 steps: " in summary
     assert json.loads((tmp_path / "out" / "quick-metrics.json").read_text())["step"] == 6
     assert json.loads((tmp_path / "out" / "quick-eval.json").read_text())["sequences"] == 8
     curve = (tmp_path / "out" / "quick-curve.csv").read_text().splitlines()
     assert curve[0] == "step,minutes,val/mse" and [row.split(",")[0] for row in curve[1:]] == ["3", "6"]
     timeline = json.loads((tmp_path / "out" / "quick-timeline.json").read_text())
     assert timeline["steps_per_second"] > 0 and timeline["clock"] == "train/elapsed_seconds"
+    # a training stage cut by its limit: SIGTERM saves the run (checkpoint, events), which is still scored
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**env, "BUDGET_S": "100", "OUT": str(tmp_path / "out3"), "RUNS": str(tmp_path / "runs3"),
+                              "SKIP": env["SKIP"] + ",openstl",
+                              "QUICK_SET": env["QUICK_SET"] + " --set train.steps=1000000"})
+    summary = (tmp_path / "out3" / "summary.txt").read_text()
+    assert "quick: rc=124" in summary and "TIMED OUT" in summary and "quick-eval: rc=0" in summary, summary
+    assert len((tmp_path / "out3" / "quick-curve.csv").read_text().splitlines()) > 2
+    assert (tmp_path / "runs3" / "quick" / "checkpoints" / "last.pt").is_file()
     # no time left: the stages are reported as not run, and the script still ends cleanly
     res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=tmp_path,
                          env={**env, "BUDGET_S": "5", "OUT": str(tmp_path / "out2")}, capture_output=True, text=True, timeout=120)

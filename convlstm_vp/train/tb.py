@@ -158,7 +158,9 @@ class TBLogger:
     def __init__(self, log_dir: str | Path, enabled: bool = True, purge_step: int | None = None) -> None:
         self.enabled = enabled
         self.log_dir = Path(log_dir)
-        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step) if enabled else None
+        # flushed every 15 s (SummaryWriter's default is 120 s): a run killed outright loses at
+        # most the last 15 s of its curves
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=15) if enabled else None
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
