@@ -82,6 +82,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..train.loop import resolve_precision
 from .cases import BUILDERS, KERAS_STATUS, Case, Config, _precisions, conv_flops
 
 
@@ -419,7 +420,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
     parser.add_argument("--inner", type=int, default=None, help="calls per timing (default: by config size)")
     parser.add_argument("--memory", choices=["auto", "subprocess", "inprocess", "off"], default="auto")
     parser.add_argument("--compile", action="store_true",
-                        help="CPU: add the compiled implementations ('compiled', 'graphed') in bf16 (CUDA has them by default)")
+                        help="CPU: add the compiled implementations ('compiled', 'graphed') at the default training "
+                             "precision (CUDA has them by default)")
     parser.add_argument("--train-only", action="store_true",
                         help="time training steps only (no forward-only timings; compiled cases compile once)")
     parser.add_argument("--_memory-case", dest="memory_case", default=None, help=argparse.SUPPRESS)
@@ -452,9 +454,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
     for name in names:
         cfg = BUILDERS[name](device, args.quick)
         if args.compile and device.type == "cpu" and name in ("moving_mnist", "patch", "layer"):
-            base = next(c for c in cfg.cases if c.impl == "project" and c.precision == "bf16")
+            main = resolve_precision(device, "auto")  # the training default on this CPU
+            base = next(c for c in cfg.cases if c.impl == "project" and c.precision == main)
             for impl in ("compiled", "graphed"):
-                cfg.cases.append(Case(f"project bf16, implementation {impl}", "project", "bf16",
+                cfg.cases.append(Case(f"project {main}, implementation {impl}", "project", main,
                                       _with_implementation(base.build, impl), note=f"implementation={impl!r}, compiles"))
         cfgs[name] = cfg
         log(f"{name}: {len(cfg.cases)} cases")

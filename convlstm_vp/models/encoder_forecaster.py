@@ -156,7 +156,9 @@ class EncoderForecaster(nn.Module):
         **cell_kwargs: passed to both :class:`~convlstm_vp.nn.ConvLSTM` stacks (peephole,
             activations, initializers, ``input_dropout``, ``recurrent_dropout``,
             ``implementation``, ...). Not ``dropout``: the forecaster steps its cells itself, so
-            a between-layers dropout would reach the encoder only.
+            a between-layers dropout would reach the encoder only. With ``implementation``
+            "graphed" (the default on CUDA) the whole forecast (encoder, forecaster loop, head)
+            runs as one compiled graph, CUDA graphs on CUDA.
 
     Calls (shapes in ``data_format``; ``frames`` ``(B, input_frames, C, H, W)`` with H and W
     divisible by ``patch_size``, ``targets`` ``(B, output_frames, C, H, W)``):
