@@ -134,11 +134,15 @@ def run_config(cfg: Config, device: torch.device, rounds: int, inner: int, warmu
     for case in list(cfg.cases):
         try:
             case.model = case.build().to(device)
+            t0 = time.perf_counter()
             # compiled cases: the first call compiles, CUDA graph trees record on the next ones
             for _ in range(max(warmup, 3) if "compiles" in case.note else warmup):
                 if not train_only:
                     forward_once(case, cfg, device, x)
                 train_once(case, cfg, device, x, y)
+            _sync(device)
+            case.results["warmup_s"] = time.perf_counter() - t0  # compilation included
+            log(f"  {case.name}: warm-up {case.results['warmup_s']:.1f} s")
         except Exception as exc:  # a case that cannot run here is reported, not fatal
             case.results["error"] = f"{type(exc).__name__}: {exc}"
             log(f"  {case.name}: skipped ({case.results['error']})")
