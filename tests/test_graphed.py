@@ -190,3 +190,35 @@ def test_prefetching_the_next_batch_changes_no_number(tmp_path, monkeypatch):
     for k, w in weights[False].items():
         torch.testing.assert_close(weights[True][k], w, rtol=0, atol=0, msg=k)
 
+
+
+def _job_of(config: Path) -> str:
+    name = config.stem
+    if name.startswith("deepconvlstm"):
+        return "sensors"
+    if "patch-completion" in name:
+        return "patch_completion"
+    if "patch-classifier" in name:
+        return "patch_classifier"
+    return "moving_mnist"
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads_and_builds_its_model(config):
+    """Each file in configs/ names only known keys with valid values for its job (the GPU
+    configs cannot be run here, so this is where a typo in them shows), and builds its model."""
+    import importlib
+
+    from convlstm_vp.train.config import load_config
+
+    module = importlib.import_module(f"convlstm_vp.train.tasks.{_job_of(config)}")
+    cfg = load_config(config, module.DEFAULTS)
+    assert cfg["name"] == config.stem
+    if _job_of(config) == "moving_mnist":
+        from convlstm_vp.train.tasks.moving_mnist import build_model
+
+        model = build_model(cfg)
+        assert sum(p.numel() for p in model.parameters()) > 0
+        if config.stem.startswith("gpu-"):  # the GPU recipes train on the GPU path
+            assert cfg["train"]["implementation"] == "auto" and cfg["train"]["device"] == "cuda"
+            assert resolve_implementation(cfg["train"]["implementation"], "cuda") == IMPLEMENTATIONS["graphed"]
