@@ -82,8 +82,7 @@ def _mse(pred: Tensor, target: Tensor) -> Tensor:
     return F.mse_loss(pred.float(), target)
 
 
-def _precisions(device: torch.device) -> list[str]:
-    return ["fp32", "bf16"]
+PRECISIONS = ("fp32", "bf16")  # the autocast precisions benchmarked (fp16 training is CUDA-only and not timed)
 
 
 def _seeded(fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
@@ -115,7 +114,7 @@ def _model_cases(device: torch.device, reference: Callable[[], nn.Module],
     main = resolve_precision(device, "auto")
     compiled = "graphed, compiles" if device.type == "cuda" else ""
     # on CUDA each project row compiles: the training default's precision only
-    for prec in ([main] if device.type == "cuda" else _precisions(device)):
+    for prec in ([main] if device.type == "cuda" else PRECISIONS):
         cases.append(Case(f"project {prec}", "project", prec, project(), role="project" if prec == main else "", note=compiled))
     if device.type == "cuda":
         # every compiled row compiles the whole model once more: the large OpenSTL model
@@ -222,7 +221,7 @@ def deepconvlstm_config(device: torch.device, quick: bool) -> Config:
 
     cases = [Case("torch.nn.LSTM fp32", "torch.nn.LSTM", "fp32", _seeded(torch_lstm), role="baseline"),
              Case("project rank-0 layer fp32", "project", "fp32", _seeded(project_layer), role="project")]
-    for prec in _precisions(device)[1:]:
+    for prec in PRECISIONS[1:]:
         cases.append(Case(f"torch.nn.LSTM {prec}", "torch.nn.LSTM", prec, _seeded(torch_lstm)))
         cases.append(Case(f"project rank-0 layer {prec}", "project", prec, _seeded(project_layer)))
     return Config("deepconvlstm", "DeepConvLSTM recurrence: rank-0 layer vs torch.nn.LSTM (OPPORTUNITY shapes)", b,
@@ -257,7 +256,7 @@ def deepconvlstm_model_config(device: torch.device, quick: bool) -> Config:
         g = torch.Generator().manual_seed(4)
         return torch.randn(b, window, channels, generator=g).to(dev), torch.randint(0, 18, (b,), generator=g).to(dev)
 
-    cases = [Case(f"project {p}", "project", p, _seeded(lambda: DeepConvLSTM(channels, 18, **kw))) for p in _precisions(device)]
+    cases = [Case(f"project {p}", "project", p, _seeded(lambda: DeepConvLSTM(channels, 18, **kw))) for p in PRECISIONS]
     return Config("deepconvlstm_model", "DeepConvLSTM, whole model (per_channel, rank 0, OPPORTUNITY shapes)", b, inputs,
                   _class_loss, flops, cases, {"channels": channels, "window": window, "batch": b, **kw})
 
@@ -274,7 +273,7 @@ def layer_config(device: torch.device, quick: bool) -> Config:
 
     project = _seeded(lambda: FirstOutput(ConvLSTM(c, h, k)))
     cases = [Case("reference fp32", "reference", "fp32", _seeded(lambda: ReferenceStack(c, [h], k)), role="reference")]
-    for prec in _precisions(device):
+    for prec in PRECISIONS:
         cases.append(Case(f"project {prec}", "project", prec, project))
     keras_case = _keras_case(c, h, k, t, size)
     if keras_case is not None:

@@ -83,7 +83,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..train.loop import resolve_precision
-from .cases import BUILDERS, KERAS_STATUS, Case, Config, _precisions, conv_flops
+from .cases import BUILDERS, KERAS_STATUS, Case, Config, PRECISIONS, conv_flops
 
 
 def _autocast(device: torch.device, precision: str):
@@ -273,7 +273,7 @@ def measure_peak(device: torch.device, quick: bool, rounds: int, log: Callable[[
     else:
         shapes = [(16, 256, 32, 256, 3), (64, 128, 16, 512, 3), (32, 128, 16, 256, 5)]
     out: dict[str, Any] = {}
-    for prec in _precisions(device):
+    for prec in PRECISIONS:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
         best, best_shape = 0.0, ""
         for b, c, s, o, k in shapes:

@@ -71,16 +71,15 @@ class ConvLSTM(LayerControls, nn.Module):
         go_backwards: process the sequence backwards and return the reversed sequence (Keras).
         implementation: how the layer computes, never what (the same numbers either way):
             "auto" (default) picks per device: "fused" on CPU, "graphed" on CUDA, "plain"
-            elsewhere; "plain" runs the equations one operation at a
-            time with the input convolution of all steps batched; "fused" the fast paths (fused
-            gate arithmetic, a C kernel for it on CPU, one ``[x, h]`` convolution per step, no
-            state convolution from a zero state, ``torch.lstm`` at rank 0); "compiled" is
-            "fused" with every cell step through ``torch.compile`` (eager, after a
-            ``RuntimeWarning``, where compiling is impossible); "graphed" runs the whole
-            stack through ``torch.compile`` as one graph, replayed as CUDA graphs on CUDA
-            (convolutional cells without ``input_dropout``/``recurrent_dropout`` and calls
-            without ``lengths``; others step as "fused"); the first call of a shape compiles.
-            An
+            elsewhere; "plain" runs the equations one operation at a time with the input
+            convolution of all steps batched; "fused" the fast paths (fused gate arithmetic, a
+            C kernel for it on CPU, one ``[x, h]`` convolution per step, no state convolution
+            from a zero state, ``torch.lstm`` at rank 0); "compiled" is "fused" with every cell
+            step through ``torch.compile`` (eager, after a ``RuntimeWarning``, where compiling
+            is impossible); "graphed" runs the whole stack through ``torch.compile`` as one
+            graph, replayed as CUDA graphs on CUDA (convolutional cells without
+            ``input_dropout``/``recurrent_dropout`` and calls without ``lengths``; others step
+            as "fused"); the first call of a shape compiles; first derivatives only. An
             :class:`~convlstm_vp.nn.Implementation` picks single paths (tests, benchmarks).
             Rank-0 layers of plain LSTM cells always use ``torch.lstm`` (oneDNN / cuDNN) except
             under an :class:`Implementation` with ``torch_lstm=False``.

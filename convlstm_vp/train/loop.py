@@ -512,13 +512,14 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
             digests = _gather_objects(weights_digest(unwrap(model).state_dict()), dist)
             if is_main:
                 t1 = time.time()
-                tested_step = _load_best_weights(unwrap(model), best_path)
-                result = task.test(unwrap(model), logger, last_step if tested_step is None else tested_step, run_dir)
+                best_at = _load_best_weights(unwrap(model), best_path)
+                tested_step = last_step if best_at is None else best_at
+                result = task.test(unwrap(model), logger, tested_step, run_dir)
                 logger.scalars({k: v for k, v in result.items() if isinstance(v, (int, float))}, last_step, prefix="test/")
                 result["evaluated_on"] = {
                     **result.get("evaluated_on", {}),
-                    "checkpoint": "best.pt" if tested_step is not None else "final weights",
-                    "checkpoint_step": last_step if tested_step is None else tested_step,
+                    "checkpoint": "best.pt" if best_at is not None else "final weights",
+                    "checkpoint_step": tested_step,
                 }
                 result["validation"] = {
                     **task.val_description(), "best_metric": task.best_metric, "best_step": best_step,
