@@ -112,10 +112,10 @@ def _model_cases(device: torch.device, reference: Callable[[], nn.Module],
     # the floors compare the project at the training default: precision auto (bf16 where the
     # device computes it natively), implementation auto
     main = resolve_precision(device, "auto")
-    compiled = "graphed, compiles" if device.type == "cuda" else ""
+    auto_note = "graphed, compiles" if device.type == "cuda" else ""
     # on CUDA each project row compiles: the training default's precision only
     for prec in ([main] if device.type == "cuda" else PRECISIONS):
-        cases.append(Case(f"project {prec}", "project", prec, project(), role="project" if prec == main else "", note=compiled))
+        cases.append(Case(f"project {prec}", "project", prec, project(), role="project" if prec == main else "", note=auto_note))
     if device.type == "cuda":
         # every compiled row compiles the whole model once more: the large OpenSTL model
         # (variants=False) gets the eager comparison only

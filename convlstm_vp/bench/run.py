@@ -274,7 +274,7 @@ def measure_peak(device: torch.device, quick: bool, rounds: int, log: Callable[[
         shapes = [(16, 256, 32, 256, 3), (64, 128, 16, 512, 3), (32, 128, 16, 256, 5)]
     out: dict[str, Any] = {}
     for prec in PRECISIONS:
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[prec]
         best, best_shape = 0.0, ""
         for b, c, s, o, k in shapes:
             flops = conv_flops(b, s * s, c, o, k * k)
