@@ -148,7 +148,7 @@ def test_frames_are_decoded_once_and_again_only_when_the_file_or_options_change(
 def test_a_cache_that_cannot_be_written_is_its_own_error(tmp_path: Path):
     shapes_video(tmp_path / "cam.avi", frames=30)
     (tmp_path / "blocker").write_text("a file where the cache folder would go")
-    with pytest.raises(vf.CacheError, match=r"cannot write the frame cache .*blocker.*pass cache_dir="):
+    with pytest.raises(vf.CacheError, match=r"cannot write the frame cache .*blocker.*set data.cache_dir"):
         VideoFolder(tmp_path, "train", 2, 2, size=(8, 8), cache_dir=tmp_path / "blocker" / "cache")
 
 

@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .safe_io import InputError, check_video_size, first_line, open_image, read_npy, read_npz
 from .splits import VAL_SPLIT_SEED
 
 __all__ = ["VideoFolder", "CacheError", "VIDEO_SUFFIXES", "ARRAY_SUFFIXES", "fit_frame", "iter_frames", "load_frames", "to_unit_range",
@@ -57,28 +58,34 @@ class CacheError(ValueError):
     """The frame cache cannot be written (a read-only data folder, a full disk): not the video's fault."""
 
 
-def to_unit_range(arr: np.ndarray, path: Path | str, input_range: tuple[float, float] | None = None) -> np.ndarray:
+#: what to do about frames of another range, said by ``predict`` (which maps ranges) and by training
+PREDICT_RANGE_HINT = "pass --input-range LO,HI to map another range to [0, 1]"
+TRAIN_RANGE_HINT = "convert the file to uint8 frames or floats in [0, 1]"
+
+
+def to_unit_range(arr: np.ndarray, path: Path | str, input_range: tuple[float, float] | None = None,
+                  range_hint: str = PREDICT_RANGE_HINT) -> np.ndarray:
     """Frames of any numeric dtype as float32 in [0, 1]: ``input_range`` ``(lo, hi)`` maps to [0, 1];
     without it uint8 is divided by 255 and floats must already lie in [0, 1]. NaN/Inf, values
     outside the range and other dtypes are a ValueError naming ``path``."""
     if arr.size == 0:
-        raise ValueError(f"{path}: holds no frames (shape {arr.shape})")
+        raise InputError(f"{path}: holds no frames (shape {arr.shape})")
     if not (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)):
-        raise ValueError(f"{path}: expected numeric frames (uint8, or float in [0, 1]), got dtype {arr.dtype}")
+        raise InputError(f"{path}: expected numeric frames (uint8, or float in [0, 1]), got dtype {arr.dtype}")
     x = arr.astype(np.float64)
     if not np.isfinite(x).all():
-        raise ValueError(f"{path}: frames hold NaN or Inf")
+        raise InputError(f"{path}: frames hold NaN or Inf")
     if input_range is None:
         if arr.dtype == np.uint8:
             input_range = (0.0, 255.0)
         elif np.issubdtype(arr.dtype, np.floating):
             input_range = (0.0, 1.0)
         else:
-            raise ValueError(f"{path}: {arr.dtype} frames have no known scale; pass --input-range LO,HI (e.g. 0,4095)")
+            raise InputError(f"{path}: {arr.dtype} frames have no known scale; {range_hint}")
     lo, hi = input_range
     if x.min() < lo or x.max() > hi:
-        raise ValueError(f"{path}: {arr.dtype} frames must lie in [{lo:g}, {hi:g}], got values in "
-                         f"[{x.min():g}, {x.max():g}]; pass --input-range LO,HI to map another range to [0, 1]")
+        raise InputError(f"{path}: {arr.dtype} frames must lie in [{lo:g}, {hi:g}], got values in "
+                         f"[{x.min():g}, {x.max():g}]; {range_hint}")
     return ((x - lo) / (hi - lo)).astype(np.float32)
 
 
@@ -91,10 +98,41 @@ def _array_frames(arr: np.ndarray, path: Path) -> np.ndarray:
         return arr
     if arr.ndim == 4 and arr.shape[1] in (1, 3):
         return np.moveaxis(arr, 1, -1)
-    raise ValueError(f"{path}: expected frames (T, H, W), (T, H, W, 1|3) or (T, 1|3, H, W), got shape {arr.shape}")
+    raise InputError(f"{path}: expected frames (T, H, W), (T, H, W, 1|3) or (T, 1|3, H, W), got shape {arr.shape}")
 
 
-def iter_frames(path: Path | str, input_range: tuple[float, float] | None = None) -> Iterator[np.ndarray]:
+def _read_frame_array(path: Path) -> np.ndarray:
+    """The frames of an ``.npy``, or of an ``.npz``'s array "frames" (else its only array),
+    read through :mod:`convlstm_vp.data.safe_io` (declared sizes checked before loading)."""
+    if path.suffix.lower() == ".npy":
+        return read_npy(path)
+    arrays = read_npz(path)
+    if "frames" not in arrays and len(arrays) != 1:
+        raise InputError(f"{path}: expected an array named 'frames' or a single array, got keys {sorted(arrays)}")
+    return arrays["frames"] if "frames" in arrays else next(iter(arrays.values()))
+
+
+def _gif_frames(path: Path) -> np.ndarray:
+    """The frames of a GIF ``(T, H, W, 3)`` uint8, its declared size checked before decoding."""
+    img = open_image(path)
+    try:
+        count = getattr(img, "n_frames", 1)
+        check_video_size(path, count, *img.size)
+        frames = []
+        for i in range(count):
+            img.seek(i)
+            frames.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError, SyntaxError) as exc:
+        raise InputError(f"{path}: not a readable GIF ({first_line(exc)})") from None
+    finally:
+        img.close()
+    return np.stack(frames)
+
+
+def iter_frames(path: Path | str, input_range: tuple[float, float] | None = None,
+                range_hint: str = PREDICT_RANGE_HINT) -> Iterator[np.ndarray]:
     """The frames of a video or frame array one at a time, float32 ``(h, w, c)`` in [0, 1] with c = 1
     (grey sources) or 3 (RGB), so a long high-resolution video is never held whole in memory.
     Videos and GIFs are 8-bit; arrays are scaled by :func:`to_unit_range` (an .npz is read from
@@ -106,55 +144,36 @@ def iter_frames(path: Path | str, input_range: tuple[float, float] | None = None
         raise FileNotFoundError(f"input file not found: {path}")
     suffix = path.suffix.lower()
     if suffix in ARRAY_SUFFIXES:
-        try:
-            loaded = np.load(path, allow_pickle=False)
-            if suffix == ".npz":
-                with loaded:
-                    keys = list(loaded.keys())
-                    if "frames" not in keys and len(keys) != 1:
-                        raise ValueError(f"{path}: expected an array named 'frames' or a single array, got keys {keys}")
-                    arr = loaded["frames" if "frames" in keys else keys[0]]
-            else:
-                arr = loaded
-        except (OSError, EOFError, ValueError) as exc:
-            if str(exc).startswith(str(path)):
-                raise
-            raise ValueError(f"{path}: not a readable {suffix} array ({exc})") from None
-        yield from to_unit_range(_array_frames(arr, path), path, input_range)
+        yield from to_unit_range(_array_frames(_read_frame_array(path), path), path, input_range, range_hint)
         return
     if suffix == ".gif":
-        try:
-            img = Image.open(path)
-            frames = []
-            for i in range(getattr(img, "n_frames", 1)):
-                img.seek(i)
-                frames.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
-        except (OSError, ValueError, EOFError) as exc:
-            raise ValueError(f"{path}: not a readable GIF ({exc})") from None
-        yield from to_unit_range(np.stack(frames), path, input_range)
+        yield from to_unit_range(_gif_frames(path), path, input_range, range_hint)
         return
     cap = cv2.VideoCapture(str(path))
     count = 0
     try:
+        check_video_size(path, cap.get(cv2.CAP_PROP_FRAME_COUNT), cap.get(cv2.CAP_PROP_FRAME_WIDTH),
+                         cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         while True:
             ok, frame = cap.read()
             if not ok:
                 break
             count += 1
             frame = frame[..., None] if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            yield to_unit_range(frame, path, input_range)
+            yield to_unit_range(frame, path, input_range, range_hint)
     finally:
         cap.release()
     if not count:
-        raise ValueError(f"{path}: OpenCV read no frames (expected a video such as .mp4, .avi, .mov, .mkv or .webm)")
+        raise InputError(f"{path}: OpenCV read no frames (expected a video such as .mp4, .avi, .mov, .mkv or .webm)")
 
 
 def load_frames(path: Path | str, size: Sequence[int], channels: int, frame_step: int = 1,
-                input_range: tuple[float, float] | None = None) -> np.ndarray:
+                input_range: tuple[float, float] | None = None, range_hint: str = PREDICT_RANGE_HINT) -> np.ndarray:
     """Every ``frame_step``-th frame of ``path`` (:func:`iter_frames`) fitted to ``size`` and
     ``channels`` by :func:`fit_frame`: float32 ``(T, H, W, channels)`` in [0, 1]. The dataset and
     ``predict`` both bring frames to the model's resolution through this function."""
-    return np.stack([fit_frame(f, size, channels) for i, f in enumerate(iter_frames(path, input_range)) if i % frame_step == 0])
+    return np.stack([fit_frame(f, size, channels) for i, f in enumerate(iter_frames(path, input_range, range_hint))
+                     if i % frame_step == 0])
 
 
 def fit_frame(frame: np.ndarray, size: Sequence[int], channels: int) -> np.ndarray:
@@ -183,7 +202,8 @@ def fit_frame(frame: np.ndarray, size: Sequence[int], channels: int) -> np.ndarr
 def _decode(path: Path, size: tuple[int, int], channels: int, frame_step: int) -> np.ndarray:
     """Decode ``path`` into uint8 frames ``(T, H, W, C)`` (:func:`load_frames`). (Tests replace
     this function to check that a cached file is not decoded again.)"""
-    return (load_frames(path, size, channels, frame_step) * 255.0 + 0.5).astype(np.uint8)
+    frames = load_frames(path, size, channels, frame_step, range_hint=TRAIN_RANGE_HINT)
+    return (frames * 255.0 + 0.5).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -271,15 +291,16 @@ class VideoFolder(Dataset):
                 arrays[path] = self._cached(path)
             except CacheError:
                 raise
-            except (ValueError, OSError, cv2.error) as exc:
+            except (ValueError, OSError, EOFError, MemoryError, cv2.error) as exc:  # InputError among them
                 self.skipped.append(path)
-                errors.append(f"{path.relative_to(self.root)} ({str(exc).split(': ', 1)[-1][:120]})")
+                errors.append(f"{path.relative_to(self.root)} ({str(exc).split(': ', 1)[-1][:160]})")
         if errors:
             warnings.warn(f"VideoFolder {self.root}: skipped {len(errors)} unreadable file(s): " + "; ".join(errors),
                           RuntimeWarning, stacklevel=2)
         if not arrays:
+            unreadable = f"; unreadable: {'; '.join(errors)}" if errors else ""
             raise FileNotFoundError(f"VideoFolder: no readable video or frame array under {self.root} "
-                                    f"(looked for {', '.join(VIDEO_SUFFIXES + ARRAY_SUFFIXES)})")
+                                    f"(looked for {', '.join(VIDEO_SUFFIXES + ARRAY_SUFFIXES)}){unreadable}")
         sources = {k: [p for p in v if p in arrays] for k, v in sources.items()}
         parts = self._split_segments(sources, {p: a.shape[0] for p, a in arrays.items()}, self.clip_frames)
         self.files = sorted({path for path, _, _ in parts[split]})
@@ -372,7 +393,7 @@ class VideoFolder(Dataset):
             if tmp.parent.is_dir():
                 tmp.unlink(missing_ok=True)
             raise CacheError(f"VideoFolder: cannot write the frame cache {entry} ({exc.strerror or exc}); make "
-                             f"{self.cache_dir} writable or pass cache_dir= a writable folder") from None
+                             f"{self.cache_dir} writable or set data.cache_dir (cache_dir=) to a writable folder") from None
         logger.info("decoded %s: %d frames -> %s", path, frames.shape[0], entry)
         return np.load(entry, mmap_mode="r")
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from ..data.safe_io import InputError, read_text
+
 
 class ConfigError(ValueError):
     """A config file or override names an unknown key or holds a value of the wrong kind."""
@@ -76,6 +78,19 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _kind(default: Any) -> str:
+    """What a value of ``default``'s type is called in an error message."""
+    if isinstance(default, bool):
+        return "true/false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, str):
+        return "a string"
+    return "a list" if isinstance(default, (list, tuple)) else f"a {type(default).__name__}"
+
+
 def _number(text: str, fallback: Any) -> Any:
     """``text`` as a float when it spells one ("1e-4", "5E-3"), else ``fallback``."""
     try:
@@ -86,8 +101,10 @@ def _number(text: str, fallback: Any) -> Any:
 
 def _check_value(path: tuple[str, ...], value: Any, default: Any) -> Any:
     key = ".".join(path)
-    if default is None or value is None:
+    if default is None:
         return value
+    if value is None:  # null (or an empty --set value) where the default is a value: never a silent default
+        raise ConfigError(f"config key {key!r}: expected {_kind(default)}, got null (an empty or null value)")
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"config key {key!r}: expected true/false, got {value!r}")
@@ -155,7 +172,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from exc
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {yaml_error_line(exc)}") from None
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -172,9 +189,11 @@ def load_config(path: str | Path | None, defaults: Mapping[str, Any], overrides:
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(read_text(p, "YAML config"))
+        except InputError as exc:
+            raise ConfigError(str(exc)) from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+            raise ConfigError(f"config file {p} is not valid YAML: {yaml_error_line(exc)}") from None
         if loaded is None:
             raise ConfigError(f"config file {p} is empty: expected a YAML mapping of config keys (see configs/)")
         if not isinstance(loaded, Mapping):
@@ -183,6 +202,13 @@ def load_config(path: str | Path | None, defaults: Mapping[str, Any], overrides:
         data.setdefault("name", p.stem)
     cfg = merge(defaults, data)
     return merge(defaults, _deep_update(cfg, parse_overrides(overrides)))
+
+
+def yaml_error_line(exc: yaml.YAMLError) -> str:
+    """A YAML error (several lines from PyYAML) as one line: the problem and where it is."""
+    problem = getattr(exc, "problem", None) or (str(exc).strip().splitlines() or ["invalid YAML"])[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else str(problem)
 
 
 def _deep_update(base: dict[str, Any], upd: Mapping[str, Any]) -> dict[str, Any]:
@@ -229,3 +255,49 @@ def config_error(
     else:
         where = "config"
     return ConfigError(f"{where}: {context} failed: {text}")
+
+
+#: config keys that ``--resume`` may change: they decide what is logged, saved, evaluated and
+#: when training ends, never the weights a step computes (train.steps extends a run whose schedule
+#: allows it; the loop checks onecycle). Any other difference is an error listing the keys.
+RESUME_MAY_CHANGE = (
+    "name", "train.steps", "train.log_every", "train.checkpoint_every", "train.eval_every",
+    "train.quick_eval_every", "train.patience", "train.progress", "train.num_threads", "log",
+)
+
+
+def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def resume_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``"key: saved -> current"`` for every key that differs between the config a checkpoint was
+    trained with (``saved``) and the one a ``--resume`` runs with, except :data:`RESUME_MAY_CHANGE`
+    (a key or a whole section). Keys only one of them has (an older version's config) are skipped."""
+    old, new = _flatten(saved), _flatten(current)
+    changed = []
+    for key in new:
+        if key in old and old[key] != new[key]:
+            if not any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE):
+                changed.append(f"{key}: {old[key]!r} -> {new[key]!r}")
+    return changed
+
+
+def check_resume_config(saved: Any, current: Mapping[str, Any], where: str) -> None:
+    """ConfigError listing the keys in which ``current`` differs from the config ``saved`` in the
+    checkpoint ``where`` (:func:`resume_changes`): a resumed run trains as its config says."""
+    if not isinstance(saved, Mapping):
+        return  # load_checkpoint refuses such a checkpoint
+    changed = resume_changes(saved, current)
+    if changed:
+        raise ConfigError(
+            f"--resume: this config differs from the one {where} was trained with in {', '.join(changed)}; "
+            f"resume with the run's own config (only {', '.join(RESUME_MAY_CHANGE)} may change), or start a new run"
+        )

@@ -49,7 +49,7 @@ from ..nn.controls import regularization_loss
 from ..nn import set_implementation
 from ..nn.fast import cpu_bf16_native
 from ..nn.functional import NonFiniteInputError
-from .config import ConfigError, config_error
+from .config import ConfigError, check_resume_config, config_error
 from .checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -308,6 +308,7 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 if not last_path.is_file():
                     raise CheckpointError(f"--resume: no checkpoint to resume from at {last_path}")
                 ck = load_checkpoint(last_path)
+                check_resume_config(ck["config"], cfg, last_path)
                 _restore_training_state(last_path, ck, model, optimizer, scheduler, scaler, tc)
                 start_step, best_score, skipped = int(ck["step"]), ck.get("best_score"), int(ck.get("skipped", 0))
                 best_step, best_metrics = ck.get("best_step"), ck.get("best_metrics")

@@ -63,6 +63,8 @@ DEFAULTS: dict[str, Any] = {
         "size": [64, 64],
         "channels": 1,
         "frame_step": 1,
+        # video_folder: where decoded frames are cached (null: <data.root>/.cache)
+        "cache_dir": None,
         "source": "auto",  # moving_mnist: auto | mnist | embedded
         "num_digits": 2,
         # validation (every train.eval_every steps; picks best.pt): this many fixed sequences of
@@ -342,7 +344,7 @@ def video_folder(cfg: dict, split: str, root: str | None = None) -> VideoFolder:
     length, frame size, channels and frame step."""
     d, m = cfg["data"], cfg["model"]
     return VideoFolder(root or d["root"], split, m["input_frames"], m["output_frames"], size=tuple(d["size"]),
-                       channels=d["channels"], frame_step=d["frame_step"])
+                       channels=d["channels"], frame_step=d["frame_step"], cache_dir=d["cache_dir"])
 
 
 def test_sequences(cfg: dict, root: str | None = None, sequences: int | None = None, **moving_mnist: Any) -> tuple[Tensor, dict]:
