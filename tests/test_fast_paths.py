@@ -265,7 +265,7 @@ def test_implementation_is_validated_and_auto_picks_per_device():
     layer = ConvLSTM(2, 3, num_layers=2)
     assert layer.implementation == "auto"
     assert layer.cells[0].paths("cpu") == IMPLEMENTATIONS["fused"]
-    assert layer.cells[0].paths("cuda") == IMPLEMENTATIONS["graphed"]
+    assert layer.cells[0].paths("cuda") == IMPLEMENTATIONS["plain"]
     assert layer.cells[0].paths("mps") == IMPLEMENTATIONS["plain"]
     layer.implementation = "plain"  # one assignment switches every cell
     assert all(cell.paths("cpu") == IMPLEMENTATIONS["plain"] for cell in layer.cells)

@@ -25,6 +25,7 @@ from einops import rearrange
 from torch.utils.data import Dataset
 
 from .digits import DATA_FORMATS, DataFormat, DigitSet, Source, check_choice, load_digits
+from .safe_io import read_npy
 
 __all__ = [
     "MovingMNIST",
@@ -381,7 +382,7 @@ class MovingMNIST(Dataset):
                     "standard_file=None/False to generate the test set from MNIST test digits."
                 )
             return None
-        array = np.load(path, mmap_mode="r")
+        array = read_npy(path, mmap_mode="r")
         if array.ndim != 4 or array.dtype != np.uint8 or array.shape[2] != array.shape[3]:
             raise ValueError(
                 f"{path} must be a uint8 array of shape (T, N, S, S) like (20, 10000, 64, 64), "

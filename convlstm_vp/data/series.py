@@ -24,6 +24,7 @@ number, else alphabetically.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .safe_io import InputError, read_npz, read_text
 from .sensor_windows import LabelMode, WindowDataset, interpolate_nans, sliding_windows
 from .splits import stratified_split
 
@@ -194,11 +196,7 @@ def read_ts(path: str | Path) -> LabelledSeries:
     labelled, declared = True, None
     series, labels = [], []
     in_data = False
-    with path.open(encoding="utf-8", errors="strict") as handle:
-        try:
-            lines = list(handle)
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{path}: not a text .ts file ({exc.reason} at byte {exc.start})") from None
+    lines = read_text(path, ".ts").splitlines()
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -266,6 +264,8 @@ def _npz_cases(data, x_key: str, y_key: str, len_key: str, path: Path, need_y: b
     X = np.asarray(data[x_key])
     if X.ndim != 3 or X.dtype.kind not in "fiu":
         raise ValueError(f"{path}: {x_key!r} must be numbers of shape (N, T, C), got {X.dtype} {X.shape}")
+    if 0 in X.shape:
+        raise ValueError(f"{path}: {x_key!r} holds no cases (shape {X.shape}; expected (N, T, C) with N, T, C >= 1)")
     lengths = np.full(len(X), X.shape[1]) if len_key not in data else np.asarray(data[len_key])
     if lengths.shape != (len(X),) or lengths.dtype.kind not in "iu" or (lengths < 1).any() or (lengths > X.shape[1]).any():
         raise ValueError(f"{path}: {len_key!r} must be (N,) = ({len(X)},) integers in [1, T={X.shape[1]}]")
@@ -288,18 +288,14 @@ def _npz_cases(data, x_key: str, y_key: str, len_key: str, path: Path, need_y: b
 def _read_npz(path: Path, split: str) -> LabelledSeries:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such .npz file")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable .npz file ({exc})") from None
-    with data:
-        if "X" not in data:
-            raise ValueError(f"{path}: expected an array 'X' (N, T, C) (and 'y'); found {sorted(data.files)}")
-        if split == "test" and "X_test" in data:
-            series, labels = _npz_cases(data, "X_test", "y_test", "lengths_test", path, True)
-            return LabelledSeries(series, labels, [f"X_test#{i}" for i in range(len(series))], where=str(path))
-        series, labels = _npz_cases(data, "X", "y", "lengths", path, split != "all")
-        has_test = "X_test" in data
+    data = read_npz(path)
+    if "X" not in data:
+        raise ValueError(f"{path}: expected an array 'X' (N, T, C) (and 'y'); found {sorted(data)}")
+    if split == "test" and "X_test" in data:
+        series, labels = _npz_cases(data, "X_test", "y_test", "lengths_test", path, True)
+        return LabelledSeries(series, labels, [f"X_test#{i}" for i in range(len(series))], where=str(path))
+    series, labels = _npz_cases(data, "X", "y", "lengths", path, split != "all")
+    has_test = "X_test" in data
     every = LabelledSeries(series, labels, [f"X#{i}" for i in range(len(series))], where=str(path))
     if split == "all" or has_test:
         return every
@@ -317,11 +313,10 @@ def read_csv_recording(path: Path, label_column: str) -> tuple[list[str], np.nda
     """One ``.csv`` recording: channel names, samples ``(N, C)`` float64 (empty cells
     interpolated) and per-sample labels ``(N,)`` (``None`` without a label column). Errors name
     the file and the line."""
-    with path.open(newline="", encoding="utf-8") as handle:
-        try:
-            rows = list(csv.reader(handle))
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise ValueError(f"{path}: not a readable .csv file ({exc})") from None
+    try:
+        rows = list(csv.reader(io.StringIO(read_text(path, ".csv"), newline="")))
+    except csv.Error as exc:
+        raise InputError(f"{path}: not a readable .csv file ({exc})") from None
     if not rows:
         raise ValueError(f"{path}: empty file; expected a header row of column names")
     header = [h.strip() for h in rows[0]]

@@ -83,7 +83,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
             one mask per sequence, training mode only.
         proj_size: rank 0 only: project ``h`` to this size with ``weight_hr`` (as torch.nn.LSTM).
         implementation: how the step is computed, never what: "auto" (default: "fused" on
-            CPU, "graphed" on CUDA, "plain" elsewhere), "plain" (the equations one operation
+            CPU, "plain" on CUDA and elsewhere), "plain" (the equations one operation
             at a time), "fused" (fused gate arithmetic, a C kernel for it on CPU, one
             convolution over ``[x, h]``, a matrix product for tiny input convolutions),
             "compiled" ("fused" through ``torch.compile``), "graphed" (the layer's or model's

@@ -16,7 +16,9 @@ use); ``tests/test_fast_paths.py`` checks each one. Callers choose with one argu
   graph launches instead of thousands of kernel launches. The first call of each shape
   compiles (tens of seconds).
 - ``"auto"`` (default): per device: ``"fused"`` on CPU (measured fastest there by
-  ``scripts/benchmark.py``), ``"graphed"`` on CUDA, ``"plain"`` elsewhere (docs/performance.md).
+  ``scripts/benchmark.py``), ``"plain"`` on CUDA (the last path measured fastest there;
+  ``"graphed"`` is chosen by name until ``scripts/gpu_check.sh`` has measured it ahead) and
+  elsewhere (docs/performance.md).
 
 The fast paths:
 
@@ -119,15 +121,23 @@ def check_implementation(value: ImplementationArg) -> ImplementationArg:
     )
 
 
+#: what "auto" is on CUDA: "plain", the path last measured fastest there (docs/performance.md, "On a
+#: GPU"), until scripts/gpu_check.sh has measured "graphed" ahead of it on a GPU
+CUDA_AUTO = "plain"
+
+
 def resolve_implementation(value: ImplementationArg, device_type: str) -> Implementation:
     """The paths that ``value`` means on a device of type ``device_type`` ("cpu", "cuda", ...).
 
-    "auto" is "fused" on CPU, "graphed" on CUDA and "plain" elsewhere (docs/performance.md).
+    "auto" is "fused" on CPU and "plain" on CUDA (:data:`CUDA_AUTO`) and elsewhere
+    (docs/performance.md); "graphed" is chosen by name.
     """
     if isinstance(value, Implementation):
         return value
+    if value == "auto" and device_type == "cuda":
+        value = CUDA_AUTO
     if value == "auto":
-        value = {"cpu": "fused", "cuda": "graphed"}.get(device_type, "plain")
+        value = {"cpu": "fused"}.get(device_type, "plain")
     return IMPLEMENTATIONS[value]
 
 
@@ -438,7 +448,7 @@ class _FirstOrderOnly(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         if torch.is_grad_enabled():
             raise RuntimeError(
-                "implementation 'graphed' (the default on CUDA) computes first derivatives only; for "
+                "implementation 'graphed' (the GPU path) computes first derivatives only; for "
                 "create_graph=True (gradient penalties, Hessian-vector products) use implementation='fused' "
                 "or 'plain' (convlstm_vp.nn.set_implementation(model, 'fused'))"
             )

@@ -46,8 +46,11 @@ def _umask() -> int:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (tmp file + fsync + rename + fsync of the folder)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the target, not the temporary file that could not be made
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     try:
         # mkstemp creates the file 0600; a run's files get the mode any new file gets (0666 less the umask)
         os.fchmod(fd, 0o666 & ~_umask())
@@ -238,4 +241,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for key in ("model", "step", "config"):
         if key not in obj:
             raise CheckpointError(f"checkpoint {path} lacks the key {key!r}")
+    check_loaded(obj, path)
     return obj
+
+
+def check_loaded(ck: dict[str, Any], path: str | Path) -> None:
+    """CheckpointError naming ``path`` when checkpoint ``ck``'s config is not a mapping, its
+    model is not a state dict of tensors, or a weight is NaN/Inf (training never saves such
+    weights; a file that holds them was made elsewhere, and would predict NaN)."""
+    if not isinstance(ck["config"], dict):
+        raise CheckpointError(f"checkpoint {path}: its 'config' is a {type(ck['config']).__name__}, expected a mapping of config keys")
+    model = ck["model"]
+    if not isinstance(model, dict) or not all(isinstance(t, torch.Tensor) for t in model.values()):
+        raise CheckpointError(f"checkpoint {path}: its 'model' is not a state dict of tensors")
+    bad = [name for name, t in model.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(f"checkpoint {path}: the weights {', '.join(bad[:3])}{more} hold NaN/Inf values")

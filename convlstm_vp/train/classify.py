@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,10 @@ from torch import Tensor, nn
 
 from ..data.mnist_patches import patchify
 from ..data.sensor_windows import Standardizer
+from ..data.safe_io import read_npz
 from ..data.series import read_source
 from .checkpoint import CheckpointError, atomic_write_bytes, json_bytes, load_checkpoint
+from .cli import check_output_folder, fail
 from .config import ConfigError, merge
 
 
@@ -77,14 +78,14 @@ def _patch_inputs(spec: str, cfg: dict) -> tuple[Tensor, list[str], np.ndarray |
     path = Path(spec)
     if path.suffix != ".npz" or not path.is_file():
         raise FileNotFoundError(f"{spec}: a patch classifier reads an .npz file with 'X' (N, 28, 28) digits (and optionally 'y')")
-    with np.load(path, allow_pickle=False) as data:
-        if "X" not in data:
-            raise ValueError(f"{path}: expected an array 'X' of digits (N, 28, 28); found {sorted(data.files)}")
-        X, y = np.asarray(data["X"]), (np.asarray(data["y"]) if "y" in data else None)
+    data = read_npz(path)
+    if "X" not in data:
+        raise ValueError(f"{path}: expected an array 'X' of digits (N, 28, 28); found {sorted(data)}")
+    X, y = data["X"], data.get("y")
     if X.ndim == 4 and X.shape[1] == 1:
         X = X[:, 0]
-    if X.ndim != 3 or X.shape[1:] != (28, 28):
-        raise ValueError(f"{path}: 'X' must hold 28x28 digits (N, 28, 28), got shape {X.shape}")
+    if X.ndim != 3 or X.shape[1:] != (28, 28) or len(X) == 0:
+        raise ValueError(f"{path}: 'X' must hold 28x28 digits (N, 28, 28) with N >= 1, got shape {X.shape}")
     if X.dtype == np.uint8:
         images = X.astype(np.float32) / 255.0
     elif X.dtype.kind == "f" and np.isfinite(X).all() and X.min() >= 0 and X.max() <= 1:
@@ -95,6 +96,20 @@ def _patch_inputs(spec: str, cfg: dict) -> tuple[Tensor, list[str], np.ndarray |
         raise ValueError(f"{path}: 'y' must be (N,) = ({len(X)},) digits 0-9, got {y.dtype} {y.shape}")
     patches = patchify(torch.from_numpy(images).unsqueeze(1), cfg["data"]["patch_size"], cfg["data"]["order"])
     return patches, [f"X#{i}" for i in range(len(X))], (None if y is None else np.array([str(int(v)) for v in y]))
+
+
+def match_classes(names: np.ndarray, classes: tuple[str, ...], spec: str) -> np.ndarray:
+    """``names`` (the data's labels) as the model's ``classes``: equal, or equal but for case
+    when that is unambiguous (the same dataset read from two sources: "Badminton" and
+    "badminton"); a label that matches no class is a ValueError naming ``spec``."""
+    known = set(classes)
+    folded = {c.casefold(): c for c in classes}
+    unique = len(folded) == len(classes)
+    out = np.asarray([n if n in known or not unique else folded.get(str(n).casefold(), n) for n in names.tolist()])
+    unknown = sorted(set(out.tolist()) - known)
+    if unknown:
+        raise ValueError(f"{spec}: labels {unknown[:5]} are not among the model's classes {list(classes)}")
+    return out
 
 
 def classify(checkpoint: str | Path, spec: str, output: str | Path, batch_size: int = 256) -> dict:
@@ -121,9 +136,7 @@ def classify(checkpoint: str | Path, spec: str, output: str | Path, batch_size: 
     else:
         raise CheckpointError(f"{checkpoint}: not a DeepConvLSTM (train sensors) or patch-classifier (train patches) checkpoint")
     if names is not None:  # before anything is written
-        unknown = sorted(set(names.tolist()) - set(classes))
-        if unknown:
-            raise ValueError(f"{spec}: labels {unknown[:5]} are not among the model's classes {list(classes)}")
+        names = match_classes(names, classes, spec)
     probs = torch.softmax(logits, 1)
     predicted = [classes[k] for k in logits.argmax(1).tolist()]
     out = Path(output)
@@ -150,14 +163,13 @@ def main(argv=None, prog: str | None = None) -> dict:
     p.add_argument("--data", required=True, help="aeon:<Name>, a .ts file, an .npz or a folder of .csv recordings")
     p.add_argument("--output", required=True, help="folder for predictions.csv (and metrics.json, confusion_matrix.png)")
     args = p.parse_args(argv)
+    check_output_folder(args.output, "--output")
     try:
         result = classify(args.checkpoint, args.data, args.output)
     except (CheckpointError, ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(str(exc))
     except OSError as exc:
-        print(f"error: {exc.filename or args.output}: {exc.strerror or exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(f"{exc.filename or args.output}: {exc.strerror or exc}")
     print(f"wrote {result['predictions']} ({result['items']} items)")
     if result["metrics"] is not None:
         m = result["metrics"]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .checkpoint import CheckpointError, RunFolderInUse
+from ..data.safe_io import InputError
 from .config import ConfigError, config_error, load_config
 
 
@@ -32,6 +34,70 @@ def _int_at_least(text: str, low: int) -> int:
     if value < low:
         raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """argparse type: an integer in ``[low, high]``."""
+    def parse(text: str) -> int:
+        value = _int_at_least(text, low)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {value}")
+        return value
+
+    parse.__name__ = f"integer {low}-{high}"
+    return parse
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` (one line) and exit with status 2, the status of every input or
+    usage error (docs/reliability.md, "Exit statuses")."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _probe_writable(folder: Path, flag: str) -> None:
+    """Create the missing parts of ``folder`` and check that a file can be created in it."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        fail(f"{flag}: cannot write into the folder {folder} ({exc.strerror or exc})")
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """Before any work: ``path`` is not a folder, and its folder exists (or is created) and
+    takes a new file; else a one-line error (status 2) naming ``flag`` and the path."""
+    path = Path(path)
+    if path.is_dir():
+        fail(f"{flag} {path} is a folder; expected a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        fail(f"{flag} {path}: the file exists and is not writable")
+    _probe_writable(path.parent, flag)
+    return path
+
+
+def check_output_folder(path: str | Path, flag: str) -> Path:
+    """Before any work: ``path`` is a folder (or is created) that takes new files; else a
+    one-line error (status 2) naming ``flag`` and the path."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        fail(f"{flag} {path} is a file; expected a folder")
+    _probe_writable(path, flag)
+    return path
 
 
 def train_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
@@ -67,20 +133,17 @@ def run_training(
         try:
             task = make_task(cfg)
         except (ValueError, TypeError) as exc:
-            if isinstance(exc, (ConfigError, CheckpointError)):
+            if isinstance(exc, (ConfigError, CheckpointError, InputError)):  # they name their key or file
                 raise
             raise config_error(exc, cfg, "setting up the task") from exc
         metrics = fit(task, cfg, run_dir, resume=args.resume)
-    except (ConfigError, CheckpointError, FileNotFoundError, RunFolderInUse) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except (ConfigError, CheckpointError, InputError, FileNotFoundError, RunFolderInUse) as exc:
+        fail(str(exc))
     except OSError as exc:  # a full disk, a read-only or vanished run folder, ...
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc}; the files written before it (the last checkpoint) are intact",
-              file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(f"{where}{exc.strerror or exc}; the files written before it (the last checkpoint) are intact")
     except NonFiniteLossError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         raise SystemExit(3) from None
     if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports
         return metrics

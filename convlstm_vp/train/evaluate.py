@@ -22,14 +22,14 @@ filter kernels' mean source offsets are compared with the digits' true motion.
 from __future__ import annotations
 
 import argparse
-import sys
+import math
 from pathlib import Path
 
 import torch
 
 from convlstm_vp.data import MovingMNIST, load_digits
 from convlstm_vp.train.checkpoint import CheckpointError, atomic_write_bytes, json_bytes
-from convlstm_vp.train.cli import positive_int
+from convlstm_vp.train.cli import check_output_file, fail, positive_int
 from convlstm_vp.train.loop import resolve_device
 from convlstm_vp.train.metrics import FrameMetrics
 from convlstm_vp.train.recognition import digit_accuracy, recognition_accuracy, train_digit_recognizer
@@ -68,33 +68,28 @@ def main(argv=None, prog: str | None = None) -> dict:
                    help="also report how far the filter kernels' mean source offsets are from the digits' true motion (dynamic filter)")
     p.add_argument("--recognizer-epochs", type=positive_int, default=6, help="training epochs of that classifier (default 6)")
     args = p.parse_args(argv)
-    if args.json:
-        try:  # before the evaluation: a --json that cannot be written is an error now, not after minutes
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            print(f"error: cannot create the folder of --json {args.json}: {exc.strerror or exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+    if args.filter_temperature is not None and not 0 < args.filter_temperature < float("inf"):
+        p.error(f"--filter-temperature: expected a finite number > 0, got {args.filter_temperature}")
+    if args.json:  # before the evaluation: a --json that cannot be written is an error now, not after minutes
+        check_output_file(args.json, "--json")
     try:
+        device = resolve_device(args.device, what="--device")
         model, cfg = load_trained(args.checkpoint)
         temperature = cfg["model"]["eval_filter_temperature"] if args.filter_temperature is None else args.filter_temperature
         model.check_rendering(temperature, args.render)
     except (CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    try:
-        model = model.to(resolve_device(args.device, what="--device"))
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        fail(str(exc))
+    model = model.to(device)
     d = cfg["data"]
     videos = d["dataset"] == "video_folder"
     mnist_only = [flag for flag, given in (("--digits", args.digits), ("--seed", args.seed), ("--root", args.root),
                                            ("--recognition", args.recognition), ("--motion", args.motion),
                                            ("--standard-file", args.standard_file != "auto")) if given]
     if videos and mnist_only:
-        raise SystemExit(f"error: {', '.join(mnist_only)} apply to Moving MNIST checkpoints; {args.checkpoint} was trained "
+        fail(f"{', '.join(mnist_only)} apply to Moving MNIST checkpoints; {args.checkpoint} was trained "
                          f"on the video folder {d['root']} (use --data DIR for another folder)")
     if not videos and args.data:
-        raise SystemExit(f"error: --data applies to video-folder checkpoints; {args.checkpoint} was trained on Moving MNIST (use --root)")
+        fail(f"--data applies to video-folder checkpoints; {args.checkpoint} was trained on Moving MNIST (use --root)")
     args.sequences = d["final_eval_sequences"] if args.sequences is None else args.sequences
     args.seed = d["test_seed"] if args.seed is None else args.seed
     args.batch_size = args.batch_size or d["eval_batch_size"]
@@ -103,17 +98,19 @@ def main(argv=None, prog: str | None = None) -> dict:
     standard = {"auto": None if digits == 2 else False, "yes": True, "no": False}[args.standard_file]
     root = args.root or d["root"]
     if args.motion and model.head_type == "conv":
-        raise SystemExit("error: --motion needs the dynamic-filter head (model.head dynamic_filter); this checkpoint's head is conv")
+        fail("--motion needs the dynamic-filter head (model.head dynamic_filter); this checkpoint's head is conv")
     try:
         seqs, evaluated_on = (test_sequences(cfg, args.data, args.sequences) if videos else
                               test_sequences(cfg, root, args.sequences, num_digits=digits, seed=args.seed, standard_file=standard))
     except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{exc.filename or args.data or root}: {exc.strerror or exc}")
     x, y = seqs[:, :t_in], seqs[:, t_in:]
     standard_path = None if videos or evaluated_on["test_set"].startswith("generated") else evaluated_on["test_set"]
     for flag, wanted in (("--motion", args.motion), ("--recognition", args.recognition)):
         if wanted and standard_path is not None:
-            raise SystemExit(f"error: {flag} needs digit trajectories; the standard file {standard_path} has none: add --standard-file no")
+            fail(f"{flag} needs digit trajectories; the standard file {standard_path} has none: add --standard-file no")
     # the generated test set the sequences came from, for its digit trajectories
     generated = MovingMNIST(root, "test", num_digits=digits, num_frames=t_in + t_out, length=args.sequences, seed=args.seed,
                             source=d["source"], standard_file=False) if args.motion or args.recognition else None
@@ -128,6 +125,8 @@ def main(argv=None, prog: str | None = None) -> dict:
         fm = FrameMetrics()
         fm.update(guess, y)
         results[name] = fm.compute()
+    if any(math.isnan(results["model"][m]) for m in FrameMetrics.names):
+        fail(f"the predictions of {args.checkpoint} hold NaN values: " + ", ".join(f"{m}={results['model'][m]}" for m in FrameMetrics.names))
     out = dict(results["model"])
     out["baselines"] = {k: {m: results[k][m] for m in FrameMetrics.names} for k in BASELINES}
     out["baselines_per_frame"] = {k: results[k]["per_frame"] for k in BASELINES}

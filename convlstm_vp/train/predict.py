@@ -19,7 +19,6 @@ supported (.npy saves the predicted frames ``(T, C, H, W)``).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import cv2
@@ -28,12 +27,14 @@ import torch
 
 from convlstm_vp.data.video_folder import load_frames
 from convlstm_vp.train.checkpoint import CheckpointError
-from convlstm_vp.train.cli import non_negative_int, positive_int
+from convlstm_vp.train.cli import check_output_file, fail, int_between, non_negative_int, positive_float
 from convlstm_vp.train.tasks.moving_mnist import load_trained, predict
 from convlstm_vp.train.tb import gif_bytes, side_by_side, upscale
 
 
 OUTPUT_SUFFIXES = (".gif", ".mp4", ".avi", ".npy")
+#: the largest --scale (a 64x64 model's side-by-side output is then 4096 pixels wide)
+MAX_SCALE = 32
 
 
 def parse_range(text: str | None) -> tuple[float, float] | None:
@@ -85,18 +86,17 @@ def main(argv=None, prog: str | None = None) -> Path:
     p.add_argument("--filter-temperature", type=float, default=None,
                    help="softmax temperature of the filter kernels; below 1 sharpens them (default: the config's "
                         "model.eval_filter_temperature, 1 unless set)")
-    p.add_argument("--fps", type=float, default=4.0)
-    p.add_argument("--scale", type=positive_int, default=1,
-                   help="enlarge every frame of the side-by-side output this many times (nearest neighbour; default 1)")
+    p.add_argument("--fps", type=positive_float, default=4.0, help="frames per second of a .gif/.mp4/.avi output (default 4)")
+    p.add_argument("--scale", type=int_between(1, MAX_SCALE), default=1,
+                   help=f"enlarge every frame of the side-by-side output this many times, 1 to {MAX_SCALE} "
+                        "(nearest neighbour; default 1)")
     args = p.parse_args(argv)
+    if args.filter_temperature is not None and not 0 < args.filter_temperature < float("inf"):
+        p.error(f"--filter-temperature: expected a finite number > 0, got {args.filter_temperature}")
     out = Path(args.output)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         p.error(f"--output: expected a file ending in {', '.join(OUTPUT_SUFFIXES)}, got {args.output!r}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"error: cannot create the output folder {out.parent}: {exc.strerror or exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    check_output_file(out, "--output")
     try:
         input_range = parse_range(args.input_range)
         model, cfg = load_trained(args.checkpoint)
@@ -105,23 +105,27 @@ def main(argv=None, prog: str | None = None) -> Path:
         d = cfg["data"]
         frames = load_frames(Path(args.input), d["size"], d["channels"], d["frame_step"], input_range)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{exc.filename or args.input}: {exc.strerror or exc}")
     t_in, t_out = cfg["model"]["input_frames"], cfg["model"]["output_frames"]
     if frames.shape[0] < args.start + t_in:
-        print(f"error: {args.input} has {frames.shape[0]} frames; the model needs {t_in} context frames "
-              f"from index {args.start}", file=sys.stderr)
-        raise SystemExit(2)
+        fail(f"{args.input} has {frames.shape[0]} frames; the model needs {t_in} context frames from index {args.start}")
     seq = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, C, H, W) in [0, 1]
     context = seq[args.start : args.start + t_in]
     pred = predict(model, context.unsqueeze(0), 1, cfg["train"]["precision"], filter_temperature=temperature, render=args.render)[0]
+    if not bool(torch.isfinite(pred).all()):
+        fail(f"the prediction of {args.checkpoint} for {args.input} holds NaN/Inf values; nothing was written")
     truth = seq[args.start + t_in : args.start + t_in + t_out]
     if truth.shape[0] < t_out:  # pad the missing future with blank frames
         truth = torch.cat([truth, torch.zeros(t_out - truth.shape[0], *truth.shape[1:])])
-    if out.suffix.lower() == ".npy":
-        write_video(out, pred, args.fps)
-    else:
-        write_video(out, upscale(side_by_side(torch.cat([context, truth]), torch.cat([context, pred])), args.scale), args.fps)
+    try:
+        if out.suffix.lower() == ".npy":
+            write_video(out, pred, args.fps)
+        else:
+            write_video(out, upscale(side_by_side(torch.cat([context, truth]), torch.cat([context, pred])), args.scale), args.fps)
+    except (OSError, ValueError) as exc:
+        fail(f"{out}: {getattr(exc, 'strerror', None) or exc}")
     print(f"wrote {out}: {t_in} context frames, {t_out} predicted frames (left: input + following frames, right: input + prediction)")
     return out
 
