@@ -270,3 +270,310 @@ def test_fuzz_convlstm(chunk: int) -> None:
     # the generator is tuned so that most cases are valid and some are not
     assert outcomes["ok"] >= PER_CHUNK // 3, outcomes
     assert outcomes["rejected"] >= 1, outcomes
+
+
+# ============================================================================ the input corpus
+# Malformed user files, configs, checkpoints and arguments, generated here (no binary fixtures in
+# the repository), each run through every command that reads such a file, in-process through
+# ``convlstm_vp.cli.main``. Every case must end with exit status 2 and, for a file, one line on
+# stderr that names it: never a traceback, never exit 0 (a NaN-weight checkpoint must not write
+# NaN frames). ``ARG_CASES`` are argument errors found before any work.
+
+import io as _io
+import json as _json
+import struct as _struct
+import zipfile as _zipfile
+
+import numpy as _np
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+TINY_FRAMES = ROOT / "configs" / "tiny-moving-mnist.yaml"
+
+
+def _npy_bytes(arr: _np.ndarray) -> bytes:
+    buf = _io.BytesIO()
+    _np.save(buf, arr, allow_pickle=True)
+    return buf.getvalue()
+
+
+def _huge_npy_header(shape=(10**9, 64, 64)) -> bytes:
+    """An .npy of a few hundred bytes whose header declares ``shape`` float32 (terabytes)."""
+    from numpy.lib import format as npy
+
+    buf = _io.BytesIO()
+    npy.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buf.getvalue() + bytes(64)
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = _io.BytesIO()
+    with _zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _gif_declaring(width: int, height: int) -> bytes:
+    """A GIF of a few dozen bytes whose screen and image declare ``width`` x ``height`` pixels."""
+    screen = b"GIF89a" + _struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    image = b"," + _struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x44\x01\x00"
+    return screen + image + b";"
+
+
+def _good_series_npz(n: int = 6) -> bytes:
+    rng = _np.random.default_rng(0)
+    buf = _io.BytesIO()
+    _np.savez(buf, X=rng.standard_normal((n, 16, 3)).astype(_np.float32), y=_np.array(["a", "b"] * (n // 2)))
+    return buf.getvalue()
+
+
+def _good_frames_npz() -> bytes:
+    buf = _io.BytesIO()
+    _np.savez(buf, frames=(_np.random.default_rng(0).random((12, 16, 16)) * 255).astype(_np.uint8))
+    return buf.getvalue()
+
+
+# name: (file name, bytes, kinds of command that read it: frames / series / digits)
+def _bad_files() -> dict[str, tuple[str, bytes, tuple[str, ...]]]:
+    series_npz, frames_npz = _good_series_npz(), _good_frames_npz()
+    frames_f = _np.random.default_rng(1).random((12, 16, 16)).astype(_np.float32)
+    with_nan = frames_f.copy()
+    with_nan[3, 4, 5] = _np.nan
+    return {
+        "npz-truncated-frames": ("clip.npz", frames_npz[: len(frames_npz) // 2], ("frames",)),
+        "npz-truncated-series": ("cases.npz", series_npz[: len(series_npz) // 2], ("series", "digits")),
+        "npz-5-bytes": ("five.npz", b"hello", ("frames", "series", "digits")),
+        "npz-empty": ("empty.npz", b"", ("frames", "series", "digits")),
+        "npz-huge-declared": ("huge.npz", _zip({"X.npy": _huge_npy_header(), "y.npy": _npy_bytes(_np.arange(2))}),
+                              ("series", "digits")),
+        "npz-huge-declared-frames": ("hugeframes.npz", _zip({"frames.npy": _huge_npy_header()}), ("frames",)),
+        "npz-pickled": ("pickled.npz", _zip({"X.npy": _npy_bytes(_np.array([{"a": 1}], dtype=object))}),
+                        ("frames", "series", "digits")),
+        "npz-bad-crc": ("crc.npz", series_npz.replace(b"\x00\x00\x80?", b"\x00\x00\x80@", 1)
+                        if b"\x00\x00\x80?" in series_npz else series_npz[:-30] + bytes(30), ("series",)),
+        "npz-zero-cases": ("zero.npz", _zip({"X.npy": _npy_bytes(_np.zeros((0, 16, 3), _np.float32)),
+                                             "y.npy": _npy_bytes(_np.zeros(0, _np.int64))}), ("series", "digits")),
+        "npz-not-a-zip-text": ("text.npz", "X = [1, 2, 3]\n".encode(), ("series", "digits")),
+        "npy-huge-declared": ("huge.npy", _huge_npy_header(), ("frames",)),
+        "npy-truncated": ("cut.npy", _npy_bytes(frames_f)[:200], ("frames",)),
+        "npy-empty": ("empty.npy", b"", ("frames",)),
+        "npy-pickled": ("objects.npy", _npy_bytes(_np.array([None, 1], dtype=object)), ("frames",)),
+        "npy-wrong-dtype": ("complex.npy", _npy_bytes(frames_f.astype(_np.complex64)), ("frames",)),
+        "npy-strings": ("strings.npy", _npy_bytes(_np.array([["a"] * 4] * 4)), ("frames",)),
+        "npy-nan-frames": ("nan.npy", _npy_bytes(with_nan), ("frames",)),
+        "npy-out-of-range": ("range.npy", _npy_bytes(frames_f * 7), ("frames",)),
+        "npy-zero-frames": ("none.npy", _npy_bytes(_np.zeros((0, 16, 16), _np.uint8)), ("frames",)),
+        "npy-garbage": ("noise.npy", bytes(range(256)) * 4, ("frames",)),
+        "gif-huge-declared": ("huge.gif", _gif_declaring(65535, 65535), ("frames",)),
+        "gif-truncated": ("cut.gif", _gif_declaring(16, 16)[:20], ("frames",)),
+        "gif-empty": ("empty.gif", b"", ("frames",)),
+        "gif-garbage": ("noise.gif", b"GIF89a" + bytes(range(200)), ("frames",)),
+        "mp4-garbage": ("noise.mp4", bytes(range(256)) * 8, ("frames",)),
+        "mp4-empty": ("empty.mp4", b"", ("frames",)),
+        "ts-non-utf8": ("cases.ts", b"@problemName x\n@classLabel true a b\n@data\n\xff\xfe1,2,3:a\n", ("series",)),
+        "ts-empty": ("none.ts", b"", ("series",)),
+        "ts-no-data": ("nodata.ts", b"@problemName x\n@classLabel true a b\n", ("series",)),
+        "ts-not-numbers": ("words.ts", b"@classLabel true a b\n@data\n1,x,3:a\n", ("series",)),
+    }
+
+
+def _write_checkpoints(folder) -> dict:
+    """Small untrained checkpoints of each kind, and broken ones: {name: path}."""
+    import copy
+
+    import torch
+
+    from convlstm_vp.train.checkpoint import save_checkpoint
+    from convlstm_vp.train.config import load_config, merge
+    from convlstm_vp.train.tasks import moving_mnist, patch_classifier, sensors
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    frames_cfg = load_config(TINY_FRAMES, moving_mnist.DEFAULTS, ["model.hidden_channels=[4]", "model.head=conv",
+                                                                  "data.dataset=video_folder", "data.size=[16,16]",
+                                                                  f"data.root={folder / 'videos'}"])
+    frames_model = moving_mnist.build_model(frames_cfg)
+    sensor_cfg = merge(sensors.DEFAULTS, {"data": {"dataset": "cases.npz", "window": 16}, "model": {
+        "conv_filters": 4, "conv_kernel": 3, "num_conv_layers": 2, "hidden_channels": 4, "lstm_layers": 1}})
+    sensor_model = sensors.build_model(sensor_cfg, 3, 2)
+    patch_cfg = merge(patch_classifier.DEFAULTS, {"model": {"hidden_channels": [4]}})
+    patch_model = patch_classifier.build_model(patch_cfg)
+    state = {"kind": "sensors", "classes": ["a", "b"], "in_channels": 3, "standardizer": None}
+    for name, model, cfg, extra in (("frames", frames_model, frames_cfg, {}), ("sensors", sensor_model, sensor_cfg,
+                                    {"task_state": state}), ("patches", patch_model, patch_cfg, {})):
+        out[name] = folder / f"{name}.pt"
+        save_checkpoint(out[name], {"model": model.state_dict(), "step": 0, "config": cfg, **extra})
+    mm_cfg = load_config(TINY_FRAMES, moving_mnist.DEFAULTS, ["model.hidden_channels=[4]"])
+    out["moving-mnist"] = folder / "moving-mnist.pt"
+    save_checkpoint(out["moving-mnist"], {"model": moving_mnist.build_model(mm_cfg).state_dict(), "step": 0,
+                                          "config": mm_cfg})
+    nan_sd = copy.deepcopy(frames_model.state_dict())
+    next(t for t in nan_sd.values() if t.is_floating_point()).view(-1)[0] = float("nan")
+    out["nan-weights"] = folder / "nan.pt"
+    save_checkpoint(out["nan-weights"], {"model": nan_sd, "step": 0, "config": frames_cfg})
+    out["config-string"] = folder / "cfgstr.pt"
+    save_checkpoint(out["config-string"], {"model": frames_model.state_dict(), "step": 0, "config": "oops"})
+    good = out["frames"].read_bytes()
+    for name, data in (("truncated", good[: len(good) // 3]), ("empty", b""), ("garbage", bytes(range(256)) * 16)):
+        out[name] = folder / f"{name}.pt"
+        out[name].write_bytes(data)
+    out["nan-weights-sensors"] = folder / "nansensors.pt"
+    sd = copy.deepcopy(sensor_model.state_dict())
+    next(iter(sd.values())).view(-1)[0] = float("inf")
+    save_checkpoint(out["nan-weights-sensors"], {"model": sd, "step": 0, "config": sensor_cfg, "task_state": state})
+    del torch
+    return out
+
+
+BAD_CONFIGS = {
+    "yaml-non-utf8": b"name: x\nseed: \xff\xfe\n",
+    "yaml-syntax": b"name: x\ntrain: {steps: 3\n  lr: [\n",
+    "yaml-a-list": b"- 1\n- 2\n",
+    "yaml-a-string": b"just words\n",
+    "yaml-empty": b"",
+    "yaml-train-not-a-mapping": b"train: 5\n",
+    "yaml-unknown-key": b"trian: {steps: 3}\n",
+    "yaml-nan-lr": b"train: {lr: .nan}\n",
+    "yaml-python-tag": b"train: !!python/object/apply:os.system ['true']\n",
+}
+NULL_SETS = ["name=", "name=null", "train.steps=null", "train.lr=null", "seed=null", "train.deterministic=null",
+             "train.precision=null", "train.num_threads=null", "train.batch_size=~", "train=null"]
+
+
+def _corpus(tmp) -> list[tuple[str, list[str], str, bool]]:
+    """Every case: (id, argv of convlstm_vp.cli.main, text stderr must name, whether one line)."""
+    cks = _write_checkpoints(tmp / "ck")
+    cases = []
+    out = tmp / "out"
+    for name, (fname, data, kinds) in _bad_files().items():
+        folder = tmp / "files" / name
+        folder.mkdir(parents=True)
+        path = folder / fname
+        path.write_bytes(data)
+        if "frames" in kinds:
+            cases.append((f"predict-{name}", ["predict", "--checkpoint", str(cks["frames"]), "--input", str(path),
+                                              "--output", str(out / f"{name}.gif")], fname, True))
+            cases.append((f"evaluate-{name}", ["evaluate", "--checkpoint", str(cks["frames"]), "--data", str(folder)],
+                          fname, True))
+            cases.append((f"train-frames-{name}", ["train", "frames", "--config", str(TINY_FRAMES), "--run-dir",
+                                                   str(tmp / "runs" / name), "--set", "data.dataset=video_folder",
+                                                   "--set", f"data.root={folder}", "--set", "data.size=[16,16]"],
+                          fname, True))
+        if "series" in kinds:
+            cases.append((f"classify-sensors-{name}", ["classify", "--checkpoint", str(cks["sensors"]), "--data",
+                                                       str(path), "--output", str(out / name)], fname, True))
+            cases.append((f"train-sensors-{name}", ["train", "sensors", "--run-dir", str(tmp / "runs" / name),
+                                                    "--set", f"data.dataset={path}", "--set", "data.window=8"],
+                          fname, True))
+        if "digits" in kinds:
+            cases.append((f"classify-patches-{name}", ["classify", "--checkpoint", str(cks["patches"]), "--data",
+                                                       str(path), "--output", str(out / name)], fname, True))
+    clip = tmp / "clip.npy"
+    _np.save(clip, (_np.random.default_rng(0).random((12, 16, 16)) * 255).astype(_np.uint8))
+    for name in ("nan-weights", "config-string", "truncated", "empty", "garbage"):
+        ck = cks[name]
+        cases.append((f"predict-ckpt-{name}", ["predict", "--checkpoint", str(ck), "--input", str(clip), "--output",
+                                               str(out / f"ck-{name}.npy")], ck.name, True))
+        cases.append((f"evaluate-ckpt-{name}", ["evaluate", "--checkpoint", str(ck), "--data", str(tmp / "ck")],
+                      ck.name, True))
+        cases.append((f"classify-ckpt-{name}", ["classify", "--checkpoint", str(ck), "--data", str(clip), "--output",
+                                                str(out / f"ck-{name}")], ck.name, True))
+    ck = cks["nan-weights-sensors"]
+    good_cases = tmp / "good.npz"
+    good_cases.write_bytes(_good_series_npz())
+    cases.append(("classify-ckpt-nan-weights-sensors", ["classify", "--checkpoint", str(ck), "--data", str(good_cases),
+                                                        "--output", str(out / "nan-sensors")], ck.name, True))
+    for name, data in BAD_CONFIGS.items():
+        cfg = tmp / "configs" / f"{name}.yaml"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_bytes(data)
+        for job in ("frames", "sensors", "patches"):
+            cases.append((f"train-{job}-{name}", ["train", job, "--config", str(cfg), "--run-dir",
+                                                  str(tmp / "runs" / f"{job}-{name}")], cfg.name, True))
+    for item in NULL_SETS:
+        key = item.split("=")[0]
+        cases.append((f"train-frames-set-{item}", ["train", "frames", "--config", str(TINY_FRAMES), "--run-dir",
+                                                   str(tmp / "runs" / "nulls"), "--set", item], key, True))
+    folder_out = tmp / "a-folder.gif"
+    folder_out.mkdir()
+    a_file = tmp / "a-file"
+    a_file.write_text("x")
+    predict = ["predict", "--checkpoint", str(cks["frames"]), "--input", str(clip)]
+    for name, extra, named in (
+        ("fps-0", ["--fps", "0", "--output", str(out / "o.mp4")], "--fps"),
+        ("fps-nan", ["--fps", "nan", "--output", str(out / "o.gif")], "--fps"),
+        ("fps-negative", ["--fps", "-5", "--output", str(out / "o.gif")], "--fps"),
+        ("fps-inf", ["--fps", "inf", "--output", str(out / "o.gif")], "--fps"),
+        ("scale-huge", ["--scale", "100000", "--output", str(out / "o.gif")], "--scale"),
+        ("temperature-nan", ["--filter-temperature", "nan", "--output", str(out / "o.gif")], "--filter-temperature"),
+        ("output-a-folder", ["--output", str(folder_out)], str(folder_out)),
+        ("output-under-a-file", ["--output", str(a_file / "o.gif")], str(a_file)),
+    ):
+        cases.append((f"predict-{name}", predict + extra, named, named.startswith("/")))
+    cases.append(("evaluate-json-a-folder", ["evaluate", "--checkpoint", str(cks["frames"]), "--json", str(tmp)],
+                  str(tmp), True))
+    cases.append(("evaluate-json-under-a-file", ["evaluate", "--checkpoint", str(cks["frames"]), "--json",
+                                                 str(a_file / "x.json")], str(a_file), True))
+    # a Moving MNIST checkpoint given --data (video folders only): a usage error, status 2
+    cases.append(("evaluate-data-on-moving-mnist", ["evaluate", "--checkpoint", str(cks["moving-mnist"]), "--data",
+                                                    str(tmp / "ck")], "--data", True))
+    cases.append(("classify-output-a-file", ["classify", "--checkpoint", str(cks["sensors"]), "--data",
+                                             str(good_cases), "--output", str(a_file)], str(a_file), True))
+    return cases
+
+
+def run_cli(argv: list[str], capsys) -> tuple[object, str, BaseException | None]:
+    """``convlstm_vp.cli.main(argv)`` in-process: (exit status, stderr, an escaped exception)."""
+    import warnings
+
+    from convlstm_vp.cli import main
+
+    capsys.readouterr()
+    code, escaped = None, None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        except BaseException as exc:  # a traceback for a user
+            escaped = exc
+    return code, capsys.readouterr().err, escaped
+
+
+def _outcome(case, code, err, escaped) -> str | None:
+    """None when the case ended as promised, else a one-word kind and what happened."""
+    _, _, named, one_line = case
+    if escaped is not None:
+        return f"TRACEBACK {type(escaped).__name__}: {str(escaped)[:200]}"
+    if code != 2:
+        return f"STATUS {code!r}: {err.strip()[-300:]}"
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    if one_line and len(lines) != 1:
+        return f"LINES {len(lines)}: {err.strip()[-400:]}"
+    if named not in err:
+        return f"UNNAMED {named!r} not in {err.strip()[-300:]!r}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("corpus")
+    return tmp, _corpus(tmp)
+
+
+def test_every_malformed_input_is_one_line_and_exit_status_2(corpus, capsys) -> None:
+    tmp, cases = corpus
+    failures = {}
+    for case in cases:
+        code, err, escaped = run_cli(case[1], capsys)
+        problem = _outcome(case, code, err, escaped)
+        if problem is not None:
+            failures[case[0]] = problem
+    outputs = list((tmp / "out").rglob("*")) if (tmp / "out").exists() else []
+    report = _json.dumps(failures, indent=1)
+    tracebacks = sum(v.startswith("TRACEBACK") for v in failures.values())
+    print(f"corpus: {len(cases)} cases, {len(failures)} failures, {tracebacks} tracebacks")
+    assert not failures, f"{len(failures)} of {len(cases)} cases ({tracebacks} tracebacks):\n{report}"
+    assert not [p for p in outputs if p.is_file()], f"a failed command wrote {outputs}"
+    assert len(cases) >= 120

@@ -200,7 +200,12 @@ def load_config(path: str | Path | None, defaults: Mapping[str, Any], overrides:
             raise ConfigError(f"config file {p}: expected a mapping at the top level")
         data = dict(loaded or {})
         data.setdefault("name", p.stem)
-    cfg = merge(defaults, data)
+        try:
+            cfg = merge(defaults, data)
+        except ConfigError as exc:  # name the file the key is in
+            raise ConfigError(f"config file {p}: {exc}") from None
+    else:
+        cfg = merge(defaults, data)
     return merge(defaults, _deep_update(cfg, parse_overrides(overrides)))
 
 
