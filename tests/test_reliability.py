@@ -617,3 +617,134 @@ def test_native_bf16_needs_the_bf16_instructions_not_only_avx512(monkeypatch, tm
     # where /proc/cpuinfo cannot be read, oneDNN's own check decides
     monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (_ for _ in ()).throw(OSError("no")) if f == "/proc/cpuinfo" else real_open(f, *a, **k))
     assert fast.cpu_bf16_native.__wrapped__() is oneDNN
+
+
+# ----------------------------------------------------------------------------- resume cannot lie
+def test_resume_with_a_changed_config_is_an_error_listing_the_keys(tmp_path: Path) -> None:
+    """A resumed run trains as its config says: a changed rate or seed (which the restored
+    optimizer and batches would silently ignore or follow) is refused, naming both values; the
+    keys of the allow-list (logging, checkpoint and evaluation intervals) may change."""
+    from convlstm_vp.train.config import RESUME_MAY_CHANGE, resume_changes
+
+    base = ["train.steps=4", "train.eval_every=2", "train.schedule=constant", "train.checkpoint_every=2"]
+    _fit(_tiny_config(*base, "train.steps=2"), tmp_path)
+    before = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match=r"train\.lr: 0\.003 -> 0\.5"):
+        _fit(_tiny_config(*base, "train.lr=0.5"), tmp_path, resume=True)
+    with pytest.raises(ConfigError, match=r"seed: 0 -> 7.*train\.precision: 'fp32' -> 'auto'"):
+        _fit(_tiny_config(*base, "seed=7", "train.precision=auto"), tmp_path, resume=True)
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == before  # refused before any step
+    resumed = _fit(_tiny_config(*base, "train.log_every=1", "log.examples=2", "name=renamed"), tmp_path, resume=True)
+    assert resumed["step"] == 4
+    assert {"train.log_every", "train.steps", "name"} <= set(RESUME_MAY_CHANGE)
+    assert resume_changes({"train": {"lr": 1.0}, "old_key": 1}, {"train": {"lr": 1.0}, "new_key": 2}) == []
+
+
+@pytest.mark.parametrize("item", ["name=", "name=null", "train.steps=null", "train.lr=null", "seed=null",
+                                  "train.deterministic=null", "train.precision=null", "train.num_threads=null"])
+def test_a_null_override_is_refused_naming_the_key(item: str) -> None:
+    key = item.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"config key '{key}': expected .*got null"):
+        _tiny_config(item)
+
+
+def test_a_config_file_that_is_not_utf8_or_not_yaml_is_one_line_naming_it(tmp_path: Path) -> None:
+    from convlstm_vp.train.config import load_config
+    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS
+
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not a UTF-8 text YAML config file \(invalid") as info:
+        load_config(bad, DEFAULTS)
+    bad.write_bytes(b"train: {steps: 3\n  lr: [\n")
+    with pytest.raises(ConfigError, match=r"latin1\.yaml is not valid YAML: .*\(line \d+, column \d+\)") as info:
+        load_config(bad, DEFAULTS)
+    assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- loaded weights
+def test_checkpoints_with_nan_weights_or_a_config_that_is_not_a_mapping_are_refused(tmp_path: Path) -> None:
+    weights = {"w": torch.ones(3), "steps": torch.tensor(2)}
+    save_checkpoint(tmp_path / "ok.pt", {"model": weights, "step": 0, "config": {}})
+    load_checkpoint(tmp_path / "ok.pt")
+    save_checkpoint(tmp_path / "nan.pt", {"model": {"w": torch.tensor([1.0, float("nan")])}, "step": 0, "config": {}})
+    with pytest.raises(CheckpointError, match=r"nan\.pt: the weights w hold NaN/Inf"):
+        load_checkpoint(tmp_path / "nan.pt")
+    save_checkpoint(tmp_path / "str.pt", {"model": weights, "step": 0, "config": "fp32"})
+    with pytest.raises(CheckpointError, match=r"str\.pt: its 'config' is a str, expected a mapping"):
+        load_checkpoint(tmp_path / "str.pt")
+
+
+# ----------------------------------------------------------------------------- outputs, statuses
+def test_an_unwritable_output_folder_is_found_before_the_checkpoint_is_read(tmp_path: Path, capsys, monkeypatch) -> None:
+    import tempfile
+
+    from convlstm_vp.cli import main
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)  # a read-only folder (root may write anywhere)
+    missing = tmp_path / "not-read.pt"  # never opened: the output is checked first
+    for argv in (["predict", "--checkpoint", str(missing), "--input", "x.npy", "--output", str(tmp_path / "ro" / "o.gif")],
+                 ["evaluate", "--checkpoint", str(missing), "--json", str(tmp_path / "ro" / "e.json")],
+                 ["classify", "--checkpoint", str(missing), "--data", "x.npz", "--output", str(tmp_path / "ro")]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and f"cannot write into the folder {tmp_path / 'ro'} (Permission denied)" in err, err
+        assert "not-read.pt" not in err
+
+
+def test_a_failed_write_names_the_target_not_its_temporary_file(tmp_path: Path, monkeypatch) -> None:
+    import tempfile
+
+    from convlstm_vp.train.checkpoint import atomic_write_bytes
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".predictions.csv.x1.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError) as info:
+        atomic_write_bytes(tmp_path / "predictions.csv", b"id\n")
+    assert info.value.filename == str(tmp_path / "predictions.csv")
+
+
+def test_exit_statuses_follow_the_table(tmp_path: Path, capsys, monkeypatch) -> None:
+    """docs/reliability.md, "Exit statuses": 0 success, 2 every input or usage error, 3 a
+    training stopped by NaN (test_cli_exits_with_status_3_on_a_nan_loss), 1 only a bug: an
+    exception no check expected leaves main() (the interpreter then exits with status 1)."""
+    import numpy as np
+
+    import convlstm_vp.train.predict as predict
+    from convlstm_vp.cli import main
+
+    def status(argv):
+        try:
+            return main(argv)
+        except SystemExit as exc:
+            return exc.code
+
+    clip = tmp_path / "clip.npy"
+    np.save(clip, np.zeros((8, 16, 16), np.uint8))
+    missing = str(tmp_path / "missing.pt")
+    table = {
+        ("--version",): 0,
+        (): 2,
+        ("nope",): 2,
+        ("train", "frames", "--config", str(tmp_path / "none.yaml")): 2,
+        ("predict", "--checkpoint", missing, "--input", str(clip), "--output", str(tmp_path / "o.gif"), "--fps", "0"): 2,
+        ("predict", "--checkpoint", missing, "--input", str(clip), "--output", str(tmp_path / "o.gif")): 2,
+        ("evaluate", "--checkpoint", missing): 2,
+        ("evaluate", "--checkpoint", missing, "--json", str(tmp_path)): 2,  # --json onto a folder
+        ("classify", "--checkpoint", missing, "--data", str(clip), "--output", str(tmp_path / "c")): 2,
+    }
+    for argv, expected in table.items():
+        assert status(list(argv)) == expected, (argv, capsys.readouterr().err)
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("an unexpected bug")
+
+    monkeypatch.setattr(predict, "load_trained", bug)
+    with pytest.raises(RuntimeError, match="an unexpected bug"):
+        main(["predict", "--checkpoint", missing, "--input", str(clip), "--output", str(tmp_path / "o.gif")])

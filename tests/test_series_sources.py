@@ -348,3 +348,22 @@ def test_classify_an_old_checkpoint_without_task_state(ts_pair: Path, tmp_path: 
     b = classify(tmp_path / "old.pt", test_file, tmp_path / "b")
     assert (tmp_path / "a" / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
     assert a["metrics"]["accuracy"] == b["metrics"]["accuracy"]
+
+
+def test_classify_matches_class_names_that_differ_only_in_case(tmp_path):
+    """The same dataset read from two sources (aeon:BasicMotions's "Badminton" against a model
+    trained on basicmotions's "badminton") is classified, not refused; an unknown label still is."""
+    import numpy as np
+    import pytest
+
+    from convlstm_vp.train.classify import match_classes
+
+    classes = ("badminton", "running")
+    assert match_classes(np.array(["Badminton", "RUNNING", "running"]), classes, "aeon:X").tolist() == [
+        "badminton", "running", "running"]
+    with pytest.raises(ValueError, match=r"aeon:X: labels \['Walking'\] are not among the model's classes"):
+        match_classes(np.array(["Walking"]), classes, "aeon:X")
+    # ambiguous when the model's own classes differ only in case: exact names only
+    assert match_classes(np.array(["a"]), ("a", "A"), "s").tolist() == ["a"]
+    with pytest.raises(ValueError):
+        match_classes(np.array(["c"]), ("a", "A"), "s")

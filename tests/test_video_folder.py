@@ -265,3 +265,47 @@ def test_config_errors_name_the_key_before_any_work(tmp_path: Path):
         with pytest.raises((ValueError, FileNotFoundError)) as info:
             FramePredictionTask(cfg)
         assert message in str(info.value), str(info.value)
+
+
+def test_unreadable_arrays_and_gifs_are_skipped_and_listed_while_another_file_reads(tmp_path: Path):
+    """A truncated .npz (zipfile.BadZipFile inside numpy), a GIF declaring 65535x65535 pixels and
+    float frames out of range are skipped and named, never fatal while a readable file remains;
+    the hint for out-of-range frames is the training one (predict's --input-range is not a
+    training option)."""
+    import io
+    import struct
+
+    shapes_video(tmp_path / "good.npy", frames=24)
+    buf = io.BytesIO()
+    np.savez(buf, frames=np.zeros((12, 8, 8), np.uint8))
+    (tmp_path / "cut.npz").write_bytes(buf.getvalue()[:150])
+    screen = b"GIF89a" + struct.pack("<HHBBB", 65535, 65535, 0x80, 0, 0) + bytes(6)
+    (tmp_path / "bomb.gif").write_bytes(screen + b"," + struct.pack("<HHHHB", 0, 0, 65535, 65535, 0) + b"\x02\x02\x44\x01\x00;")
+    np.save(tmp_path / "loud.npy", np.full((12, 8, 8), 7.0, np.float32))
+    with pytest.warns(RuntimeWarning, match=r"skipped 3 unreadable file\(s\)") as caught:
+        ds = VideoFolder(tmp_path, "train", 3, 3, size=(12, 12))
+    message = str(caught[0].message)
+    assert "bomb.gif" in message and "65535x65535" in message and "cut.npz (not a complete .npz file" in message
+    assert "loud.npy" in message and "convert the file" in message and "--input-range" not in message
+    assert ds.skipped == sorted(tmp_path / n for n in ("bomb.gif", "cut.npz", "loud.npy"))
+    assert ds.files == [tmp_path / "good.npy"] and len(ds) > 0
+
+
+def test_a_folder_of_only_unreadable_files_names_each(tmp_path: Path):
+    (tmp_path / "a.npz").write_bytes(b"hello")
+    (tmp_path / "b.npy").write_bytes(b"")
+    with pytest.warns(RuntimeWarning), pytest.raises(FileNotFoundError, match=r"unreadable: a\.npz \(not a complete \.npz.*b\.npy \(the file is empty"):
+        VideoFolder(tmp_path, "train", 3, 3, size=(12, 12))
+
+
+def test_data_cache_dir_moves_the_frame_cache(tmp_path: Path):
+    from convlstm_vp.train.config import load_config
+    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, video_folder
+
+    (tmp_path / "videos").mkdir()
+    shapes_video(tmp_path / "videos" / "a.npy", frames=24)
+    cfg = load_config(ROOT / "configs" / "tiny-moving-mnist.yaml", DEFAULTS,
+                      ["data.dataset=video_folder", f"data.root={tmp_path / 'videos'}", "data.size=[16,16]",
+                       f"data.cache_dir={tmp_path / 'cache'}"])
+    video_folder(cfg, "train")
+    assert list((tmp_path / "cache").glob("a-*.npy")) and not (tmp_path / "videos" / ".cache").exists()

@@ -98,7 +98,8 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     _need_file(path, ".npz")
     if not zipfile.is_zipfile(path):
-        raise InputError(f"{path}: not an .npz file (an .npz is a zip archive of .npy arrays; this is no zip archive)")
+        raise InputError(f"{path}: not a complete .npz file (an .npz is a zip archive of .npy arrays; no zip "
+                         f"directory found: the file is truncated or of another format)")
     out: dict[str, np.ndarray] = {}
     try:
         with zipfile.ZipFile(path) as zf:
@@ -135,14 +136,17 @@ def open_image(path: str | Path) -> Any:
 
     path = Path(path)
     _need_file(path, "image")
+    pillow_limit = Image.MAX_IMAGE_PIXELS
     try:
+        # Pillow's own bomb check is replaced by the limit below, which names the declared size
+        Image.MAX_IMAGE_PIXELS = None
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{path}: declares an image larger than the limit of {MAX_IMAGE_PIXELS} pixels") from None
     except (OSError, ValueError, EOFError, SyntaxError) as exc:
         raise InputError(f"{path}: not a readable image ({first_line(exc)})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
     width, height = img.size
     if width * height > MAX_IMAGE_PIXELS or width < 1 or height < 1:
         img.close()
