@@ -725,18 +725,25 @@ def test_exit_statuses_follow_the_table(tmp_path: Path, capsys, monkeypatch) -> 
         except SystemExit as exc:
             return exc.code
 
+    from convlstm_vp.train.tasks.moving_mnist import build_model
+
     clip = tmp_path / "clip.npy"
     np.save(clip, np.zeros((8, 16, 16), np.uint8))
     missing = str(tmp_path / "missing.pt")
+    cfg = _tiny_config()
+    ck = str(tmp_path / "frames.pt")
+    save_checkpoint(ck, {"model": build_model(cfg).state_dict(), "step": 0, "config": cfg})
     table = {
         ("--version",): 0,
         (): 2,
         ("nope",): 2,
         ("train", "frames", "--config", str(tmp_path / "none.yaml")): 2,
-        ("predict", "--checkpoint", missing, "--input", str(clip), "--output", str(tmp_path / "o.gif"), "--fps", "0"): 2,
+        ("predict", "--checkpoint", ck, "--input", str(clip), "--output", str(tmp_path / "o.gif"), "--fps", "0"): 2,
+        ("predict", "--checkpoint", ck, "--input", str(clip), "--output", str(tmp_path / "o.npy")): 0,
+        ("evaluate", "--checkpoint", ck, "--data", str(tmp_path)): 2,  # --data: video-folder checkpoints only
         ("predict", "--checkpoint", missing, "--input", str(clip), "--output", str(tmp_path / "o.gif")): 2,
         ("evaluate", "--checkpoint", missing): 2,
-        ("evaluate", "--checkpoint", missing, "--json", str(tmp_path)): 2,  # --json onto a folder
+        ("evaluate", "--checkpoint", ck, "--json", str(tmp_path)): 2,  # --json onto a folder
         ("classify", "--checkpoint", missing, "--data", str(clip), "--output", str(tmp_path / "c")): 2,
     }
     for argv, expected in table.items():
