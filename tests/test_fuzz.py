@@ -425,6 +425,13 @@ def _write_checkpoints(folder) -> dict:
     return out
 
 
+BAD_CSVS = {
+    "non-utf8": b"a,b,c,label\n1,2,3,x\n\xff\xfe,2,3,y\n",
+    "empty": b"",
+    "not-numbers": b"a,b,c,label\n1,two,3,x\n",
+    "ragged": b"a,b,c,label\n1,2\n",
+    "binary": bytes(range(256)) * 4,
+}
 BAD_CONFIGS = {
     "yaml-non-utf8": b"name: x\nseed: \xff\xfe\n",
     "yaml-syntax": b"name: x\ntrain: {steps: 3\n  lr: [\n",
@@ -468,6 +475,20 @@ def _corpus(tmp) -> list[tuple[str, list[str], str, bool]]:
         if "digits" in kinds:
             cases.append((f"classify-patches-{name}", ["classify", "--checkpoint", str(cks["patches"]), "--data",
                                                        str(path), "--output", str(out / name)], fname, True))
+    for name, data in BAD_CSVS.items():
+        folder = tmp / "csv" / name
+        for split in ("train", "test"):  # a folder of recordings: classify reads it, training its train/ test/
+            (folder / split).mkdir(parents=True)
+            (folder / split / "rec.csv").write_bytes(data)
+            (folder / "rec.csv").write_bytes(data)
+        cases.append((f"classify-sensors-csv-{name}", ["classify", "--checkpoint", str(cks["sensors"]), "--data",
+                                                       str(folder), "--output", str(out / f"csv-{name}")], "rec.csv", True))
+        cases.append((f"train-sensors-csv-{name}", ["train", "sensors", "--run-dir", str(tmp / "runs" / f"csv-{name}"),
+                                                    "--set", f"data.dataset={folder}", "--set", "data.window=8"],
+                      "rec.csv", True))
+        cases.append((f"train-sensors-daphnet-{name}", ["train", "sensors", "--run-dir", str(tmp / "runs" / f"d-{name}"),
+                                                        "--set", "data.dataset=daphnet", "--set",
+                                                        f"data.root={folder / 'rec.csv'}"], "rec.csv", True))
     clip = tmp / "clip.npy"
     _np.save(clip, (_np.random.default_rng(0).random((12, 16, 16)) * 255).astype(_np.uint8))
     for name in ("nan-weights", "config-string", "truncated", "empty", "garbage"):

@@ -15,6 +15,7 @@ Every dataset normalizes with statistics of its training split only and exposes 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,7 @@ import numpy as np
 from einops import rearrange
 
 from .opportunity import BODY_WORN_CHANNELS, GESTURE_CLASSES, LOCOMOTION_CLASSES, Opportunity
+from .safe_io import InputError, first_line, read_text
 from .sensor_windows import (
     LabelMode,
     Standardizer,
@@ -220,18 +222,19 @@ class Daphnet(WindowDataset):
                 f"Daphnet file not found: {self.csv_path}. aeon ships it as "
                 f"aeon/datasets/data/Daphnet_S06R02E0/S06R02E0.csv; pass csv_path=None to use it."
             )
-        with self.csv_path.open() as handle:
-            header = [name.strip() for name in handle.readline().split(",")]
+        text = read_text(self.csv_path, "Daphnet .csv")
+        header = [name.strip() for name in (text.splitlines() or [""])[0].split(",")]
         wanted = list(self.CHANNELS) + [self.LABEL_COLUMN]
         missing = [name for name in wanted if name not in header]
         if missing:
             raise ValueError(
                 f"{self.csv_path}: missing columns {missing}; expected a header with {wanted}"
             )
-        table = np.loadtxt(
-            self.csv_path, delimiter=",", skiprows=1, ndmin=2,
-            usecols=[header.index(name) for name in wanted],
-        )
+        try:
+            table = np.loadtxt(io.StringIO(text), delimiter=",", skiprows=1, ndmin=2,
+                               usecols=[header.index(name) for name in wanted])
+        except ValueError as exc:
+            raise InputError(f"{self.csv_path}: not a Daphnet table of numbers ({first_line(exc)})") from None
         labels = table[:, -1]
         if np.isnan(labels).any() or not np.isin(labels, (0, 1)).all():
             raise ValueError(f"{self.csv_path}: column {self.LABEL_COLUMN!r} must hold 0 or 1")
