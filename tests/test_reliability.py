@@ -640,6 +640,12 @@ def test_resume_with_a_changed_config_is_an_error_listing_the_keys(tmp_path: Pat
     assert resume_changes({"train": {"lr": 1.0}, "old_key": 1}, {"train": {"lr": 1.0}, "new_key": 2}) == []
 
 
+def test_an_empty_run_name_is_refused() -> None:
+    for item in ('name=""', "name=a/b", "name=.."):
+        with pytest.raises(ConfigError, match=r"config key 'name': expected a run name"):
+            _tiny_config(item)
+
+
 @pytest.mark.parametrize("item", ["name=", "name=null", "train.steps=null", "train.lr=null", "seed=null",
                                   "train.deterministic=null", "train.precision=null", "train.num_threads=null"])
 def test_a_null_override_is_refused_naming_the_key(item: str) -> None:

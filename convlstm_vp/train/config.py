@@ -136,6 +136,8 @@ def _check_value(path: tuple[str, ...], value: Any, default: Any) -> Any:
     if isinstance(default, list) and default and all(_is_int(v) and v > 0 for v in default):
         if any(not _is_int(v) or v < 0 for v in value):
             raise ConfigError(f"config key {key!r}: expected a list of sizes (integers >= 0), got {value!r}")
+    if path == ("name",) and (not value.strip() or "/" in value or value in (".", "..")):
+        raise ConfigError(f"config key 'name': expected a run name (a folder name under runs/), got {value!r}")
     if path in _POSITIVE and value <= 0:
         raise ConfigError(f"config key {key!r}: expected a positive value, got {value!r}")
     if path in _NON_NEGATIVE and value < 0:
