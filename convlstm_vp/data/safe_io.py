@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["InputError", "MAX_ARRAY_BYTES", "MAX_IMAGE_PIXELS", "MAX_VIDEO_FRAMES", "read_npy", "read_npz",
-           "open_image", "check_video_size", "read_text", "first_line"]
+__all__ = [
+    "InputError", "MAX_ARRAY_BYTES", "MAX_IMAGE_PIXELS", "MAX_VIDEO_FRAMES", "read_npy", "read_npz",
+    "open_image", "check_video_size", "read_text", "first_line",
+]
 
 #: bytes one array of a .npy/.npz may declare (8 GiB)
 MAX_ARRAY_BYTES = 8 * 2**30
@@ -45,9 +47,15 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _missing(path: Path, what: str) -> FileNotFoundError:
+    if path.is_dir():
+        return FileNotFoundError(f"{path}: is a folder, expected a {what} file")
+    return FileNotFoundError(f"{path}: no such {what} file")
+
+
 def _need_file(path: Path, what: str) -> None:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such {what} file" if not path.is_dir() else f"{path}: is a folder, expected a {what} file")
+        raise _missing(path, what)
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty (expected a {what} file)")
 
@@ -55,11 +63,15 @@ def _need_file(path: Path, what: str) -> None:
 def _check_header(path: Path, where: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """Refuse an object (pickled) dtype or a declared size above :data:`MAX_ARRAY_BYTES`."""
     if dtype.hasobject:
-        raise InputError(f"{where}: holds Python objects (pickled data), which are never loaded; save numbers instead")
+        raise InputError(f"{where}: holds Python objects (pickled data), which are never loaded; "
+                         "save numbers instead")
     size = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if size > MAX_ARRAY_BYTES:
-        raise InputError(f"{where}: declares a {dtype} array of shape {tuple(shape)} ({size / 2**30:.1f} GiB), above "
-                         f"the limit of {MAX_ARRAY_BYTES / 2**30:g} GiB (convlstm_vp.data.safe_io.MAX_ARRAY_BYTES)")
+        raise InputError(
+            f"{where}: declares a {dtype} array of shape {tuple(shape)} ({size / 2**30:.1f} GiB), "
+            f"above the limit of {MAX_ARRAY_BYTES / 2**30:g} GiB "
+            "(convlstm_vp.data.safe_io.MAX_ARRAY_BYTES)"
+        )
 
 
 def _read_header(handle: Any, where: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -98,8 +110,10 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     _need_file(path, ".npz")
     if not zipfile.is_zipfile(path):
-        raise InputError(f"{path}: not a complete .npz file (an .npz is a zip archive of .npy arrays; no zip "
-                         f"directory found: the file is truncated or of another format)")
+        raise InputError(
+            f"{path}: not a complete .npz file (an .npz is a zip archive of .npy arrays; no zip "
+            "directory found: the file is truncated or of another format)"
+        )
     out: dict[str, np.ndarray] = {}
     try:
         with zipfile.ZipFile(path) as zf:
@@ -113,8 +127,10 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
                     out[name] = _read_member(handle, where)
     except InputError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
-        raise InputError(f"{path}: a truncated or corrupted .npz file ({first_line(exc)})") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError,
+            NotImplementedError) as exc:
+        problem = first_line(exc)
+        raise InputError(f"{path}: a truncated or corrupted .npz file ({problem})") from None
     return out
 
 
@@ -150,8 +166,10 @@ def open_image(path: str | Path) -> Any:
     width, height = img.size
     if width * height > MAX_IMAGE_PIXELS or width < 1 or height < 1:
         img.close()
-        raise InputError(f"{path}: declares {width}x{height} pixels, outside 1 to {MAX_IMAGE_PIXELS} pixels "
-                         f"(convlstm_vp.data.safe_io.MAX_IMAGE_PIXELS)")
+        raise InputError(
+            f"{path}: declares {width}x{height} pixels, outside 1 to {MAX_IMAGE_PIXELS} pixels "
+            "(convlstm_vp.data.safe_io.MAX_IMAGE_PIXELS)"
+        )
     return img
 
 
@@ -159,11 +177,15 @@ def check_video_size(path: str | Path, frames: float, width: float, height: floa
     """Refuse a video whose declared frame count or frame size is above the limits (OpenCV's
     ``CAP_PROP_FRAME_COUNT``/``WIDTH``/``HEIGHT``; 0 or negative means unknown and passes)."""
     if frames > MAX_VIDEO_FRAMES:
-        raise InputError(f"{path}: declares {int(frames)} frames, above the limit of {MAX_VIDEO_FRAMES} "
-                         f"(convlstm_vp.data.safe_io.MAX_VIDEO_FRAMES)")
+        raise InputError(
+            f"{path}: declares {int(frames)} frames, above the limit of {MAX_VIDEO_FRAMES} "
+            "(convlstm_vp.data.safe_io.MAX_VIDEO_FRAMES)"
+        )
     if width * height > MAX_IMAGE_PIXELS:
-        raise InputError(f"{path}: declares {int(width)}x{int(height)} frames, above the limit of {MAX_IMAGE_PIXELS} "
-                         f"pixels (convlstm_vp.data.safe_io.MAX_IMAGE_PIXELS)")
+        raise InputError(
+            f"{path}: declares {int(width)}x{int(height)} frames, above the limit of "
+            f"{MAX_IMAGE_PIXELS} pixels (convlstm_vp.data.safe_io.MAX_IMAGE_PIXELS)"
+        )
 
 
 def read_text(path: str | Path, what: str) -> str:
@@ -171,9 +193,10 @@ def read_text(path: str | Path, what: str) -> str:
     :class:`InputError` naming the file, the byte and the expected ``what``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such {what} file" if not path.is_dir() else f"{path}: is a folder, expected a {what} file")
+        raise _missing(path, what)
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not a UTF-8 text {what} file ({exc.reason} at byte {exc.start})") from None
+        where = f"{exc.reason} at byte {exc.start}"
+        raise InputError(f"{path}: not a UTF-8 text {what} file ({where})") from None

@@ -250,11 +250,13 @@ def check_loaded(ck: dict[str, Any], path: str | Path) -> None:
     model is not a state dict of tensors, or a weight is NaN/Inf (training never saves such
     weights; a file that holds them was made elsewhere, and would predict NaN)."""
     if not isinstance(ck["config"], dict):
-        raise CheckpointError(f"checkpoint {path}: its 'config' is a {type(ck['config']).__name__}, expected a mapping of config keys")
+        kind = type(ck["config"]).__name__
+        raise CheckpointError(f"checkpoint {path}: its 'config' is a {kind}, expected a mapping of config keys")
     model = ck["model"]
     if not isinstance(model, dict) or not all(isinstance(t, torch.Tensor) for t in model.values()):
         raise CheckpointError(f"checkpoint {path}: its 'model' is not a state dict of tensors")
-    bad = [name for name, t in model.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = [name for name, t in model.items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise CheckpointError(f"checkpoint {path}: the weights {', '.join(bad[:3])}{more} hold NaN/Inf values")

@@ -47,8 +47,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "progress": True,
     "device": "auto",  # auto | cpu | cuda
     # the ConvLSTM cells' computation paths (convlstm_vp.nn.Implementation): auto picks per
-    # device what the benchmark measured fastest ("plain" on CUDA; "graphed" by name); compiled runs every cell step through
-    # torch.compile (the first steps compile; where compiling fails, a warning and eager steps)
+    # device what the benchmark measured fastest ("plain" on CUDA; "graphed" by name); compiled
+    # runs every cell step through torch.compile (the first steps compile; where compiling
+    # fails, a warning and eager steps)
     "implementation": "auto",  # auto | plain | fused | compiled | graphed
 }
 
