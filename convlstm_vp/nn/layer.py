@@ -73,8 +73,9 @@ class ConvLSTM(LayerControls, nn.Module):
             "auto" (default) picks per device: "fused" on CPU, "plain" on CUDA (until
             "graphed" is measured ahead there) and elsewhere; "plain" runs the equations one
             operation at a time with the input convolution of all steps batched; "fused" the
-            fast paths (fused gate arithmetic, a C kernel for it on CPU, one ``[x, h]`` convolution per step, no state convolution
-            from a zero state, ``torch.lstm`` at rank 0); "compiled" is "fused" with every cell
+            fast paths (fused gate arithmetic, a C kernel for it on CPU, one ``[x, h]``
+            convolution per step, no state convolution from a zero state, ``torch.lstm`` at
+            rank 0); "compiled" is "fused" with every cell
             step through ``torch.compile`` (eager, after a ``RuntimeWarning``, where compiling
             is impossible); "graphed" runs the whole stack through ``torch.compile`` as one
             graph, replayed as CUDA graphs on CUDA (convolutional cells without
