@@ -221,6 +221,6 @@ def test_every_shipped_config_loads_and_builds_its_model(config):
 
         model = build_model(cfg)
         assert sum(p.numel() for p in model.parameters()) > 0
-        if config.stem.startswith("gpu-"):  # the GPU recipes train on the GPU path
-            assert cfg["train"]["implementation"] == "auto" and cfg["train"]["device"] == "cuda"
+        if config.stem.startswith("gpu-"):  # the GPU recipes name the GPU path ("auto" is plain on CUDA)
+            assert cfg["train"]["implementation"] == "graphed" and cfg["train"]["device"] == "cuda"
             assert resolve_implementation(cfg["train"]["implementation"], "cuda") == IMPLEMENTATIONS["graphed"]
