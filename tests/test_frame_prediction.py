@@ -687,7 +687,7 @@ def test_evaluate_and_predict_filter_temperature(tiny_run: Path, tmp_path: Path)
     for script, extra in (("scripts/evaluate.py", ["--sequences", "4"]), ("scripts/predict.py", ["--input", "x.npy", "--output", "x.gif"])):
         res = subprocess.run([sys.executable, script, "--checkpoint", ck, "--filter-temperature", "0", *extra],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert res.returncode == 2 and "filter_temperature: expected a finite number > 0, got 0.0" in res.stderr
+        assert res.returncode == 2 and "--filter-temperature: expected a finite number > 0, got 0.0" in res.stderr
 
 
 def test_eval_filter_temperature_sharpens_predictions_not_training(tmp_path: Path):
@@ -903,7 +903,7 @@ def test_predict_and_evaluate_reject_bad_arguments_before_any_work(tiny_run: Pat
         ("scripts/predict.py", ["--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "in.npy" / "sub" / "o.gif")], "cannot create the output folder"),
         ("scripts/evaluate.py", ["--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
         ("scripts/evaluate.py", ["--sequences", "0"], "--sequences: expected an integer >= 1, got 0"),
-        ("scripts/evaluate.py", ["--json", str(tmp_path / "in.npy" / "e.json")], "cannot create the folder of --json"),
+        ("scripts/evaluate.py", ["--json", str(tmp_path / "in.npy" / "e.json")], "--json: cannot create the output folder"),
     ]
     for script, extra, message in cases:
         res = subprocess.run([sys.executable, script, "--checkpoint", ck, *extra], capture_output=True, text=True, cwd=ROOT)

@@ -80,9 +80,10 @@ def _read_header(handle: Any, where: str) -> tuple[tuple[int, ...], np.dtype]:
 
     try:
         version = npy.read_magic(handle)
-        reader = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
-        if reader is None:
-            reader = lambda f: npy._read_array_header(f, version)  # noqa: E731  (format 3.0)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"unknown .npy format version {version}")
+        # 3.0 differs from 2.0 only in the header's text encoding (UTF-8 field names)
+        reader = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
         shape, _, dtype = reader(handle)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
         raise InputError(f"{where}: not a readable .npy array ({first_line(exc)})") from None
@@ -143,7 +144,7 @@ def _read_member(handle: Any, where: str) -> np.ndarray:
         raise InputError(f"{where}: not a readable .npy array ({first_line(exc)})") from None
 
 
-def open_image(path: str | Path) -> Any:
+def open_image(path: str | Path, what: str = "image") -> Any:
     """A ``PIL.Image`` of ``path`` (header read, pixels not yet decoded) whose declared width x
     height and frame count lie within :data:`MAX_IMAGE_PIXELS` and :data:`MAX_VIDEO_FRAMES`."""
     import warnings
@@ -151,7 +152,7 @@ def open_image(path: str | Path) -> Any:
     from PIL import Image
 
     path = Path(path)
-    _need_file(path, "image")
+    _need_file(path, what)
     pillow_limit = Image.MAX_IMAGE_PIXELS
     try:
         # Pillow's own bomb check is replaced by the limit below, which names the declared size
@@ -160,7 +161,7 @@ def open_image(path: str | Path) -> Any:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
     except (OSError, ValueError, EOFError, SyntaxError) as exc:
-        raise InputError(f"{path}: not a readable image ({first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable {what} ({first_line(exc)})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = pillow_limit
     width, height = img.size

@@ -114,7 +114,7 @@ def _read_frame_array(path: Path) -> np.ndarray:
 
 def _gif_frames(path: Path) -> np.ndarray:
     """The frames of a GIF ``(T, H, W, 3)`` uint8, its declared size checked before decoding."""
-    img = open_image(path)
+    img = open_image(path, "GIF")
     try:
         count = getattr(img, "n_frames", 1)
         check_video_size(path, count, *img.size)

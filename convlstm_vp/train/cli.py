@@ -72,6 +72,9 @@ def _probe_writable(folder: Path, flag: str) -> None:
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"{flag}: cannot create the output folder {folder} ({exc.strerror or exc})")
+    try:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
