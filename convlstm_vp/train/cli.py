@@ -70,6 +70,9 @@ def _probe_writable(folder: Path, flag: str) -> None:
     """Create the missing parts of ``folder`` and check that a file can be created in it."""
     import tempfile
 
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        fail(f"{flag}: cannot create the output folder {folder}: {existing} is a file")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
