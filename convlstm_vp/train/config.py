@@ -271,6 +271,7 @@ def config_error(
 RESUME_MAY_CHANGE = (
     "name", "train.steps", "train.log_every", "train.checkpoint_every", "train.eval_every",
     "train.quick_eval_every", "train.patience", "train.progress", "train.num_threads", "log",
+    "data.cache_dir",
 )
 
 
