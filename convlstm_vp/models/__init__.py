@@ -3,6 +3,7 @@ sequence classifier and DeepConvLSTM (sensor activity recognition)."""
 
 from .deepconvlstm import DeepConvLSTM
 from .encoder_forecaster import EncoderForecaster, Forecast
+from .heads import HEADS, FrameHead, register_head
 from .patch_classifier import PatchSequenceClassifier
 
-__all__ = ["EncoderForecaster", "Forecast", "PatchSequenceClassifier", "DeepConvLSTM"]
+__all__ = ["EncoderForecaster", "Forecast", "FrameHead", "HEADS", "register_head", "PatchSequenceClassifier", "DeepConvLSTM"]

@@ -9,8 +9,8 @@ Reads top to bottom:
    the previous frame: the last observed one first, then its own prediction — or, with
    ``teacher_forcing`` > 0 and ``targets`` (scheduled sampling in training), the true previous
    frame with that probability. The caller passes the probability; the model keeps no schedule.
-4. Head: the hidden states of all forecaster layers are concatenated and mixed by a 1x1
-   convolution. With ``head="conv"`` (Shi et al.) its output is the patched frame itself, then
+4. Head (:mod:`convlstm_vp.models.heads`, registered by name): the hidden states of all
+   forecaster layers are concatenated and mixed by a 1x1 convolution. With ``head="conv"`` (Shi et al.) its output is the patched frame itself, then
    ``unpatchify`` and the output activation. With ``head="dynamic_filter"`` (De Brabandere et al.
    2016, "Dynamic Filter Networks") the 1x1 convolution instead gives, for every patch cell, the
    logits of a ``filter_size x filter_size`` kernel; the softmax of those weights filters the
@@ -35,14 +35,17 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from ..nn import ConvLSTM
 from ..nn.fast import CompiledForward
-from ..nn.layout import check_data_format, describe_sequence, sequence_from_internal, sequence_to_internal
 from ..nn.functional import check_finite, get_activation
+from ..nn.layout import check_data_format, describe_sequence, sequence_from_internal, sequence_to_internal
+from .heads import HEADS, RENDERS, apply_dynamic_filter, head_class, sample_displaced, unpatchify
+
+__all__ = ["EncoderForecaster", "Forecast", "HEADS", "RENDERS", "apply_dynamic_filter", "patchify",
+           "sample_displaced", "unpatchify"]
 
 
 def patchify(x: Tensor, patch_size: int) -> Tensor:
@@ -50,17 +53,6 @@ def patchify(x: Tensor, patch_size: int) -> Tensor:
     if patch_size == 1:
         return x
     return rearrange(x, "b t c (h p1) (w p2) -> b t (c p1 p2) h w", p1=patch_size, p2=patch_size)
-
-
-def unpatchify(x: Tensor, patch_size: int) -> Tensor:
-    """``(B, T, C·p·p, H/p, W/p) → (B, T, C, H, W)`` (depth-to-space)."""
-    if patch_size == 1:
-        return x
-    return rearrange(x, "b t (c p1 p2) h w -> b t c (h p1) (w p2)", p1=patch_size, p2=patch_size)
-
-
-HEADS = ("conv", "dynamic_filter")
-RENDERS = ("filter", "warp")
 
 
 class Forecast(NamedTuple):
@@ -77,61 +69,6 @@ class Forecast(NamedTuple):
     frames: Tensor
     encoder_frames: Tensor | None = None
     offsets: Tensor | None = None
-
-
-def apply_dynamic_filter(frame: Tensor, weights: Tensor) -> Tensor:
-    """Filter each pixel of ``frame`` with its own kernel.
-
-    Args:
-        frame: ``(B, C, H, W)``.
-        weights: ``(B, K*K, H/s, W/s)``, kernels in row-major order for odd ``K``, one kernel per
-            ``s x s`` block of pixels (``s = 1``: one per pixel), shared by the C channels; the
-            frame is zero-padded at its border.
-
-    Returns:
-        ``(B, C, H, W)`` with ``out[b, c, y, x] = sum_k weights[b, k, y//s, x//s] * frame[b, c, y+dy_k, x+dx_k]``.
-    """
-    b, c, h, w = frame.shape
-    kk, hs, ws = weights.shape[1:]
-    k = int(round(kk**0.5))
-    if k * k != kk or k % 2 == 0 or h % hs or w % ws or h // hs != w // ws:
-        raise ValueError(f"apply_dynamic_filter: expected weights (B, K*K, H/s, W/s) with odd K for frame {tuple(frame.shape)}, got {tuple(weights.shape)}")
-    s = h // hs
-    n = b * hs * ws * c
-    if n == 0:  # an empty batch (grouped convolutions need at least one group)
-        return frame * weights.sum(1, keepdim=True).repeat_interleave(s, 2).repeat_interleave(s, 3)
-    # the (s + K - 1)^2 window that the K x K kernels of one s x s block read, for every block ...
-    win = s + k - 1
-    cols = F.unfold(frame, win, padding=k // 2, stride=s).view(b, c, win, win, hs * ws)
-    cols = cols.permute(0, 4, 1, 2, 3).reshape(1, n, win, win)
-    # ... filtered by that block's kernel: one depthwise convolution with a group per block and channel
-    kernels = weights.permute(0, 2, 3, 1).reshape(b * hs * ws, 1, kk).expand(-1, c, -1).reshape(n, 1, k, k)
-    out = F.conv2d(cols, kernels.to(cols.dtype), groups=n)  # (1, n, s, s)
-    return out.view(b, hs, ws, c, s, s).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
-
-
-def sample_displaced(frame: Tensor, displacement: Tensor) -> Tensor:
-    """Sample ``frame`` at every pixel displaced by ``displacement``, bilinearly.
-
-    Args:
-        frame: ``(B, C, H, W)``.
-        displacement: ``(B, 2, H, W)`` as ``(dy, dx)`` in pixels.
-
-    Returns:
-        ``(B, C, H, W)`` with ``out[b, c, y, x] = frame[b, c, y + dy, x + dx]`` interpolated
-        bilinearly between the four nearest pixels; outside the frame reads 0.
-    """
-    b, c, h, w = frame.shape
-    if displacement.shape != (b, 2, h, w):
-        raise ValueError(f"sample_displaced: expected displacement (B, 2, H, W) = {(b, 2, h, w)}, got {tuple(displacement.shape)}")
-    d = displacement.float()
-    ys = torch.arange(h, device=d.device, dtype=d.dtype).view(1, h, 1)
-    xs = torch.arange(w, device=d.device, dtype=d.dtype).view(1, 1, w)
-    # grid_sample's normalised coordinates, x first; align_corners=True maps -1 and 1 to pixel centres 0 and size-1
-    gy = (ys + d[:, 0]) * (2.0 / max(h - 1, 1)) - 1.0
-    gx = (xs + d[:, 1]) * (2.0 / max(w - 1, 1)) - 1.0
-    grid = torch.stack([gx, gy], dim=-1)
-    return F.grid_sample(frame.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 class EncoderForecaster(nn.Module):
@@ -193,15 +130,12 @@ class EncoderForecaster(nn.Module):
         for what, v in (("patch_size", patch_size), ("input_frames", input_frames), ("output_frames", output_frames), ("in_channels", in_channels)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{what}: expected a positive int, got {v!r}")
-        if head not in HEADS:
-            raise ValueError(f"head: expected one of {HEADS}, got {head!r}")
-        if head != "conv" and (not isinstance(filter_size, int) or filter_size < 1 or filter_size % 2 == 0):
-            raise ValueError(f"filter_size: expected an odd positive int, got {filter_size!r}")
+        head_cls = head_class(head)
         if "dropout" in cell_kwargs:
             raise TypeError("EncoderForecaster has no between-layers dropout (the forecaster steps its cells itself); "
                             "use input_dropout= or recurrent_dropout=")
         if output_activation is None:
-            output_activation = "sigmoid" if head == "conv" else "identity"
+            output_activation = head_cls.default_activation
         self.in_channels = in_channels
         self.hidden_channels = hidden
         self.patch_size = patch_size
@@ -210,17 +144,20 @@ class EncoderForecaster(nn.Module):
         self.data_format = check_data_format(data_format)
         self.output_activation = output_activation
         self._out_act = get_activation(output_activation, "output_activation")
-        self.head_type = head
-        self.filter_size = filter_size if head != "conv" else None
         self.check_finite = check_finite
         kernels = kernel_size if isinstance(kernel_size, list) else [kernel_size] * len(hidden)
         c = in_channels * patch_size * patch_size
         # the frames are checked once here, not again by the inner layers
         self.encoder = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="encoder", check_finite=False, return_all_layers=True, **cell_kwargs)
         self.forecaster = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="forecaster", check_finite=False, **cell_kwargs)
-        # the dynamic filter has one kernel per patch cell, shared by its p x p pixels
-        self.head = nn.Conv2d(sum(hidden), c if head == "conv" else filter_size * filter_size, kernel_size=1)
+        self.head = head_cls(sum(hidden), c, patch_size, filter_size=filter_size)
+        self.filter_size = getattr(self.head, "filter_size", None)
         self._compiled_forward: CompiledForward | None = None  # implementation "graphed"
+
+    @property
+    def head_type(self) -> str:
+        """The head's registered name (``HEADS``)."""
+        return self.head.name
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
@@ -254,10 +191,7 @@ class EncoderForecaster(nn.Module):
             raise ValueError(f"filter_temperature: expected a finite number > 0, got {filter_temperature!r}")
         if render not in RENDERS:
             raise ValueError(f"render: expected one of {RENDERS}, got {render!r}")
-        if self.head_type == "conv" and filter_temperature != 1.0:
-            raise ValueError(f"filter_temperature: head='conv' has no filter kernels to sharpen, got {filter_temperature!r}")
-        if self.head_type == "conv" and render != "filter":
-            raise ValueError(f"render: head='conv' draws its frames; render={render!r} needs head='dynamic_filter'")
+        self.head.check_rendering(filter_temperature, render)
         return float(filter_temperature)
 
     def forward(self, frames: Tensor, targets: Tensor | None = None, teacher_forcing: float | Tensor = 0.0) -> Tensor:
@@ -323,8 +257,8 @@ class EncoderForecaster(nn.Module):
             :class:`Forecast` ``(frames, encoder_frames, offsets)``, ``None`` where not asked for.
         """
         temperature = self.check_rendering(filter_temperature, render)
-        if offsets and self.head_type == "conv":
-            raise ValueError("offsets: head='conv' has no filter kernels, so no offsets; use head='dynamic_filter'")
+        if offsets:
+            self.head.check_offsets()
         forcing = not (isinstance(teacher_forcing, (int, float)) and not isinstance(teacher_forcing, bool) and teacher_forcing == 0)
         if forcing:
             if isinstance(teacher_forcing, Tensor):
@@ -413,27 +347,7 @@ class EncoderForecaster(nn.Module):
         offsets ``(N, 2, h, w)``, else ``None``; with ``warp`` the new accumulated displacement,
         else ``None``."""
         z = self.head(feats)
-        if self.head_type == "conv":
-            return self._out_act(unpatchify(z.unsqueeze(1), self.patch_size).squeeze(1)), None, None
-        k = self.filter_size
-        kernels = torch.softmax(z.float() / temperature, dim=1)
-        offsets = None
-        if with_offsets or warp:
-            # kernel entry (i, j) in row-major order reads the pixel (i - k//2, j - k//2) away
-            taps = torch.arange(k, device=kernels.device, dtype=kernels.dtype) - k // 2
-            grid = kernels.unflatten(1, (k, k))  # (N, k, k, h, w)
-            offsets = torch.stack([torch.einsum("nijhw,i->nhw", grid, taps), torch.einsum("nijhw,j->nhw", grid, taps)], dim=1)
-        if warp:
-            # a pixel reads, through its kernel, the previous prediction around it, which read the
-            # source frame at those pixels' displacements: so its source coordinate is the kernel's
-            # average of (tap offset + displacement there); one bilinear sample of the source then
-            # gives the frame, so blur does not pile up over the horizon as repeated filtering does
-            p = self.patch_size
-            new = offsets.repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
-            if displacement is not None:
-                new = new + apply_dynamic_filter(displacement.float(), kernels)
-            return self._out_act(sample_displaced(previous, new)), (offsets if with_offsets else None), new
-        return self._out_act(apply_dynamic_filter(previous, kernels)), offsets, None
+        return self.head.render(z, previous, self._out_act, temperature, warp, with_offsets, displacement)
 
     def extra_repr(self) -> str:
         return (

@@ -97,8 +97,9 @@ def main(argv=None, prog: str | None = None) -> dict:
     t_in, t_out = cfg["model"]["input_frames"], cfg["model"]["output_frames"]
     standard = {"auto": None if digits == 2 else False, "yes": True, "no": False}[args.standard_file]
     root = args.root or d["root"]
-    if args.motion and model.head_type == "conv":
-        fail("--motion needs the dynamic-filter head (model.head dynamic_filter); this checkpoint's head is conv")
+    if args.motion and not model.head.has_kernels:
+        fail(f"--motion needs a head with filter kernels (model.head dynamic_filter); this checkpoint's head is "
+             f"{model.head_type}")
     try:
         seqs, evaluated_on = (test_sequences(cfg, args.data, args.sequences) if videos else
                               test_sequences(cfg, root, args.sequences, num_digits=digits, seed=args.seed, standard_file=standard))

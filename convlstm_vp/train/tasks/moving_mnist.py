@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ...data import MovingMNIST, VideoFolder, load_digits, moving_mnist_batch
 from ...data.moving_mnist import frames_to_tensor, motion_targets, render_moving_mnist
 from ...models.encoder_forecaster import EncoderForecaster, Forecast
+from ...models.heads import head_class
 from ..config import TRAIN_DEFAULTS
 from ..distributed import unwrap
 from ..loop import resolve_precision
@@ -195,15 +196,17 @@ class FramePredictionTask:
     def __init__(self, cfg: dict) -> None:
         if cfg["loss"] not in LOSSES:
             raise ValueError(f"config key 'loss': expected one of {LOSSES}, got {cfg['loss']!r}")
-        if cfg["motion_loss_weight"] > 0 and cfg["model"]["head"] == "conv":
-            raise ValueError("config key 'motion_loss_weight': needs model.head 'dynamic_filter' "
-                             "(the conv head has no filter kernels whose motion it could train); got head 'conv'")
+        head = head_class(cfg["model"]["head"])
+        if cfg["motion_loss_weight"] > 0 and not head.has_kernels:
+            raise ValueError(f"config key 'motion_loss_weight': needs a model.head with filter kernels "
+                             f"(head {head.name!r} has none whose motion it could train); got head {head.name!r}")
         check_scheduled_sampling(cfg["model"]["scheduled_sampling"])
         t = cfg["model"]["eval_filter_temperature"]
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
             raise ValueError(f"config key 'model.eval_filter_temperature': expected a finite number > 0, got {t!r}")
-        if t != 1.0 and cfg["model"]["head"] == "conv":
-            raise ValueError(f"config key 'model.eval_filter_temperature': the conv head has no filter kernels to sharpen; got {t!r}")
+        if t != 1.0 and not head.has_kernels:
+            raise ValueError(f"config key 'model.eval_filter_temperature': the {head.name} head has no filter "
+                             f"kernels to sharpen; got {t!r}")
         check_frame_data(cfg)
         self.cfg = cfg
         d = cfg["data"]
