@@ -27,6 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .controls import LayerControls, RegularizerArg, get_regularizer
+from .fast import (
+    CompiledStep,
+    Implementation,
+    ImplementationArg,
+    check_implementation,
+    lstm_gates,
+    resolve_implementation,
+)
 from .functional import (
     Activation,
     Initializer,
@@ -42,18 +51,31 @@ from .functional import (
     normalize_padding,
     resolve_pads,
 )
-from .controls import LayerControls, RegularizerArg, get_regularizer
-from .fast import (
-    CompiledStep,
-    Implementation,
-    ImplementationArg,
-    check_implementation,
-    lstm_gates,
-    resolve_implementation,
-)
-from .layout import describe_frame, frame_from_internal, frame_to_internal
+from .layout import check_data_format, describe_frame, frame_from_internal, frame_to_internal, user_frame_shape
 
 State = tuple[Tensor, Tensor]
+
+
+def check_sizes(spatial_dims: int, in_channels: int, hidden_channels: int, proj_size: int) -> None:
+    """ValueError unless the rank is 0-3, the channel counts positive ints and ``proj_size`` a
+    rank-0 projection smaller than ``hidden_channels`` (0: none)."""
+    if spatial_dims not in (0, 1, 2, 3):
+        raise ValueError(f"spatial_dims: expected 0, 1, 2 or 3, got {spatial_dims!r}")
+    for what, v in (("in_channels", in_channels), ("hidden_channels", hidden_channels)):
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"{what}: expected a positive int, got {v!r}")
+    if not isinstance(proj_size, int) or proj_size < 0:
+        raise ValueError(f"proj_size: expected an int >= 0, got {proj_size!r}")
+    if proj_size and spatial_dims != 0:
+        raise ValueError("proj_size: only supported at spatial_dims=0 (as in torch.nn.LSTM)")
+    if proj_size >= hidden_channels and proj_size:
+        raise ValueError(f"proj_size: must be smaller than hidden_channels={hidden_channels}, got {proj_size}")
+
+
+def check_probability(what: str, p: float) -> None:
+    """ValueError naming ``what`` unless ``p`` is a dropout probability in [0, 1)."""
+    if not 0.0 <= float(p) < 1.0:
+        raise ValueError(f"{what}: expected a probability in [0, 1), got {p!r}")
 
 
 class ConvLSTMCell(LayerControls, nn.Module):
@@ -155,63 +177,16 @@ class ConvLSTMCell(LayerControls, nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if spatial_dims not in (0, 1, 2, 3):
-            raise ValueError(f"spatial_dims: expected 0, 1, 2 or 3, got {spatial_dims!r}")
-        for what, v in (("in_channels", in_channels), ("hidden_channels", hidden_channels)):
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{what}: expected a positive int, got {v!r}")
-        if not isinstance(proj_size, int) or proj_size < 0:
-            raise ValueError(f"proj_size: expected an int >= 0, got {proj_size!r}")
-        if proj_size and spatial_dims != 0:
-            raise ValueError("proj_size: only supported at spatial_dims=0 (as in torch.nn.LSTM)")
-        if proj_size >= hidden_channels and proj_size:
-            raise ValueError(f"proj_size: must be smaller than hidden_channels={hidden_channels}, got {proj_size}")
-        for what, p in (("input_dropout", input_dropout), ("recurrent_dropout", recurrent_dropout)):
-            if not 0.0 <= float(p) < 1.0:
-                raise ValueError(f"{what}: expected a probability in [0, 1), got {p!r}")
-        if data_format not in ("channels_first", "channels_last"):
-            raise ValueError(f"data_format: expected 'channels_first' or 'channels_last', got {data_format!r}")
-        n = spatial_dims
-        factory = {"device": device, "dtype": dtype}
+        check_sizes(spatial_dims, in_channels, hidden_channels, proj_size)
+        check_probability("input_dropout", input_dropout)
+        check_probability("recurrent_dropout", recurrent_dropout)
+        self.data_format = check_data_format(data_format)
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
-        self.spatial_dims = n
-        self.kernel_size = expand(kernel_size, n, "kernel_size") if n else ()
-        self.stride = expand(stride, n, "stride") if n else ()
-        self.dilation = expand(dilation, n, "dilation") if n else ()
-        self.padding = normalize_padding(padding, n) if n else "valid"
-        rk = kernel_size if recurrent_kernel_size is None else recurrent_kernel_size
-        self.recurrent_kernel_size = expand(rk, n, "recurrent_kernel_size") if n else ()
-        # state-to-state: stride 1, dilation 1, "same" (the pads do not depend on the frame size)
-        self._hh_pads = tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in self.recurrent_kernel_size)
-        # per-step convolution arguments resolved once: no padding arithmetic inside the time loop
-        self._hh_padding = (
-            tuple(lo for lo, _ in self._hh_pads) if all(lo == hi for lo, hi in self._hh_pads) else None
-        )
-        self._ih_pads_cache: dict[tuple[int, ...], tuple[tuple[int, int], ...]] = {}
-        self._compiled_fns: dict[str, CompiledStep] | None = None
-        self.implementation = implementation  # validated by the property's setter
-        self._conv_fn = (None, F.conv1d, F.conv2d, F.conv3d)[n]
-        self._standard_gates = (
-            activation_name(activation) == "tanh"
-            and activation_name(recurrent_activation) == "sigmoid"
-            and (output_activation is None or activation_name(output_activation) == "tanh")
-            and not peephole
-        )
-        # unfold + matrix product instead of a convolution with very few input channels
-        self._matmul_ok = (
-            n > 0
-            and all(v == 1 for v in self.dilation)
-            and in_channels * math.prod(self.kernel_size) <= 32
-        )
-        # one convolution over [x, h]: both convolutions must see the same frame with the same pads
-        self._concat_ok = n == 0 or (
-            all(v == 1 for v in self.stride)
-            and all(v == 1 for v in self.dilation)
-            and self.kernel_size == self.recurrent_kernel_size
-            and self._hh_padding is not None
-            and self.padding in ("same", self._hh_pads)
-        )
+        self.spatial_dims = spatial_dims
+        self.proj_size = proj_size
+        self.out_channels = proj_size or hidden_channels
+        self._init_geometry(kernel_size, stride, padding, dilation, recurrent_kernel_size)
         self.use_bias = bias
         self.activation = activation
         self.recurrent_activation = recurrent_activation
@@ -223,33 +198,11 @@ class ConvLSTMCell(LayerControls, nn.Module):
         self.peephole = peephole
         self.input_dropout = float(input_dropout)
         self.recurrent_dropout = float(recurrent_dropout)
-        self.proj_size = proj_size
-        self.data_format = data_format
         self.check_finite = check_finite
-        self.out_channels = proj_size or hidden_channels
-
-        g = 4 * hidden_channels
-        self.weight_ih = nn.Parameter(torch.empty(g, in_channels, *self.kernel_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(g, self.out_channels, *self.recurrent_kernel_size, **factory))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(g, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(g, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        if peephole:
-            if peephole_size is not None:
-                pshape = tuple(expand(tuple(peephole_size), n, "peephole_size")) if n else ()
-            else:
-                pshape = (1,) * n
-            self.peephole_size = pshape
-            self.weight_ci = nn.Parameter(torch.empty(hidden_channels, *pshape, **factory))
-            self.weight_cf = nn.Parameter(torch.empty(hidden_channels, *pshape, **factory))
-            self.weight_co = nn.Parameter(torch.empty(hidden_channels, *pshape, **factory))
-        else:
-            self.peephole_size = None
-        if proj_size:
-            self.weight_hr = nn.Parameter(torch.empty(proj_size, hidden_channels, **factory))
+        self._compiled_fns: dict[str, CompiledStep] | None = None
+        self.implementation = implementation  # validated by the property's setter
+        self._init_fast_path_flags()
+        self._init_parameters(peephole_size, {"device": device, "dtype": dtype})
         self._init = {
             "kernel": get_initializer(kernel_initializer, "kernel_initializer"),
             "recurrent": get_initializer(recurrent_initializer, "recurrent_initializer"),
@@ -270,6 +223,72 @@ class ConvLSTMCell(LayerControls, nn.Module):
         self._init_controls(
             name=name, trainable=trainable, store_gradients=store_gradients, grad_scale=grad_scale, regularizers=regs
         )
+
+    def _init_geometry(self, kernel_size, stride, padding, dilation, recurrent_kernel_size) -> None:
+        """Kernel, stride, padding and dilation per spatial dim, and the per-step convolution
+        arguments resolved once (no padding arithmetic inside the time loop)."""
+        n = self.spatial_dims
+        self.kernel_size = expand(kernel_size, n, "kernel_size") if n else ()
+        self.stride = expand(stride, n, "stride") if n else ()
+        self.dilation = expand(dilation, n, "dilation") if n else ()
+        self.padding = normalize_padding(padding, n) if n else "valid"
+        rk = kernel_size if recurrent_kernel_size is None else recurrent_kernel_size
+        self.recurrent_kernel_size = expand(rk, n, "recurrent_kernel_size") if n else ()
+        # state-to-state: stride 1, dilation 1, "same" (the pads do not depend on the frame size)
+        self._hh_pads = tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in self.recurrent_kernel_size)
+        self._hh_padding = (
+            tuple(lo for lo, _ in self._hh_pads) if all(lo == hi for lo, hi in self._hh_pads) else None
+        )
+        self._ih_pads_cache: dict[tuple[int, ...], tuple[tuple[int, int], ...]] = {}
+        self._conv_fn = (None, F.conv1d, F.conv2d, F.conv3d)[n]
+
+    def _init_fast_path_flags(self) -> None:
+        """Which shortcuts the fused paths may take for this cell's configuration."""
+        n = self.spatial_dims
+        self._standard_gates = (
+            activation_name(self.activation) == "tanh"
+            and activation_name(self.recurrent_activation) == "sigmoid"
+            and (self.output_activation is None or activation_name(self.output_activation) == "tanh")
+            and not self.peephole
+        )
+        # unfold + matrix product instead of a convolution with very few input channels
+        self._matmul_ok = (
+            n > 0
+            and all(v == 1 for v in self.dilation)
+            and self.in_channels * math.prod(self.kernel_size) <= 32
+        )
+        # one convolution over [x, h]: both convolutions must see the same frame with the same pads
+        self._concat_ok = n == 0 or (
+            all(v == 1 for v in self.stride)
+            and all(v == 1 for v in self.dilation)
+            and self.kernel_size == self.recurrent_kernel_size
+            and self._hh_padding is not None
+            and self.padding in ("same", self._hh_pads)
+        )
+
+    def _init_parameters(self, peephole_size: Sequence[int] | None, factory: dict[str, Any]) -> None:
+        """Create (uninitialised) ``weight_ih``, ``weight_hh``, biases, peepholes and ``weight_hr``."""
+        n, hidden, g = self.spatial_dims, self.hidden_channels, 4 * self.hidden_channels
+        self.weight_ih = nn.Parameter(torch.empty(g, self.in_channels, *self.kernel_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(g, self.out_channels, *self.recurrent_kernel_size, **factory))
+        if self.use_bias:
+            self.bias_ih = nn.Parameter(torch.empty(g, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(g, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.peephole_size = None
+        if self.peephole:
+            if peephole_size is not None:
+                pshape = tuple(expand(tuple(peephole_size), n, "peephole_size")) if n else ()
+            else:
+                pshape = (1,) * n
+            self.peephole_size = pshape
+            self.weight_ci = nn.Parameter(torch.empty(hidden, *pshape, **factory))
+            self.weight_cf = nn.Parameter(torch.empty(hidden, *pshape, **factory))
+            self.weight_co = nn.Parameter(torch.empty(hidden, *pshape, **factory))
+        if self.proj_size:
+            self.weight_hr = nn.Parameter(torch.empty(self.proj_size, hidden, **factory))
 
     # ------------------------------------------------------------------ parameters
     @torch.no_grad()
@@ -554,79 +573,104 @@ class ConvLSTMCell(LayerControls, nn.Module):
             ``(h, c)`` in the same layout as ``x``.
         """
         n = self.spatial_dims
-        if not isinstance(x, Tensor):
-            raise TypeError(f"ConvLSTMCell expects a torch.Tensor input, got {type(x).__name__}")
-        expected = describe_frame(n, self.data_format, channel=f"C={self.in_channels}")
-        if x.dim() not in (n + 1, n + 2):
-            raise ValueError(
-                f"ConvLSTMCell(spatial_dims={n}, data_format={self.data_format!r}) expects input "
-                f"{expected} or unbatched "
-                f"{describe_frame(n, self.data_format, batched=False, channel=f'C={self.in_channels}')}, "
-                f"got shape {tuple(x.shape)}"
-            )
-        unbatched = x.dim() == n + 1
+        unbatched = self.check_input(x)
+        self.check_state_tuple(state, x.dim(), unbatched)
         given = tuple(x.shape)
-        state_layout = describe_frame(n, self.data_format, batched=not unbatched, channel="hidden")
-        if state is not None:
-            if not (
-                isinstance(state, (tuple, list))
-                and len(state) == 2
-                and all(isinstance(t, Tensor) and t.dim() == x.dim() for t in state)
-            ):
-                got = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in state]
-                raise ValueError(
-                    f"ConvLSTMCell expects state (h, c), each {state_layout} "
-                    f"(data_format={self.data_format!r}), got {got}"
-                )
         if unbatched:
             x = x.unsqueeze(0)
             if state is not None:
                 state = (state[0].unsqueeze(0), state[1].unsqueeze(0))
         x = frame_to_internal(x, n, self.data_format)
-        if x.shape[1] != self.in_channels:
-            unb = describe_frame(n, self.data_format, batched=False, channel=f"C={self.in_channels}")
-            raise ValueError(
-                f"ConvLSTMCell expects input {expected} or unbatched {unb} "
-                f"(data_format={self.data_format!r}), got shape {given} with {x.shape[1]} channels"
-            )
-        if not x.is_floating_point():
-            raise TypeError(f"ConvLSTMCell expects a floating-point input, got dtype {x.dtype}")
-        check_dtype_device(x, self.weight_ih, "input x", "ConvLSTMCell")
-        if state is not None:
-            check_dtype_device(state[0], self.weight_hh, "state h", "ConvLSTMCell")
-            check_dtype_device(state[1], self.weight_hh, "state c", "ConvLSTMCell")
-        if self.check_finite:
-            owner = f"ConvLSTMCell(spatial_dims={n}) (check_finite=True)"
-            check_finite(x, "input x", owner)
-            if state is not None:
-                check_finite(state[0], "state h", owner)
-                check_finite(state[1], "state c", owner)
+        self.check_input_channels(x, given)
+        self.check_values(x, state)
         x = self._controls_before_forward(x)
         spatial_out = self.output_spatial_size(x.shape[2:])
         if state is None:
             hc = self.initial_state(x.shape[0], spatial_out, x.device, x.dtype)
         else:
             hc = (frame_to_internal(state[0], n, self.data_format), frame_to_internal(state[1], n, self.data_format))
-            want_h = (x.shape[0], self.out_channels, *spatial_out)
-            want_c = (x.shape[0], self.hidden_channels, *spatial_out)
-            if tuple(hc[0].shape) != want_h or tuple(hc[1].shape) != want_c:
-
-                def user(shape: tuple[int, ...]) -> tuple[int, ...]:
-                    if self.data_format == "channels_last" and n:
-                        shape = (shape[0], *shape[2:], shape[1])
-                    return shape[1:] if unbatched else shape
-
-                raise ValueError(
-                    f"ConvLSTMCell expects state (h, c), each {state_layout}, with h {user(want_h)} and "
-                    f"c {user(want_c)} (data_format={self.data_format!r}), got "
-                    f"{user(tuple(hc[0].shape))} and {user(tuple(hc[1].shape))}"
-                )
+            self.check_hidden_size(hc, x.shape[0], spatial_out, unbatched)
         h, c = self.step(x, hc)
         h = frame_from_internal(h, n, self.data_format)
         c = frame_from_internal(c, n, self.data_format)
         if unbatched:
             h, c = h.squeeze(0), c.squeeze(0)
         return h, c
+
+    # ------------------------------------------------------------------ checks of forward's arguments
+    def _expected_input(self, batched: bool = True) -> str:
+        return describe_frame(self.spatial_dims, self.data_format, batched, channel=f"C={self.in_channels}")
+
+    def check_input(self, x: Tensor) -> bool:
+        """TypeError/ValueError unless ``x`` is a tensor of the input's rank (batched or not);
+        returns whether it is unbatched."""
+        n = self.spatial_dims
+        if not isinstance(x, Tensor):
+            raise TypeError(f"ConvLSTMCell expects a torch.Tensor input, got {type(x).__name__}")
+        if x.dim() not in (n + 1, n + 2):
+            raise ValueError(
+                f"ConvLSTMCell(spatial_dims={n}, data_format={self.data_format!r}) expects input "
+                f"{self._expected_input()} or unbatched {self._expected_input(False)}, got shape {tuple(x.shape)}"
+            )
+        return x.dim() == n + 1
+
+    def check_state_tuple(self, state: State | None, rank: int, unbatched: bool) -> None:
+        """ValueError unless ``state`` is None or ``(h, c)``, two tensors of the input's rank."""
+        if state is None:
+            return
+        if not (
+            isinstance(state, (tuple, list))
+            and len(state) == 2
+            and all(isinstance(t, Tensor) and t.dim() == rank for t in state)
+        ):
+            got = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in state]
+            raise ValueError(
+                f"ConvLSTMCell expects state (h, c), each {self._state_layout(unbatched)} "
+                f"(data_format={self.data_format!r}), got {got}"
+            )
+
+    def check_input_channels(self, x: Tensor, given: tuple[int, ...]) -> None:
+        """ValueError unless the batched, channels-first ``x`` has ``in_channels`` channels and a
+        floating-point dtype (``given``: its shape as the caller passed it)."""
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"ConvLSTMCell expects input {self._expected_input()} or unbatched {self._expected_input(False)} "
+                f"(data_format={self.data_format!r}), got shape {given} with {x.shape[1]} channels"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"ConvLSTMCell expects a floating-point input, got dtype {x.dtype}")
+
+    def check_values(self, x: Tensor, state: State | None) -> None:
+        """The input and state have the weights' dtype and device, and (``check_finite``) no NaN/Inf."""
+        check_dtype_device(x, self.weight_ih, "input x", "ConvLSTMCell")
+        if state is not None:
+            check_dtype_device(state[0], self.weight_hh, "state h", "ConvLSTMCell")
+            check_dtype_device(state[1], self.weight_hh, "state c", "ConvLSTMCell")
+        if self.check_finite:
+            owner = f"ConvLSTMCell(spatial_dims={self.spatial_dims}) (check_finite=True)"
+            check_finite(x, "input x", owner)
+            if state is not None:
+                check_finite(state[0], "state h", owner)
+                check_finite(state[1], "state c", owner)
+
+    def check_hidden_size(self, hc: State, batch: int, spatial_out: tuple[int, ...], unbatched: bool) -> None:
+        """ValueError unless the internal-layout state ``hc`` has ``h`` ``(B, out_channels,
+        *spatial_out)`` and ``c`` ``(B, hidden_channels, *spatial_out)``; the message gives the
+        shapes in the caller's layout."""
+        want_h = (batch, self.out_channels, *spatial_out)
+        want_c = (batch, self.hidden_channels, *spatial_out)
+        if tuple(hc[0].shape) == want_h and tuple(hc[1].shape) == want_c:
+            return
+        n, fmt, batched = self.spatial_dims, self.data_format, not unbatched
+        h_user, c_user = (user_frame_shape(t, n, fmt, batched) for t in (want_h, want_c))
+        got_h, got_c = (user_frame_shape(tuple(t.shape), n, fmt, batched) for t in hc)
+        raise ValueError(
+            f"ConvLSTMCell expects state (h, c), each {self._state_layout(unbatched)}, with h {h_user} and "
+            f"c {c_user} (data_format={fmt!r}), got {got_h} and {got_c}"
+        )
+
+    def _state_layout(self, unbatched: bool) -> str:
+        return describe_frame(self.spatial_dims, self.data_format, batched=not unbatched, channel="hidden")
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.hidden_channels}"

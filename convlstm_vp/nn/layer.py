@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,17 +12,19 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import fast
 from .cell import ConvLSTMCell, set_implementation
-from .fast import CompiledForward, Implementation, ImplementationArg
 from .controls import LayerControls
+from .fast import CompiledForward, Implementation, ImplementationArg
 from .functional import check_dtype_device, check_finite
 from .layout import (
     check_data_format,
+    describe_frame,
     describe_sequence,
     sequence_from_internal,
     sequence_to_internal,
+    user_frame_shape,
 )
 
-StateArg = Union[tuple[Tensor, Tensor], tuple[Sequence[Tensor], Sequence[Tensor]], None]
+StateArg = tuple[Tensor, Tensor] | tuple[Sequence[Tensor], Sequence[Tensor]] | None
 
 
 def _per_layer(value: Any, num_layers: int, what: str) -> list[Any]:
@@ -223,7 +225,7 @@ class ConvLSTM(LayerControls, nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_torch_lstm(cls, lstm: nn.LSTM) -> "ConvLSTM":
+    def from_torch_lstm(cls, lstm: nn.LSTM) -> ConvLSTM:
         """The rank-0 layer that computes exactly what ``lstm`` computes (weights copied)."""
         if not isinstance(lstm, nn.LSTM):
             raise TypeError(f"from_torch_lstm expects a torch.nn.LSTM, got {type(lstm).__name__}")
@@ -358,17 +360,12 @@ class ConvLSTM(LayerControls, nn.Module):
 
     def _state_layout(self, unbatched: bool, per_cell: bool = False) -> str:
         """Human-readable state layout, e.g. ``"(num_layers * num_directions, B, H, H_out, W_out)"``."""
-        names = {0: [], 1: ["L_out"], 2: ["H_out", "W_out"], 3: ["D_out", "H_out", "W_out"]}[self.spatial_dims]
-        feat = ["hidden", *names] if self.data_format == "channels_first" else [*names, "hidden"]
-        lead = ([] if per_cell else ["num_layers * num_directions"]) + ([] if unbatched else ["B"])
-        return "(" + ", ".join(lead + feat) + ")"
+        lead = [] if per_cell else ["num_layers * num_directions"]
+        return describe_frame(self.spatial_dims, self.data_format, not unbatched, "hidden", lead, "_out")
 
     def _user_shape(self, internal: tuple[int, ...], unbatched: bool) -> tuple[int, ...]:
         """A per-cell state shape ``(B, H, *spatial)`` written in the user's layout."""
-        shape = list(internal)
-        if self.data_format == "channels_last" and self.spatial_dims:
-            shape = [shape[0], *shape[2:], shape[1]]
-        return tuple(shape[1:] if unbatched else shape)
+        return user_frame_shape(internal, self.spatial_dims, self.data_format, not unbatched)
 
     def _initial_states(self, state: StateArg, x: Tensor, unbatched: bool) -> list[tuple[Tensor, Tensor] | None]:
         """One ``(h, c)`` (internal layout) or None per cell."""

@@ -7,6 +7,8 @@ A user's layout is set by ``batch_first`` (time first otherwise, as in ``torch.n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from einops import rearrange
 from torch import Tensor
 
@@ -77,7 +79,25 @@ def describe_sequence(spatial_dims: int, batch_first: bool, data_format: str, ba
     return "(" + ", ".join(bt + feat) + ")"
 
 
-def describe_frame(spatial_dims: int, data_format: str, batched: bool = True, channel: str = "C") -> str:
-    s = _SPATIAL_NAMES[spatial_dims]
+def describe_frame(
+    spatial_dims: int,
+    data_format: str,
+    batched: bool = True,
+    channel: str = "C",
+    lead: Sequence[str] = (),
+    spatial_suffix: str = "",
+) -> str:
+    """Human-readable shape of a frame (one time step), e.g. ``"(B, C, H, W)"``: ``lead`` axes
+    come before ``B`` (a layer's stacked states), ``spatial_suffix`` marks output sizes (``"_out"``)."""
+    s = [f"{name}{spatial_suffix}" for name in _SPATIAL_NAMES[spatial_dims]]
     feat = [channel, *s] if data_format == "channels_first" else [*s, channel]
-    return "(" + ", ".join((["B"] if batched else []) + feat) + ")"
+    return "(" + ", ".join([*lead, *(["B"] if batched else []), *feat]) + ")"
+
+
+def user_frame_shape(internal: Sequence[int], spatial_dims: int, data_format: str, batched: bool = True) -> tuple[int, ...]:
+    """A frame shape ``(B, C, *spatial)`` of the internal layout written in the user's layout
+    (channels last where asked; without ``B`` when the user's input is unbatched), for messages."""
+    shape = list(internal)
+    if data_format == "channels_last" and spatial_dims:
+        shape = [shape[0], *shape[2:], shape[1]]
+    return tuple(shape if batched else shape[1:])
