@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/cpu-quick.yaml
 
-.PHONY: demo test install install-test clean
+.PHONY: demo lint test install install-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,7 +25,11 @@ demo: $(VENV)/.installed
 	$(BIN)/python scripts/train_moving_mnist.py --config $(CONFIG)
 	$(BIN)/python scripts/evaluate.py --checkpoint runs/$(basename $(notdir $(CONFIG)))/checkpoints/best.pt --json runs/$(basename $(notdir $(CONFIG)))/evaluation.json
 
-test: $(VENV)/.installed-test
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -q -n 2 tests
 
 clean:
