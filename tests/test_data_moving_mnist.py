@@ -124,7 +124,7 @@ def test_batch_generation(root):
 
 
 def test_generation_is_fast_enough():
-    """The issue's floor: 20,000 frames/s on one core (the benchmark script reports the figure)."""
+    """The floor: 20,000 frames/s on one core (the benchmark script reports the figure)."""
     torch.set_num_threads(1)
     pool = load_digits(split="train", source="embedded")
     rng = np.random.default_rng(0)

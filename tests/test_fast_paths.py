@@ -1,4 +1,4 @@
-"""Fast paths of the cell and layer (issue 8): every path of ``Implementation`` gives the plain
+"""Fast paths of the cell and layer: every path of ``Implementation`` gives the plain
 path's numbers.
 
 Each test builds the same weights twice, one with the fast path on and one with it off, and
@@ -497,7 +497,7 @@ def test_finite_check_by_one_sum_still_finds_every_non_finite_value():
 
 @pytest.mark.parametrize("rank", [0, 1, 2, 3])
 def test_second_derivatives_are_exact_on_every_implementation(rank):
-    # the issue's case: d/dW of |dL/dx|^2 through the fused gates dropped the term through the
+    # the case: d/dW of |dL/dx|^2 through the fused gates dropped the term through the
     # gate kernel's backward (up to 1.2 off); every implementation must give the plain numbers
     spatial = {0: (), 1: (4,), 2: (3, 3), 3: (2, 2, 3)}[rank]
     torch.manual_seed(rank)

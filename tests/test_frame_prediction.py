@@ -549,7 +549,7 @@ def test_loss_terms_and_their_config_checks():
     for key in ("l1_weight", "encoder_loss_weight"):
         with pytest.raises(ConfigError, match=key):
             merge(DEFAULTS, {key: -1.0})
-    # options removed in issue 23 (no gain measured) are unknown keys now
+    # removed options (no gain measured) are unknown keys
     for removed in ({"ssim_weight": 0.5}, {"model": {"memory_format": "channels_last"}}, {"model": {"motion_input": True}}):
         with pytest.raises(ConfigError, match="unknown"):
             merge(DEFAULTS, removed)
@@ -729,7 +729,7 @@ def test_evaluate_and_predict_render_option(tiny_run: Path, tmp_path: Path):
 
 
 def test_old_checkpoints_still_load(tiny_run: Path, tmp_path: Path):
-    """A checkpoint written before issue 23 holds the scheduled-sampling counter and config keys of
+    """An older checkpoint holds the scheduled-sampling counter and config keys of
     removed options; it loads (the counter and neutral keys dropped) and predicts as before."""
     from convlstm_vp.train.checkpoint import CheckpointError, save_checkpoint
 

@@ -1,4 +1,4 @@
-"""Issue 25: sequence classification on the user's own data (.ts, .npz, .csv folders, aeon names),
+"""Sequence classification on the user's own data (.ts, .npz, .csv folders, aeon names),
 variable-length series, and ``convlstm-vp classify``."""
 
 from __future__ import annotations

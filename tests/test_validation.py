@@ -186,7 +186,7 @@ def test_sensor_script_rejects_a_temporal_kernel_longer_than_the_window(tmp_path
     from convlstm_vp.train.tasks.sensors import DEFAULTS, SensorTask
 
     err = _run_cli(tmp_path, capsys, DEFAULTS, SensorTask, "deepconvlstm-tiny.yaml", "model.conv_kernel=60")
-    # the task checks every series against the model before building it (issue 25: series may
+    # the task checks every series against the model before building it (series may
     # differ in length, so the shortest one is named)
     assert "'model.conv_kernel'" in err and "training item 0 has 100 samples" in err and "= 119" in err
 

@@ -1,5 +1,5 @@
 """Validation splits: best.pt and early stopping are chosen on data held out of the training set;
-the test split is read only by the final test (issue 26, item 8)."""
+the test split is read only by the final test."""
 
 from __future__ import annotations
 

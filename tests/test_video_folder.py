@@ -1,4 +1,4 @@
-"""VideoFolder and frame prediction on the user's own videos (issue 24): small videos written here
+"""VideoFolder and frame prediction on the user's own videos: small videos written here
 with OpenCV (coloured shapes moving on a textured background, .mp4 and .avi, plus frame arrays
 and one unreadable file), their splits and cache, and a colour training run with evaluate and
 predict end to end."""

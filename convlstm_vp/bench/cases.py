@@ -278,7 +278,7 @@ def layer_config(device: torch.device, quick: bool) -> Config:
     keras_case = _keras_case(c, h, k, t, size)
     if keras_case is not None:
         cases.append(keras_case)
-    return Config("layer", "one ConvLSTM2D layer (the issue's measurement shapes)", b, inputs, _mse, flops, cases,
+    return Config("layer", "one ConvLSTM2D layer (the reference measurement shapes)", b, inputs, _mse, flops, cases,
                   {"batch": b, "steps": t, "input": f"{c}x{size}x{size}", "hidden": h, "kernel": k})
 
 

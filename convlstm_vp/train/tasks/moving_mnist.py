@@ -156,7 +156,7 @@ def teacher_forcing(spec: Sequence[float] | None, step: int) -> float | Tensor:
     number 0 without a schedule; with one, :func:`scheduled_sampling` at ``step`` as a 0-dim
     float64 tensor, which the model mixes in even once it is 0 (it cannot read it without a host
     sync). So a run keeps one computation (the same coin draws, the same autograd graph) over its
-    whole schedule, bit for bit the one of the counter the model used to keep."""
+    whole schedule, and a resumed run repeats it bit for bit."""
     if spec is None:
         return 0.0
     return torch.tensor(scheduled_sampling(spec, step), dtype=torch.float64)
@@ -339,7 +339,7 @@ class FramePredictionTask:
         return result
 
 
-MovingMNISTTask = FramePredictionTask  # the name before video folders joined (issue 24)
+MovingMNISTTask = FramePredictionTask  # the job's name in older scripts and the frames job's module
 
 
 def video_folder(cfg: dict, split: str, root: str | None = None) -> VideoFolder:
@@ -473,8 +473,8 @@ def evaluate_frames(model: EncoderForecaster, sequences: Tensor, cfg: dict, logg
 
 
 
-# config keys of options removed since (issue 23) that a checkpoint's config may still hold, with
-# the values that trained the same model as today's code; other values could not be rebuilt
+# config keys of removed options that a checkpoint's config may still hold, with the values that
+# train the same model as this code (None: any value); other values cannot be rebuilt
 _REMOVED_KEYS = {
     ("ssim_weight",): None,  # a loss term: any value (training only)
     ("model", "memory_format"): None,  # strides only: any value
@@ -492,7 +492,7 @@ def _upgrade_config(config: dict, checkpoint: str) -> dict:
 
     config = copy.deepcopy(config)
     data = config.get("data")
-    if isinstance(data, dict) and "eval_sequences" in data:  # renamed when validation left the test set
+    if isinstance(data, dict) and "eval_sequences" in data:  # the validation set's former key
         data.setdefault("val_sequences", data.pop("eval_sequences"))
     for path, neutral in _REMOVED_KEYS.items():
         *parents, key = path
@@ -517,9 +517,9 @@ def load_trained(checkpoint: str, map_location: str = "cpu") -> tuple[EncoderFor
     """Rebuild the model stored in a training checkpoint (safe loading) and return it with its
     config (predict with ``filter_temperature=cfg["model"]["eval_filter_temperature"]``).
 
-    Checkpoints written before issue 23 still load: the model's old ``sampling_updates`` buffer
-    (the scheduled-sampling counter, now the training step) and config keys of removed options
-    that did not change the model are dropped."""
+    Older checkpoints load too: a ``sampling_updates`` buffer (a scheduled-sampling counter the
+    training step replaces) and config keys of removed options that do not change the model are
+    dropped (``_upgrade_config``; docs/results/removed-options.md)."""
     from ..checkpoint import CheckpointError, load_checkpoint
     from ..config import merge
 
