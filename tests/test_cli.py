@@ -27,15 +27,27 @@ def _cli(*args: str, module: str = "convlstm_vp.cli", ok: bool = True) -> subpro
     return res
 
 
-def test_help_lists_every_subcommand_with_one_line():
-    for module in ("convlstm_vp.cli", "convlstm_vp"):
+def _main(capsys, *args: str) -> tuple[int, str, str]:
+    """``convlstm-vp ARGS`` in this process: (exit status, stdout, stderr)."""
+    from convlstm_vp.cli import main
+
+    try:
+        status = main(list(args))
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_help_lists_every_subcommand_with_one_line(capsys):
+    for module in ("convlstm_vp.cli", "convlstm_vp"):  # both entry points, as a user runs them
         out = _cli("--help", module=module).stdout
         for name in ("train", "evaluate", "predict", "benchmark"):
             assert sum(line.split()[:1] == [name] for line in out.splitlines()) == 1, (name, out)
-    res = _cli(ok=False)  # no command: the usage on stderr, status 2
-    assert res.returncode == 2 and "train" in res.stderr
-    res = _cli("bogus", ok=False)
-    assert res.returncode == 2 and "unknown command 'bogus'" in res.stderr
+    status, _, err = _main(capsys)  # no command: the usage on stderr, status 2
+    assert status == 2 and "train" in err
+    status, _, err = _main(capsys, "bogus")
+    assert status == 2 and "unknown command 'bogus'" in err
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -48,20 +60,23 @@ def test_help_lists_every_subcommand_with_one_line():
     (["predict", "--help"], ["--checkpoint", "--input", "--output", "--fps"]),
     (["benchmark", "--help"], ["--quick", "--configs", "--memory"]),
 ])
-def test_subcommand_help(args, expected):
-    out = _cli(*args).stdout
+def test_subcommand_help(args, expected, capsys):
+    status, out, _ = _main(capsys, *args)
+    assert status == 0
     assert out.startswith("usage: convlstm-vp " + args[0])
     for word in expected:
         assert word in out, (args, word)
 
 
-def test_unknown_training_job_and_script_errors_keep_their_status(tmp_path: Path):
-    res = _cli("train", "bogus", ok=False)
-    assert res.returncode == 2 and "unknown job 'bogus'" in res.stderr
+def test_unknown_training_job_and_script_errors_keep_their_status(tmp_path: Path, capsys):
+    status, _, err = _main(capsys, "train", "bogus")
+    assert status == 2 and "unknown job 'bogus'" in err
     missing = str(tmp_path / "none.pt")
-    for cmd in ([sys.executable, "scripts/evaluate.py"], [sys.executable, "-m", "convlstm_vp.cli", "evaluate"]):
-        res = subprocess.run([*cmd, "--checkpoint", missing], cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert res.returncode == 2 and "not found" in res.stderr
+    res = subprocess.run([sys.executable, "scripts/evaluate.py", "--checkpoint", missing], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "not found" in res.stderr
+    status, _, err = _main(capsys, "evaluate", "--checkpoint", missing)
+    assert status == 2 and "not found" in err
 
 
 @pytest.fixture(scope="module")
