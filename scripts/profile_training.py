@@ -39,8 +39,10 @@ from typing import Any
 import torch
 
 from convlstm_vp.nn import set_implementation
+from convlstm_vp.train.checkpoint import seed_everything
 from convlstm_vp.train.config import ConfigError, load_config
-from convlstm_vp.train.loop import _deterministic, _seed_everything, build_optimizer, build_scheduler, resolve_device, training_precision
+from convlstm_vp.train.loop import _deterministic, build_optimizer, build_scheduler
+from convlstm_vp.train.precision import resolve_device, training_precision
 
 TASKS = {
     "moving_mnist": ("convlstm_vp.train.tasks.moving_mnist", "MovingMNISTTask"),
@@ -162,7 +164,7 @@ def build(args: argparse.Namespace) -> tuple[Any, torch.nn.Module, dict, torch.d
     tc = cfg["train"]
     if tc["num_threads"]:
         torch.set_num_threads(tc["num_threads"])
-    _seed_everything(int(cfg.get("seed", 0)))
+    seed_everything(int(cfg.get("seed", 0)))
     device = resolve_device(tc["device"], 0, "config key 'train.device'")
     task = getattr(module, class_name)(cfg)
     model = task.build_model().to(device)

@@ -578,16 +578,16 @@ def test_training_precision_gives_the_autocast_and_refuses_fp16_off_cuda():
 def test_precision_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, native):
     from contextlib import nullcontext
 
-    from convlstm_vp.train import loop
+    from convlstm_vp.train import precision
 
-    monkeypatch.setattr(loop, "cpu_bf16_native", lambda: native)
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: native)
     cpu = torch.device("cpu")
-    ctx, _, ran = loop.training_precision(cpu, "auto")
+    ctx, _, ran = precision.training_precision(cpu, "auto")
     assert ran == ("bf16" if native else "fp32")
     assert isinstance(ctx, torch.autocast if native else nullcontext)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert loop.resolve_precision(cpu, "bf16") == "bf16"  # an explicit choice is kept ...
+        assert precision.resolve_precision(cpu, "bf16") == "bf16"  # an explicit choice is kept ...
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     if native:
         assert not messages

@@ -16,7 +16,7 @@ from ..models.deepconvlstm import DeepConvLSTM
 from ..models.encoder_forecaster import EncoderForecaster
 from ..models.patch_classifier import PatchSequenceClassifier
 from ..nn import IMPLEMENTATIONS, ConvLSTM, Implementation
-from ..train.loop import resolve_precision
+from ..train.precision import resolve_precision
 from .reference import FirstOutput, LastStep, ReferenceEncoderForecaster, ReferencePatchClassifier, ReferenceStack
 
 CONFIGS = ("moving_mnist", "patch", "deepconvlstm", "layer", "openstl")

@@ -63,7 +63,6 @@ and FLOP counts in :mod:`convlstm_vp.bench.cases`; this module times them and re
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -82,15 +81,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..train.loop import resolve_precision
-from .cases import BUILDERS, KERAS_STATUS, Case, Config, PRECISIONS, conv_flops
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+from ..train.precision import eval_autocast, resolve_precision
+from .cases import BUILDERS, KERAS_STATUS, PRECISIONS, Case, Config, conv_flops
 
 
 # ============================================================================ timing
@@ -102,7 +94,7 @@ def _sync(device: torch.device) -> None:
 def forward_once(case: Case, cfg: Config, device: torch.device, x: Tensor) -> None:
     model = case.model
     model.eval()
-    with torch.no_grad(), _autocast(device, case.precision):
+    with torch.no_grad(), eval_autocast(device, case.precision):
         model(x)
 
 
@@ -111,7 +103,7 @@ def train_once(case: Case, cfg: Config, device: torch.device, x: Tensor, y: Tens
     model.train()
     for p in model.parameters():
         p.grad = None
-    with _autocast(device, case.precision):
+    with eval_autocast(device, case.precision):
         out = model(x)
     cfg.loss(out, y).backward()
 

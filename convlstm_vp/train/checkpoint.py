@@ -19,15 +19,21 @@ import json
 import math
 import os
 import random
+import signal
+import sys
 import tempfile
 import warnings
 import zipfile
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .config import check_resume_config
+from .distributed import DistInfo, agree_on_signal, gather_objects, rank_seed
+from .state import NonFiniteLossError, TrainingState
 
 FORMAT = "convlstm_vp.checkpoint/1"
 
@@ -260,3 +266,142 @@ def check_loaded(ck: dict[str, Any], path: str | Path) -> None:
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise CheckpointError(f"checkpoint {path}: the weights {', '.join(bad[:3])}{more} hold NaN/Inf values")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy's global generator and Python's ``random``."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+class Checkpointer:
+    """Saves and restores a run's ``checkpoints/last.pt`` and ``best.pt``.
+
+    A checkpoint holds the model, optimizer, scheduler and scaler states, the
+    :class:`~convlstm_vp.train.state.TrainingState`, the config, the task's ``checkpoint_state()``
+    when it has one, and the RNG states (of every rank under torchrun, so that a resumed
+    multi-process run is bit-exact too). Weights that became NaN/Inf are never saved: the save
+    raises :class:`~convlstm_vp.train.state.NonFiniteLossError` and the last good file stays.
+    """
+
+    def __init__(self, run_dir: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
+                 state: TrainingState, cfg: dict, task: Any, dist: DistInfo) -> None:
+        folder = Path(run_dir) / "checkpoints"
+        self.last_path, self.best_path = folder / "last.pt", folder / "best.pt"
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.state, self.cfg, self.task, self.dist = state, cfg, task, dist
+
+    def save(self, path: Path, all_ranks: bool = True) -> None:
+        """Rank 0 writes ``path`` at the state's step; with ``all_ranks`` (every rank calls) it
+        holds every rank's RNG states.
+
+        Weights that became NaN/Inf (a finite loss and gradient can still step them there, e.g.
+        with a huge learning rate) stop the run before anything is written (DDP ranks agree: the
+        weights are the same on every rank)."""
+        step = self.state.step
+        bad = [n for n, t in self.model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise NonFiniteLossError(
+                f"the weights became NaN/Inf by step {step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                f"{path.name} was not written and the last good checkpoint is kept at {self.last_path}; lower train.lr"
+            )
+        rng_ranks = gather_objects(capture_rng_state(), self.dist) if all_ranks and self.dist.world_size > 1 else None
+        if self.dist.rank != 0:
+            return
+        payload = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            **self.state.state_dict(),
+            "config": self.cfg,
+            "world_size": self.dist.world_size,
+        }
+        if hasattr(self.task, "checkpoint_state"):  # what applying the model later needs (classes, statistics)
+            payload["task_state"] = self.task.checkpoint_state()
+        if rng_ranks is not None:
+            payload["rng"], payload["rng_ranks"] = rng_ranks[0], rng_ranks
+        save_checkpoint(path, payload)
+
+    def stop_on_signal(self, signum: int | None, flush: Any) -> None:
+        """When any rank received a signal (``signum`` here): save ``last.pt``, ``flush()`` the
+        logs and raise ``SystemExit(128 + signum)``."""
+        signum = agree_on_signal(signum, self.dist)
+        if signum is None:
+            return
+        self.save(self.last_path)
+        flush()
+        if self.dist.rank == 0:
+            name = signal.Signals(signum).name
+            print(f"{name}: saved checkpoint at step {self.state.step} to {self.last_path}; continue with --resume",
+                  file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    def resume(self, seed: int) -> None:
+        """Restore everything ``last.pt`` holds; CheckpointError naming the file when it is missing
+        or does not fit this config's model and optimizer."""
+        path = self.last_path
+        if not path.is_file():
+            raise CheckpointError(f"--resume: no checkpoint to resume from at {path}")
+        ck = load_checkpoint(path)
+        check_resume_config(ck["config"], self.cfg, path)
+        self._restore_training(ck)
+        self.state.load_state_dict(ck)
+        self._restore_rank_rng(ck, seed)
+
+    def _restore_training(self, ck: dict) -> None:
+        """Load model/optimizer/scheduler/scaler states from checkpoint ``ck``."""
+        path, tc = self.last_path, self.cfg["train"]
+        saved_steps = ck.get("config", {}).get("train", {}).get("steps")
+        if tc["schedule"] == "onecycle" and saved_steps is not None and saved_steps != tc["steps"]:
+            raise CheckpointError(
+                f"--resume: {path} was written by a run with train.steps={saved_steps}, this config has "
+                f"train.steps={tc['steps']}; the onecycle schedule cannot change length (use "
+                f"train.schedule=cosine or constant to extend a run)"
+            )
+        try:
+            self.model.load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+            self.scheduler.load_state_dict(ck["scheduler"])
+            if "scaler" in ck:
+                self.scaler.load_state_dict(ck["scaler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(
+                f"--resume: {path} does not match the model or optimizer of this config "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})"
+            ) from exc
+
+    def _restore_rank_rng(self, ck: dict, seed: int) -> None:
+        """Restore this rank's RNG states.
+
+        A checkpoint written with the same number of processes holds every rank's states, so the
+        resumed run is exact. Otherwise rank 0 gets the saved states, the other ranks fresh streams
+        (the run goes on correctly but is not bit-identical to an uninterrupted one).
+        """
+        dist = self.dist
+        states = ck.get("rng_ranks")
+        if states is not None and len(states) == dist.world_size:
+            restore_rng_state(states[dist.rank])
+            return
+        restore_rng_state(ck["rng"])
+        saved_world = int(ck.get("world_size", 1))
+        if dist.rank:
+            seed_everything(rank_seed(seed + int(ck["step"]), dist.rank))
+        if saved_world != dist.world_size and dist.rank == 0:
+            print(
+                f"note: {self.last_path} was written by {saved_world} process(es), this run has {dist.world_size}; "
+                f"training continues, but not bit-identically to an uninterrupted run",
+                file=sys.stderr,
+            )
+
+    def load_best_weights(self) -> int | None:
+        """Load ``best.pt``'s weights into the model (in place, so that code compiled for it, and
+        CUDA graphs pointing at its parameters, serve the test too) and put it in eval mode;
+        returns best.pt's step, or None (weights untouched) when there is no ``best.pt``."""
+        if not self.best_path.is_file():
+            return None
+        ck = load_checkpoint(self.best_path)
+        self.model.load_state_dict(ck["model"])
+        self.model.eval()
+        return int(ck["step"])

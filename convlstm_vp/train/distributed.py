@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as tdist
@@ -84,3 +85,53 @@ def dataset_batch_indices(dataset_len: int, batch_size: int, step: int, seed: in
     if len(out) < batch_size:  # shard smaller than a batch: wrap around
         out = (idx * (batch_size // max(len(idx), 1) + 2))[start : start + batch_size]
     return out
+
+
+def wrap_model(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under torchrun (the model itself otherwise)."""
+    if info.world_size <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s RNG stream (rank 0 keeps ``seed``)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0] % 2**63)
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` (``[obj]`` in a single process)."""
+    if info.world_size <= 1 or not tdist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True if ``flag`` is set on any rank (an all-reduce under torchrun)."""
+    if info.world_size <= 1 or not tdist.is_initialized():
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int64, device=collective_device(info))
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def agree_on_signal(signum: int | None, info: DistInfo) -> int | None:
+    """The signal any rank received (the largest number), so that all ranks stop together."""
+    if info.world_size <= 1 or not tdist.is_initialized():
+        return signum
+    flag = torch.tensor([signum or 0], dtype=torch.int64, device=collective_device(info))
+    tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+    return int(flag.item()) or None
+
+
+def collective_device(info: DistInfo) -> torch.device:
+    """Where the tensors of a collective live: the rank's GPU under nccl, else the CPU."""
+    if tdist.get_backend() == "nccl":
+        return torch.device("cuda", info.local_rank)
+    return torch.device("cpu")

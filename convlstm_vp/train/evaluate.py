@@ -30,8 +30,8 @@ import torch
 from convlstm_vp.data import MovingMNIST, load_digits
 from convlstm_vp.train.checkpoint import CheckpointError, atomic_write_bytes, json_bytes
 from convlstm_vp.train.cli import check_output_file, fail, positive_int
-from convlstm_vp.train.loop import resolve_device
 from convlstm_vp.train.metrics import FrameMetrics
+from convlstm_vp.train.precision import resolve_device
 from convlstm_vp.train.recognition import digit_accuracy, recognition_accuracy, train_digit_recognizer
 from convlstm_vp.train.tasks.moving_mnist import load_trained, motion_error, predict, test_sequences
 

@@ -31,7 +31,6 @@ from convlstm_vp.train.cli import check_output_file, fail, int_between, non_nega
 from convlstm_vp.train.tasks.moving_mnist import load_trained, predict
 from convlstm_vp.train.tb import gif_bytes, side_by_side, upscale
 
-
 OUTPUT_SUFFIXES = (".gif", ".mp4", ".avi", ".npy")
 #: the largest --scale (a 64x64 model's side-by-side output is then 4096 pixels wide)
 MAX_SCALE = 32

@@ -22,8 +22,8 @@ from ...models.encoder_forecaster import EncoderForecaster, Forecast
 from ...models.heads import head_class
 from ..config import TRAIN_DEFAULTS
 from ..distributed import unwrap
-from ..loop import resolve_precision
 from ..metrics import FrameMetrics, frame_mse
+from ..precision import eval_autocast, resolve_precision
 from ..tb import TBLogger, gif_bytes, png_bytes, prediction_strip, side_by_side, stack_rows, upscale
 
 DEFAULTS: dict[str, Any] = {
@@ -411,7 +411,7 @@ def predict(
     model.eval()
     device = next(model.parameters()).device
     precision = resolve_precision(device, precision)
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(device.type, enabled=False)
+    ctx = eval_autocast(device, precision)
     outs, offsets = [], []
     try:
         with ctx:

@@ -20,13 +20,13 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ...data import unpatchify
+from ...data.splits import check_val_fraction
 from ...models.patch_classifier import PatchSequenceClassifier
 from ..config import TRAIN_DEFAULTS, ConfigError
-from ..loop import resolve_precision
 from ..metrics import classification_metrics, confusion_matrix
+from ..precision import eval_autocast, resolve_precision
 from ..tb import TBLogger, confusion_matrix_image
 from .digit_images import captioned_tiles, digit_grid, save_png
-from ...data.splits import check_val_fraction
 from .patch_data import DATA_DEFAULTS, PatchDigitPool, describe_test_set, load_test_patches
 
 NUM_CLASSES = 10
@@ -92,7 +92,7 @@ def predict_logits(model: nn.Module, patches: Tensor, batch_size: int, precision
     model.eval()
     device = next(model.parameters()).device
     precision = resolve_precision(device, precision)
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    ctx = eval_autocast(device, precision)
     outs = []
     with ctx:
         for i in range(0, patches.shape[0], batch_size):

@@ -32,7 +32,7 @@ from .digit_images import captioned_tiles, digit_grid, save_png
 from .moving_mnist import LOSSES, check_scheduled_sampling, frame_loss, predict, teacher_forcing
 from .moving_mnist import build_model as build_encoder_forecaster
 from .patch_classifier import DIGIT_SIZE, check_data_config
-from .patch_data import DATA_DEFAULTS, PatchDigitPool, subset_indices, describe_test_set, load_test_patches
+from .patch_data import DATA_DEFAULTS, PatchDigitPool, describe_test_set, load_test_patches, subset_indices
 
 DEFAULTS: dict[str, Any] = {
     "name": "patch_completion",
