@@ -45,7 +45,7 @@ from convlstm_vp.train.loop import _deterministic, build_optimizer, build_schedu
 from convlstm_vp.train.precision import resolve_device, training_precision
 
 TASKS = {
-    "moving_mnist": ("convlstm_vp.train.tasks.moving_mnist", "MovingMNISTTask"),
+    "moving_mnist": ("convlstm_vp.train.tasks.frames", "MovingMNISTTask"),
     "patch_classifier": ("convlstm_vp.train.tasks.patch_classifier", "PatchClassifierTask"),
     "patch_completion": ("convlstm_vp.train.tasks.patch_completion", "PatchCompletionTask"),
     "sensors": ("convlstm_vp.train.tasks.sensors", "SensorTask"),

@@ -141,7 +141,7 @@ import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 import convlstm_vp.train.loop as loop
 from convlstm_vp.train.cli import run_training
-from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, MovingMNISTTask
+from convlstm_vp.train.tasks.frames import DEFAULTS, MovingMNISTTask
 
 _cleanup = loop.cleanup_distributed
 

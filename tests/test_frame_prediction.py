@@ -17,7 +17,7 @@ from convlstm_vp import ConvLSTM, EncoderForecaster, Forecast
 from convlstm_vp.models.encoder_forecaster import apply_dynamic_filter, patchify, sample_displaced, unpatchify
 from convlstm_vp.train.checkpoint import load_checkpoint
 from convlstm_vp.train.metrics import FrameMetrics, frame_mse, frame_ssim
-from convlstm_vp.train.tasks.moving_mnist import frame_loss, load_trained
+from convlstm_vp.train.tasks.frames import frame_loss, load_trained
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-moving-mnist.yaml"
@@ -141,7 +141,7 @@ def test_teacher_forcing_feeds_the_true_previous_frames():
 
 @pytest.mark.parametrize("schedule", [(1.0, 0.0, 7), (0.9, 0.1, 3), (0.0, 1.0, 1000003), (1, 0, 4)])
 def test_the_training_schedule_runs_from_start_to_end_over_its_steps(schedule):
-    from convlstm_vp.train.tasks.moving_mnist import scheduled_sampling, teacher_forcing
+    from convlstm_vp.train.tasks.frames import scheduled_sampling, teacher_forcing
 
     start, end, steps = schedule
     assert scheduled_sampling(schedule, 0) == start
@@ -159,7 +159,7 @@ def test_the_training_schedule_runs_from_start_to_end_over_its_steps(schedule):
 def test_the_training_task_takes_the_schedule_from_the_step(monkeypatch):
     """training_step(model, batch, step) hands the model the probability of that step."""
     from convlstm_vp.train.config import load_config
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, MovingMNISTTask
+    from convlstm_vp.train.tasks.frames import DEFAULTS, MovingMNISTTask
 
     cfg = load_config(str(TINY), DEFAULTS, ["data.source=embedded", "model.scheduled_sampling=[1.0,0.2,4]", "encoder_loss_weight=1.0"])
     task = MovingMNISTTask(cfg)
@@ -475,7 +475,7 @@ def test_return_offsets_gives_the_kernels_mean_source_offset():
 def test_motion_loss_trains_the_kernels_towards_the_true_motion(tmp_path: Path):
     from convlstm_vp.train.config import ConfigError
     from convlstm_vp.train.config import load_config as load
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, MovingMNISTTask
+    from convlstm_vp.train.tasks.frames import DEFAULTS, MovingMNISTTask
 
     def load_config(path, overrides):
         return load(path, DEFAULTS, overrides)
@@ -531,7 +531,7 @@ def test_few_training_steps_reduce_loss(head: str):
 
 def test_loss_terms_and_their_config_checks():
     from convlstm_vp.train.config import ConfigError, merge
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, MovingMNISTTask
+    from convlstm_vp.train.tasks.frames import DEFAULTS, MovingMNISTTask
 
     torch.manual_seed(0)
     pred, target = torch.rand(2, 3, 1, 16, 16), (torch.rand(2, 3, 1, 16, 16) > 0.7).float()
@@ -655,7 +655,7 @@ def test_evaluate_and_predict_end_to_end(tiny_run: Path, tmp_path: Path):
 
 
 def test_motion_error_and_evaluate_motion(tiny_run: Path, tmp_path: Path):
-    from convlstm_vp.train.tasks.moving_mnist import motion_error
+    from convlstm_vp.train.tasks.frames import motion_error
 
     target = torch.zeros(2, 3, 2, 4, 4)
     target[:, :, 0] = 3.0
@@ -692,7 +692,7 @@ def test_evaluate_and_predict_filter_temperature(tiny_run: Path, tmp_path: Path)
 
 def test_eval_filter_temperature_sharpens_predictions_not_training(tmp_path: Path):
     from convlstm_vp.train.config import load_config as load
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, MovingMNISTTask
+    from convlstm_vp.train.tasks.frames import DEFAULTS, MovingMNISTTask
 
     runs = {}
     for t in ("1.0", "0.5"):
@@ -813,7 +813,7 @@ def test_train_implementation_compiled_runs_every_cell_step_through_torch_compil
     from convlstm_vp.nn import ConvLSTMCell
     from convlstm_vp.train.config import load_config
     from convlstm_vp.train.loop import fit
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, MovingMNISTTask
+    from convlstm_vp.train.tasks.frames import DEFAULTS, MovingMNISTTask
 
     compiled = []
 

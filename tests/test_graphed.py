@@ -109,7 +109,7 @@ def test_training_with_graphed_on_cpu(tmp_path):
     the compiled code runs (no fallback warning), and metrics.json is scored as evaluate does."""
     from convlstm_vp.train.config import load_config
     from convlstm_vp.train.loop import fit
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, FramePredictionTask
+    from convlstm_vp.train.tasks.frames import DEFAULTS, FramePredictionTask
 
     cfg = load_config(ROOT / "configs" / "tiny-moving-mnist.yaml", DEFAULTS,
                       ["train.num_threads=1", "model.hidden_channels=[6]", "model.input_frames=2", "model.output_frames=2",
@@ -167,7 +167,7 @@ def test_prefetching_the_next_batch_changes_no_number(tmp_path, monkeypatch):
     from convlstm_vp.train import loop
     from convlstm_vp.train.checkpoint import load_checkpoint
     from convlstm_vp.train.config import load_config
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, FramePredictionTask
+    from convlstm_vp.train.tasks.frames import DEFAULTS, FramePredictionTask
 
     cfg = load_config(ROOT / "configs" / "tiny-moving-mnist.yaml", DEFAULTS, ["train.num_threads=1", "train.steps=5"])
     from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -217,7 +217,7 @@ def test_every_shipped_config_loads_and_builds_its_model(config):
     cfg = load_config(config, module.DEFAULTS)
     assert cfg["name"] == config.stem
     if _job_of(config) == "moving_mnist":
-        from convlstm_vp.train.tasks.moving_mnist import build_model
+        from convlstm_vp.train.tasks.frames import build_model
 
         model = build_model(cfg)
         assert sum(p.numel() for p in model.parameters()) > 0

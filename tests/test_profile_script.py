@@ -39,7 +39,7 @@ def test_profiled_steps_are_the_training_loops_steps(tmp_path):
     stepper.run(times=times)  # the synchronised variant computes the same step
     assert set(times) == set(prof.PHASES) and all(v > 0 for v in times.values())
 
-    from convlstm_vp.train.tasks.moving_mnist import MovingMNISTTask
+    from convlstm_vp.train.tasks.frames import MovingMNISTTask
 
     fit_task = MovingMNISTTask(cfg)
     fit(fit_task, cfg, tmp_path / "run")

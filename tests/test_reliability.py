@@ -257,7 +257,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_last_checkpoint_stays(t
 
     from convlstm_vp.train import checkpoint
     from convlstm_vp.train.cli import run_training
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, MovingMNISTTask
+    from convlstm_vp.train.tasks.frames import DEFAULTS, MovingMNISTTask
 
     real_fdopen, writes = os.fdopen, []
 
@@ -373,7 +373,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch
 
 def test_resume_from_a_corrupted_checkpoint_fails_with_a_clear_message(tmp_path: Path, capsys) -> None:
     from convlstm_vp.train.cli import run_training
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, MovingMNISTTask
+    from convlstm_vp.train.tasks.frames import DEFAULTS, MovingMNISTTask
 
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     last.parent.mkdir(parents=True)
@@ -391,14 +391,14 @@ def test_resume_from_a_corrupted_checkpoint_fails_with_a_clear_message(tmp_path:
 # ----------------------------------------------------------------------------- in-process runs
 def _tiny_config(*overrides: str) -> dict:
     from convlstm_vp.train.config import load_config
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS
+    from convlstm_vp.train.tasks.frames import DEFAULTS
 
     return load_config(CONFIG, DEFAULTS, TINY + list(overrides))
 
 
 def _fit(cfg: dict, run_dir: Path, resume: bool = False, task=None) -> dict:
     from convlstm_vp.train.loop import fit
-    from convlstm_vp.train.tasks.moving_mnist import MovingMNISTTask
+    from convlstm_vp.train.tasks.frames import MovingMNISTTask
 
     return fit(task or MovingMNISTTask(cfg), cfg, run_dir, resume=resume)
 
@@ -423,7 +423,7 @@ def _injecting_task(cfg: dict, at: int, kind: str):
 
     It records, when step ``at`` starts, the bytes of last.pt and a copy of the weights.
     """
-    from convlstm_vp.train.tasks.moving_mnist import MovingMNISTTask
+    from convlstm_vp.train.tasks.frames import MovingMNISTTask
 
     class Injecting(MovingMNISTTask):
         seen: dict = {}
@@ -520,7 +520,7 @@ def test_nan_skip_leaves_the_weights_of_that_step_unchanged(tmp_path: Path, kind
 
 def test_cli_exits_with_status_3_on_a_nan_loss(tmp_path: Path, capsys) -> None:
     from convlstm_vp.train.cli import run_training
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS
+    from convlstm_vp.train.tasks.frames import DEFAULTS
 
     def make_task(cfg: dict):
         task = _injecting_task(cfg, 3, "loss")

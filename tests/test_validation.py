@@ -96,7 +96,7 @@ def test_wrong_channel_count_names_the_expected_layout() -> None:
 
 # ----------------------------------------------------------------------------- configs
 def _mm_config(*overrides: str) -> dict:
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS
+    from convlstm_vp.train.tasks.frames import DEFAULTS
 
     return load_config(ROOT / "configs" / "tiny-moving-mnist.yaml", DEFAULTS, list(overrides))
 
@@ -129,7 +129,7 @@ def test_scientific_notation_is_a_number_in_overrides_and_files(tmp_path: Path) 
     # YAML 1.1 reads 1e-4 (no dot) as a string; a float key takes it as the number it spells
     assert _mm_config("train.lr=1e-4")["train"]["lr"] == 1e-4
     assert _mm_config("train.weight_decay=5E-3")["train"]["weight_decay"] == 5e-3
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS
+    from convlstm_vp.train.tasks.frames import DEFAULTS
 
     cfg = tmp_path / "sci.yaml"
     cfg.write_text("train:\n  lr: 5e-4\n")
@@ -139,7 +139,7 @@ def test_scientific_notation_is_a_number_in_overrides_and_files(tmp_path: Path) 
 
 
 def test_an_empty_config_file_is_an_error_not_the_defaults(tmp_path: Path) -> None:
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS
+    from convlstm_vp.train.tasks.frames import DEFAULTS
 
     for text in ("", "# only a comment\n"):
         (tmp_path / "empty.yaml").write_text(text)
@@ -172,7 +172,7 @@ def _run_cli(tmp_path: Path, capsys, script_defaults, make_task, config: str, *o
     ],
 )
 def test_training_script_fails_fast_on_a_model_that_does_not_fit(tmp_path: Path, capsys, override: str, message: str) -> None:
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, MovingMNISTTask
+    from convlstm_vp.train.tasks.frames import DEFAULTS, MovingMNISTTask
 
     err = _run_cli(tmp_path, capsys, DEFAULTS, MovingMNISTTask, "tiny-moving-mnist.yaml", override, "train.batch_size=4")
     assert err.startswith("error: ") and "Traceback" not in err

@@ -16,7 +16,7 @@ from convlstm_vp.data import MovingMNIST, load_digits, stratified_split
 from convlstm_vp.train.checkpoint import load_checkpoint
 from convlstm_vp.train.config import ConfigError, load_config
 from convlstm_vp.train.loop import fit
-from convlstm_vp.train.tasks import moving_mnist as mm
+from convlstm_vp.train.tasks import frames as mm
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny-moving-mnist.yaml"
@@ -117,7 +117,7 @@ def test_training_selects_on_validation_and_reads_the_test_split_only_in_the_fin
             super().__init__(*args, **kwargs)
             built.append(("set", self.split))
 
-    monkeypatch.setattr(mm, "MovingMNIST", Spy)
+    monkeypatch.setattr(mm.sources, "MovingMNIST", Spy)
     cfg = _cfg("train.steps=6", "train.eval_every=2", "train.quick_eval_every=1", "data.quick_eval_sequences=2")
     metrics = fit(_Recording(cfg), cfg, tmp_path)
     tests = [i for i, e in enumerate(built) if e == ("set", "test")]

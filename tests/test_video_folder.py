@@ -248,7 +248,7 @@ def test_colour_training_evaluate_and_predict_end_to_end(tmp_path: Path):
 
 def test_config_errors_name_the_key_before_any_work(tmp_path: Path):
     from convlstm_vp.train.config import load_config
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, FramePredictionTask
+    from convlstm_vp.train.tasks.frames import DEFAULTS, FramePredictionTask
 
     shapes_video(tmp_path / "cam.avi", frames=40)
     base = str(ROOT / "configs" / "video-folder.yaml")

@@ -171,7 +171,7 @@ def run_training(
 # ``convlstm-vp train JOB ...`` and the training scripts run these (the scripts pass their own
 # docstring as the help text). Each job: (task module, one-line summary).
 TRAIN_JOBS: dict[str, tuple[str, str]] = {
-    "frames": ("moving_mnist", "frame prediction with the ConvLSTM encoder-forecaster on Moving MNIST or your videos (data.dataset; scripts/train_moving_mnist.py)"),
+    "frames": ("frames", "frame prediction with the ConvLSTM encoder-forecaster on Moving MNIST or your videos (data.dataset; scripts/train_moving_mnist.py)"),
     "patches": ("patch_classifier", "MNIST digits read as sequences of 7x7 patches, classified (scripts/train_patch_classifier.py)"),
     "patch-completion": ("patch_completion", "complete MNIST digits from their first 8 patches (scripts/complete_patches.py)"),
     "sensors": ("sensors", "DeepConvLSTM on sensor windows or series: BasicMotions, OPPORTUNITY, aeon:<Name>, .ts, .npz, .csv (scripts/train_deepconvlstm.py)"),
@@ -179,7 +179,7 @@ TRAIN_JOBS: dict[str, tuple[str, str]] = {
 
 
 def train_frames(argv: Sequence[str] | None, description: str | None = None, prog: str | None = None) -> dict:
-    from .tasks.moving_mnist import DEFAULTS, FramePredictionTask
+    from .tasks.frames import DEFAULTS, FramePredictionTask
 
     return run_training(argv, description or TRAIN_JOBS["frames"][1], DEFAULTS, FramePredictionTask, prog)
 

@@ -33,7 +33,9 @@ from convlstm_vp.train.cli import check_output_file, fail, positive_int
 from convlstm_vp.train.metrics import FrameMetrics
 from convlstm_vp.train.precision import resolve_device
 from convlstm_vp.train.recognition import digit_accuracy, recognition_accuracy, train_digit_recognizer
-from convlstm_vp.train.tasks.moving_mnist import load_trained, motion_error, predict, test_sequences
+from convlstm_vp.train.tasks.frames.inference import load_trained, predict
+from convlstm_vp.train.tasks.frames.losses import motion_error
+from convlstm_vp.train.tasks.frames.sources import test_sequences
 
 BASELINES = ("zeros", "copy_last", "mean_inputs")
 

@@ -28,7 +28,7 @@ import torch
 from convlstm_vp.data.video_folder import load_frames
 from convlstm_vp.train.checkpoint import CheckpointError
 from convlstm_vp.train.cli import check_output_file, fail, int_between, non_negative_int, positive_float
-from convlstm_vp.train.tasks.moving_mnist import load_trained, predict
+from convlstm_vp.train.tasks.frames.inference import load_trained, predict
 from convlstm_vp.train.tb import gif_bytes, side_by_side, upscale
 
 OUTPUT_SUFFIXES = (".gif", ".mp4", ".avi", ".npy")

@@ -29,8 +29,9 @@ from ..config import TRAIN_DEFAULTS, ConfigError
 from ..metrics import FrameMetrics
 from ..tb import TBLogger
 from .digit_images import captioned_tiles, digit_grid, save_png
-from .moving_mnist import LOSSES, check_scheduled_sampling, frame_loss, predict, teacher_forcing
-from .moving_mnist import build_model as build_encoder_forecaster
+from .frames.inference import build_model as build_encoder_forecaster
+from .frames.inference import predict
+from .frames.losses import LOSSES, check_scheduled_sampling, frame_loss, teacher_forcing
 from .patch_classifier import DIGIT_SIZE, check_data_config
 from .patch_data import DATA_DEFAULTS, PatchDigitPool, describe_test_set, load_test_patches, subset_indices
 
