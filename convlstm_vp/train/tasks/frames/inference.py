@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 
 from ....models.encoder_forecaster import EncoderForecaster
+from ...checkpoint import CheckpointError, load_checkpoint
+from ...config import merge
 from ...metrics import FrameMetrics
 from ...precision import eval_autocast, resolve_precision
 from ...tb import TBLogger, prediction_strip, side_by_side, upscale
@@ -136,9 +138,6 @@ def load_trained(checkpoint: str, map_location: str = "cpu") -> tuple[EncoderFor
     Older checkpoints load too: a ``sampling_updates`` buffer (a scheduled-sampling counter the
     training step replaces) and config keys of removed options that do not change the model are
     dropped (``_upgrade_config``; docs/results/removed-options.md)."""
-    from ..checkpoint import CheckpointError, load_checkpoint
-    from ..config import merge
-
     ck = load_checkpoint(checkpoint, map_location)
     try:
         cfg = merge(DEFAULTS, _upgrade_config(ck["config"], checkpoint))
