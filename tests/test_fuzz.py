@@ -385,7 +385,8 @@ def _write_checkpoints(folder) -> dict:
 
     from convlstm_vp.train.checkpoint import save_checkpoint
     from convlstm_vp.train.config import load_config, merge
-    from convlstm_vp.train.tasks import moving_mnist, patch_classifier, sensors
+    from convlstm_vp.train.tasks import frames as moving_mnist
+    from convlstm_vp.train.tasks import patch_classifier, sensors
 
     folder.mkdir(parents=True, exist_ok=True)
     out = {}

@@ -656,7 +656,7 @@ def test_a_null_override_is_refused_naming_the_key(item: str) -> None:
 
 def test_a_config_file_that_is_not_utf8_or_not_yaml_is_one_line_naming_it(tmp_path: Path) -> None:
     from convlstm_vp.train.config import load_config
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS
+    from convlstm_vp.train.tasks.frames import DEFAULTS
 
     bad = tmp_path / "latin1.yaml"
     bad.write_bytes("name: caf\xe9\n".encode("latin-1"))
@@ -731,7 +731,7 @@ def test_exit_statuses_follow_the_table(tmp_path: Path, capsys, monkeypatch) -> 
         except SystemExit as exc:
             return exc.code
 
-    from convlstm_vp.train.tasks.moving_mnist import build_model
+    from convlstm_vp.train.tasks.frames import build_model
 
     clip = tmp_path / "clip.npy"
     np.save(clip, np.zeros((8, 16, 16), np.uint8))

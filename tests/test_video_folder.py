@@ -300,7 +300,7 @@ def test_a_folder_of_only_unreadable_files_names_each(tmp_path: Path):
 
 def test_data_cache_dir_moves_the_frame_cache(tmp_path: Path):
     from convlstm_vp.train.config import load_config
-    from convlstm_vp.train.tasks.moving_mnist import DEFAULTS, video_folder
+    from convlstm_vp.train.tasks.frames import DEFAULTS, video_folder
 
     (tmp_path / "videos").mkdir()
     shapes_video(tmp_path / "videos" / "a.npy", frames=24)
