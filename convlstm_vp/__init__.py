@@ -1,7 +1,18 @@
 """convlstm_vp: spatiotemporal sequence learning with one N-dimensional ConvLSTM cell."""
 
-from .nn import L1, L2, L1L2, ConvLSTM, ConvLSTM1d, ConvLSTM2d, ConvLSTM3d, ConvLSTMCell, Regularizer, regularization_loss
 from .models import DeepConvLSTM, EncoderForecaster, Forecast, PatchSequenceClassifier
+from .nn import (
+    L1,
+    L1L2,
+    L2,
+    ConvLSTM,
+    ConvLSTM1d,
+    ConvLSTM2d,
+    ConvLSTM3d,
+    ConvLSTMCell,
+    Regularizer,
+    regularization_loss,
+)
 
 __version__ = "0.1.0"
 

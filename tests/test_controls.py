@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import convlstm_vp
-from convlstm_vp import L1, L2, L1L2, ConvLSTM, ConvLSTMCell, regularization_loss
+from convlstm_vp import L1, L1L2, L2, ConvLSTM, ConvLSTMCell, regularization_loss
 from convlstm_vp.nn import Implementation
 
 SPATIAL = {0: (), 2: (4, 4)}

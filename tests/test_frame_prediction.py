@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-
 import json
 import os
 import subprocess
@@ -321,7 +320,6 @@ def test_render_warp_accumulates_the_kernels_displacement_as_the_removed_warp_he
     """A hand computation of the warp rendering (what set_head("warp") computed): the first frame
     samples the last input at the kernels' mean offsets; each later one at those offsets plus the
     previous displacement filtered by the kernels."""
-    from convlstm_vp.models.encoder_forecaster import unpatchify as unpatch
 
     torch.manual_seed(2)
     m = EncoderForecaster(1, [6], 3, patch_size=2, input_frames=3, output_frames=3, filter_size=3, head="dynamic_filter").eval()

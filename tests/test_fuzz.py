@@ -353,7 +353,7 @@ def _bad_files() -> dict[str, tuple[str, bytes, tuple[str, ...]]]:
                         if b"\x00\x00\x80?" in series_npz else series_npz[:-30] + bytes(30), ("series",)),
         "npz-zero-cases": ("zero.npz", _zip({"X.npy": _npy_bytes(_np.zeros((0, 16, 3), _np.float32)),
                                              "y.npy": _npy_bytes(_np.zeros(0, _np.int64))}), ("series", "digits")),
-        "npz-not-a-zip-text": ("text.npz", "X = [1, 2, 3]\n".encode(), ("series", "digits")),
+        "npz-not-a-zip-text": ("text.npz", b"X = [1, 2, 3]\n", ("series", "digits")),
         "npy-huge-declared": ("huge.npy", _huge_npy_header(), ("frames",)),
         "npy-truncated": ("cut.npy", _npy_bytes(frames_f)[:200], ("frames",)),
         "npy-empty": ("empty.npy", b"", ("frames",)),

@@ -24,7 +24,7 @@ from convlstm_vp.train.tasks.patch_classifier import DEFAULTS as CLASSIFIER_DEFA
 from convlstm_vp.train.tasks.patch_classifier import PatchClassifierTask
 from convlstm_vp.train.tasks.patch_completion import DEFAULTS as COMPLETION_DEFAULTS
 from convlstm_vp.train.tasks.patch_completion import PatchCompletionTask
-from convlstm_vp.train.tasks.patch_data import random_affine, subset_indices, load_test_patches
+from convlstm_vp.train.tasks.patch_data import load_test_patches, random_affine, subset_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CLASSIFIER = ROOT / "configs" / "tiny-patch-classifier.yaml"

@@ -203,9 +203,9 @@ def patch_config(device: torch.device, quick: bool) -> Config:
 
 
 def deepconvlstm_config(device: torch.device, quick: bool) -> Config:
-    channels, filters, hidden, layers, b, steps, window = 113, 64, 128, 2, 100, 8, 24
+    channels, filters, hidden, layers, b, steps = 113, 64, 128, 2, 100, 8
     if quick:
-        channels, filters, hidden, b, steps, window = 5, 4, 8, 4, 4, 20
+        channels, filters, hidden, b, steps = 5, 4, 8, 4, 4
     features = filters * channels  # per_channel mode, as in the paper
     flops = lstm_flops(b, steps, features, hidden, layers)
 

@@ -9,7 +9,8 @@ patches are always neighbours). :func:`patchify` and :func:`unpatchify` are exac
 from __future__ import annotations
 
 import os
-from typing import Callable, Literal, TypeVar
+from collections.abc import Callable
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch

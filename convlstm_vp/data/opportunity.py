@@ -13,8 +13,9 @@ in the dataset's ``column_names.txt``; the constants below are 0-based array ind
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 

@@ -7,7 +7,8 @@ integer label each; a batch from a ``DataLoader`` is then ``(B, T, C)``.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -15,9 +16,9 @@ from torch.utils.data import Dataset
 
 LabelMode = Literal["last", "majority"]
 #: Optional callable applied to each ``(T, C)`` window tensor.
-WindowTransform = Optional[Callable[[torch.Tensor], torch.Tensor]]
+WindowTransform = Callable[[torch.Tensor], torch.Tensor] | None
 #: Optional callable applied to each integer label.
-TargetTransform = Optional[Callable[[int], object]]
+TargetTransform = Callable[[int], object] | None
 
 __all__ = [
     "LabelMode",
@@ -171,7 +172,7 @@ class Standardizer:
             raise RuntimeError("Standardizer is not fitted; call fit(train_data) first")
         return int(self.mean.shape[0])
 
-    def fit(self, data: np.ndarray | Sequence[np.ndarray]) -> "Standardizer":
+    def fit(self, data: np.ndarray | Sequence[np.ndarray]) -> Standardizer:
         """Compute per-channel mean and std.
 
         Args:
@@ -212,7 +213,7 @@ class Standardizer:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Sequence[float]]) -> "Standardizer":
+    def from_state_dict(cls, state: dict[str, Sequence[float]]) -> Standardizer:
         """Rebuild a fitted Standardizer from ``state_dict()`` output."""
         return cls(mean=state["mean"], std=state["std"])
 

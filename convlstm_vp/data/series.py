@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ class LabelledSeries:
     #: statistics count every sample once rather than once per overlapping window
     recordings: list[np.ndarray] | None = None
 
-    def subset(self, index: np.ndarray) -> "LabelledSeries":
+    def subset(self, index: np.ndarray) -> LabelledSeries:
         return LabelledSeries(
             [self.series[i] for i in index], None if self.labels is None else self.labels[index],
             [self.ids[i] for i in index], None if self.groups is None else self.groups[index], self.where,
@@ -94,7 +94,7 @@ class SeriesDataset(WindowDataset):
     def variable_length(self) -> bool:
         return bool((self.lengths != self.lengths[0]).any())
 
-    def subset(self, index: np.ndarray) -> "SeriesDataset":
+    def subset(self, index: np.ndarray) -> SeriesDataset:
         return SeriesDataset([self.windows[i, : int(self.lengths[i])].numpy() for i in index],
                              self.labels[torch.from_numpy(np.asarray(index))].numpy(), self.classes,
                              [self.ids[i] for i in index])

@@ -33,7 +33,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from .safe_io import InputError, check_video_size, first_line, open_image, read_npy, read_npz

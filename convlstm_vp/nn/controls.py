@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -71,7 +71,7 @@ class L2(L1L2):
         return f"L2(l2={self.l2})"
 
 
-RegularizerArg = Union[None, str, Mapping[str, float], Regularizer, Callable[[Tensor], Tensor]]
+RegularizerArg = str | Mapping[str, float] | Regularizer | Callable[[Tensor], Tensor] | None
 
 _REGULARIZER_NAMES: dict[str, Callable[[], Regularizer]] = {
     "l1": L1,

@@ -47,7 +47,7 @@ import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -109,7 +109,7 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     # operations that inductor fuses; the encoder's input convolutions batched over all frames
     "graphed": Implementation(native_gates=False, batch_input_conv=True, whole_forward=True, cuda_graphs=True),
 }
-ImplementationArg = Union[str, Implementation]
+ImplementationArg = str | Implementation
 
 
 def check_implementation(value: ImplementationArg) -> ImplementationArg:

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Activation = Union[str, Callable[[Tensor], Tensor]]
-Initializer = Union[str, Callable[[Tensor], object]]
-PaddingArg = Union[str, int, Sequence[int], Sequence[Sequence[int]]]
+Activation = str | Callable[[Tensor], Tensor]
+Initializer = str | Callable[[Tensor], object]
+PaddingArg = str | int | Sequence[int] | Sequence[Sequence[int]]
 
 
 def _hard_sigmoid(x: Tensor) -> Tensor:

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from ..data.mnist_patches import patchify
-from ..data.sensor_windows import Standardizer
 from ..data.safe_io import read_npz
+from ..data.sensor_windows import Standardizer
 from ..data.series import read_source
 from .checkpoint import CheckpointError, atomic_write_bytes, json_bytes, load_checkpoint
 from .cli import check_output_folder, fail

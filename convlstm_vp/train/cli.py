@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .checkpoint import CheckpointError, RunFolderInUse
 from ..data.safe_io import InputError
+from .checkpoint import CheckpointError, RunFolderInUse
 from .config import ConfigError, config_error, load_config
 
 
