@@ -202,7 +202,7 @@ def _job_of(config: Path) -> str:
         return "patch_completion"
     if "patch-classifier" in name:
         return "patch_classifier"
-    return "moving_mnist"
+    return "frames"
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
@@ -216,7 +216,7 @@ def test_every_shipped_config_loads_and_builds_its_model(config):
     module = importlib.import_module(f"convlstm_vp.train.tasks.{_job_of(config)}")
     cfg = load_config(config, module.DEFAULTS)
     assert cfg["name"] == config.stem
-    if _job_of(config) == "moving_mnist":
+    if _job_of(config) == "frames":
         from convlstm_vp.train.tasks.frames import build_model
 
         model = build_model(cfg)
