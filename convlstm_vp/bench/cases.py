@@ -162,7 +162,7 @@ def _encoder_forecaster_config(name: str, description: str, device: torch.device
 
 
 def moving_mnist_config(device: torch.device, quick: bool) -> Config:
-    d = _defaults("moving_mnist", {"model": {"hidden_channels": [64, 64, 64], "kernel_size": 3, "patch_size": 4,
+    d = _defaults("frames", {"model": {"hidden_channels": [64, 64, 64], "kernel_size": 3, "patch_size": 4,
                                              "input_frames": 10, "output_frames": 10}, "train": {"batch_size": 16}})
     m = d["model"]
     hidden, k, p = list(m["hidden_channels"]), m["kernel_size"], m["patch_size"]
