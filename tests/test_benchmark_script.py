@@ -44,15 +44,17 @@ def test_quick_benchmark_writes_json_with_expected_keys(tmp_path):
             assert abs(case["train_seq_per_s"] - cfg["batch"] / (case["train_ms"] / 1e3)) <= 1e-6 * case["train_seq_per_s"]
     assert {c["impl"] for c in report["configs"]["deepconvlstm"]["cases"]} == {"project", "torch.nn.LSTM"}
     assert "reference" in {c["impl"] for c in report["configs"]["moving_mnist"]["cases"]}
-    floors = {f["config"]: f for f in report["floors"]}
-    assert floors.keys() == {"moving_mnist", "patch", "deepconvlstm"}
-    for f in floors.values():
-        assert isinstance(f["measured"], float) and isinstance(f["met"], bool)
-    # the floors compare the project at the default training precision (auto): bf16 only where
-    # the CPU computes it natively
-    from convlstm_vp.nn.fast import cpu_bf16_native
+    # floors by the CPU's kind, each comparing rows of one precision: bf16 where the CPU has
+    # native bf16, fp32 elsewhere
+    from convlstm_vp.nn.fast import cpu_kind
 
-    main = "bf16" if cpu_bf16_native() else "fp32"
-    assert floors["moving_mnist"]["project"] == floors["patch"]["project"] == f"project {main}"
+    assert report["meta"]["kind"] == cpu_kind()
+    floors = report["floors"]
+    assert {"moving_mnist", "deepconvlstm"} <= {f["config"] for f in floors}
+    for f in floors:
+        assert isinstance(f["measured"], float) and isinstance(f["met"], bool)
+    prec = "bf16" if cpu_kind() in ("amx", "avx512_bf16") else "fp32"
+    mm = [(f["project"], f["against"]) for f in floors if f["config"] == "moving_mnist" and f["measure"] == "speedup"]
+    assert mm == [(f"project {prec}", f"reference {prec}")]
     # the table is printed too
     assert "| case" in proc.stdout and "floors:" in proc.stdout

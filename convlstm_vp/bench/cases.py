@@ -272,7 +272,9 @@ def layer_config(device: torch.device, quick: bool) -> Config:
         return torch.randn(b, t, c, size, size, generator=g).to(dev), torch.randn(b, t, h, size, size, generator=g).to(dev)
 
     project = _seeded(lambda: FirstOutput(ConvLSTM(c, h, k)))
-    cases = [Case("reference fp32", "reference", "fp32", _seeded(lambda: ReferenceStack(c, [h], k)), role="reference")]
+    reference = _seeded(lambda: ReferenceStack(c, [h], k))
+    cases = [Case("reference fp32", "reference", "fp32", reference, role="reference"),
+             Case("reference bf16", "reference", "bf16", reference)]
     for prec in PRECISIONS:
         cases.append(Case(f"project {prec}", "project", prec, project))
     keras_case = _keras_case(c, h, k, t, size)

@@ -43,13 +43,18 @@ training step minus the resident set before it. ``--memory inprocess`` (the defa
 --quick) resets the peak counter (/proc/self/clear_refs) in this process instead: faster, but
 memory the allocator kept from earlier cases is not counted again, so it can read low.
 
-Floors (the ratios the project promises, median of per-round ratios of adjacent timings; the
-project at its training defaults: precision auto = bf16 where the device computes it natively,
-else fp32; implementation auto = "fused" on CPU, "graphed" on CUDA; :data:`FLOORS`):
-  moving_mnist  training throughput >= 1.7x the reference (fp32) on CPU, >= 1.2x on CUDA;
-  openstl       (CUDA) training throughput >= 1.5x the reference (fp32);
-  deepconvlstm  the project's rank-0 layer's training-step time <= 1.2x torch.nn.LSTM's;
-  patch         (CPU) training throughput >= 2x the reference (fp32).
+Floors (what the project promises, per kind of machine: the CPU's kind, "amx", "avx512_bf16",
+"avx512", "avx2" or "other", from /proc/cpuinfo, or "cuda"; ratios are medians of per-round
+ratios of adjacent timings, the project at implementation "auto"; :data:`FLOORS`):
+  CPUs with native bf16 (amx, avx512_bf16), both sides at the same precision:
+    moving_mnist  bf16 training step >= 1.5x the reference's, and >= 40% of the bf16 peak;
+    layer         bf16 training step >= 50% of the bf16 peak;
+    patch         bf16 training step >= 1.5x the reference's;
+    deepconvlstm  rank-0 layer's bf16 training-step time <= 1.1x torch.nn.LSTM's;
+  CPUs without native bf16 (avx512, avx2, other):
+    moving_mnist  fp32 training step >= 1.1x the reference's;
+  every CPU: deepconvlstm  rank-0 layer's fp32 training-step time <= 1.2x torch.nn.LSTM's;
+  CUDA: moving_mnist >= 1.2x and openstl >= 1.5x the reference's fp32 training throughput.
 
 Example (the README's table; ``convlstm-vp benchmark ...`` and ``python -m convlstm_vp.bench.run ...``
 take the same arguments):
@@ -74,6 +79,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +89,7 @@ from torch import Tensor, nn
 
 from ..train.precision import eval_autocast, resolve_precision
 from .cases import BUILDERS, KERAS_STATUS, PRECISIONS, Case, Config, conv_flops
+from ..nn.fast import cpu_kind
 
 
 # ============================================================================ timing
@@ -295,47 +302,89 @@ def _paired_ratio(a: Case, b: Case, key: str) -> float | None:
     return statistics.median(x / y for x, y in zip(sa, sb))
 
 
-# (configuration, device type) -> the least speed-up of the project's training step over the
-# reference's fp32 step that the project promises there
-FLOORS = {
-    ("moving_mnist", "cpu"): 1.7,
-    ("patch", "cpu"): 2.0,
-    ("moving_mnist", "cuda"): 1.2,
-    ("openstl", "cuda"): 1.5,
-}
-_FLOOR_WHAT = {
-    "moving_mnist": "training throughput of the default Moving MNIST model vs the reference cell (fp32)",
-    "patch": "training throughput of the 7x7 patch classifier vs the reference cell (fp32)",
-    "openstl": "training throughput at OpenSTL's ConvLSTM-S shapes vs the reference cell (fp32)",
-}
+@dataclass(frozen=True)
+class Floor:
+    """A speed the project promises on some kinds of machine (:data:`FLOORS`).
+
+    ``measure``: "speedup" (``against``'s training-step time over ``project``'s, at least
+    ``required``), "time_ratio" (``project``'s time over ``against``'s, at most ``required``) or
+    "peak" (``project``'s training GFLOP/s over the conv2d peak of its precision, at least
+    ``required``; ``against`` unused)."""
+
+    config: str
+    kinds: tuple[str, ...]  # CPU kinds (convlstm_vp.nn.fast.cpu_kind) or ("cuda",)
+    what: str
+    project: str
+    against: str
+    measure: str
+    required: float
 
 
-def floors(cfgs: dict[str, Config], device_type: str = "cpu") -> list[dict[str, Any]]:
+_BF16 = ("amx", "avx512_bf16")  # CPUs with native bfloat16: the training default is bf16
+_NO_BF16 = ("avx512", "avx2", "other")
+FLOORS = (
+    Floor("moving_mnist", _BF16, "Moving MNIST training step vs the reference, both bf16",
+          "project bf16", "reference bf16", "speedup", 1.5),
+    Floor("moving_mnist", _BF16, "Moving MNIST training step: share of the bf16 conv peak",
+          "project bf16", "", "peak", 0.40),
+    Floor("layer", _BF16, "one ConvLSTM2D layer's training step: share of the bf16 conv peak",
+          "project bf16", "", "peak", 0.50),
+    Floor("patch", _BF16, "patch classifier training step vs the reference, both bf16",
+          "project bf16", "reference bf16", "speedup", 1.5),
+    Floor("deepconvlstm", _BF16, "rank-0 layer training-step time vs torch.nn.LSTM, both bf16",
+          "project rank-0 layer bf16", "torch.nn.LSTM bf16", "time_ratio", 1.1),
+    Floor("moving_mnist", _NO_BF16, "Moving MNIST training step vs the reference, both fp32",
+          "project fp32", "reference fp32", "speedup", 1.1),
+    Floor("deepconvlstm", _BF16 + _NO_BF16, "rank-0 layer training-step time vs torch.nn.LSTM, both fp32",
+          "project rank-0 layer fp32", "torch.nn.LSTM fp32", "time_ratio", 1.2),
+    Floor("moving_mnist", ("cuda",), "training throughput vs the reference cell (fp32)",
+          "project", "reference fp32", "speedup", 1.2),
+    Floor("openstl", ("cuda",), "training throughput at OpenSTL's ConvLSTM-S shapes vs the reference cell (fp32)",
+          "project", "reference fp32", "speedup", 1.5),
+)
+
+
+def machine_kind(device_type: str) -> str:
+    """The kind the floors are chosen by: "cuda", or the CPU's kind."""
+    return "cuda" if device_type == "cuda" else cpu_kind()
+
+
+def _check_floor(f: Floor, cfg: Config, peak: dict[str, Any]) -> dict[str, Any] | None:
+    def find(name: str) -> Case | None:
+        # "project" alone: the project's row at the training default (role "project")
+        hit = (c for c in cfg.cases if (c.name == name or (name == "project" and c.role == "project")))
+        return next((c for c in hit if "error" not in c.results and c.samples.get("train")), None)
+
+    proj = find(f.project)
+    if proj is None:
+        return None
+    out: dict[str, Any] = {"config": f.config, "what": f.what, "project": proj.name}
+    if f.measure == "peak":
+        pk = peak.get(proj.precision, {}).get("gflops")
+        measured = proj.results["train_gflops"] / pk if pk else None
+        out.update(against=f"{proj.precision} conv2d peak", required=f">= {f.required:.0%}")
+        ok = measured is not None and measured >= f.required
+    else:
+        base = find(f.against)
+        if base is None:
+            return None
+        a, b = (base, proj) if f.measure == "speedup" else (proj, base)
+        measured = _paired_ratio(a, b, "train")
+        out.update(against=base.name, cpu_time_ratio=_paired_ratio(a, b, "train_cpu"),
+                   required=(">= " if f.measure == "speedup" else "<= ") + f"{f.required}x")
+        ok = measured is not None and (measured >= f.required if f.measure == "speedup" else measured <= f.required)
+    return {**out, "measure": f.measure, "measured": measured, "met": ok}
+
+
+def floors(cfgs: dict[str, Config], device_type: str = "cpu", peak: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The floors of this machine's kind (:func:`machine_kind`) whose cases ran."""
+    kind = machine_kind(device_type)
     out = []
-
-    def find(cfg: Config, role: str) -> Case | None:
-        return next((c for c in cfg.cases if c.role == role and "error" not in c.results), None)
-
-    for (name, dev), required in FLOORS.items():
-        cfg = cfgs.get(name)
-        if cfg is None or dev != device_type:
-            continue
-        what = _FLOOR_WHAT[name]
-        proj, ref = find(cfg, "project"), find(cfg, "reference")
-        if proj and ref:
-            ratio = _paired_ratio(ref, proj, "train")  # reference time / project time = speed-up
-            out.append({"config": name, "what": what, "project": proj.name, "against": ref.name,
-                        "measured": ratio, "required": f">= {required}x", "met": ratio is not None and ratio >= required,
-                        "cpu_time_ratio": _paired_ratio(ref, proj, "train_cpu")})
-    cfg = cfgs.get("deepconvlstm")
-    if cfg is not None:
-        proj, base = find(cfg, "project"), find(cfg, "baseline")
-        if proj and base:
-            ratio = _paired_ratio(proj, base, "train")  # project time / torch time
-            out.append({"config": "deepconvlstm", "what": "rank-0 layer training-step time vs torch.nn.LSTM (fp32)",
-                        "project": proj.name, "against": base.name, "measured": ratio, "required": "<= 1.2x",
-                        "met": ratio is not None and ratio <= 1.2, "forward_ratio": _paired_ratio(proj, base, "fwd"),
-                        "cpu_time_ratio": _paired_ratio(proj, base, "train_cpu")})
+    for f in FLOORS:
+        if kind in f.kinds and f.config in cfgs:
+            checked = _check_floor(f, cfgs[f.config], peak or {})
+            if checked is not None:
+                out.append(checked)
     return out
 
 
@@ -357,27 +406,33 @@ def _fmt(v: Any, spec: str) -> str:
 
 def table(cfg: Config, peak: dict[str, Any]) -> str:
     ref = next((c for c in cfg.cases if c.role in ("reference", "baseline") and "train_ms" in c.results), None)
-    head = ("case", "fwd ms", "fwd+bwd ms", "train seq/s", "GFLOP/s", "% peak", "peak MB", "speed-up")
+    same = {c.precision: c for c in cfg.cases if ref is not None and c.impl == ref.impl and "train_ms" in c.results}
+    head = ("case", "fwd ms", "fwd+bwd ms", "train seq/s", "GFLOP/s", "% peak", "peak MB", "speed-up",
+            "vs ref same prec")
     rows = []
     for c in cfg.cases:
         r = c.results
         if "error" in r:
-            rows.append((c.name, "skipped: " + r["error"][:60], "", "", "", "", "", ""))
+            rows.append((c.name, "skipped: " + r["error"][:60], "", "", "", "", "", "", ""))
             continue
         pk = peak.get(c.precision, {}).get("gflops")
         frac = 100 * r["train_gflops"] / pk if pk else None
         speed = _paired_ratio(ref, c, "train") if ref is not None else None
+        eq = same.get(c.precision)
+        speed_eq = _paired_ratio(eq, c, "train") if eq is not None else None
         rows.append((c.name, _fmt(r.get("fwd_ms"), ".1f"), _fmt(r["train_ms"], ".1f"), _fmt(r["train_seq_per_s"], ".1f"),
                      _fmt(r["train_gflops"], ".1f"), _fmt(frac, ".0f"), _fmt(r.get("peak_mem_mb"), ".0f"),
-                     _fmt(speed, ".2f") + ("x" if speed is not None else "")))
+                     _fmt(speed, ".2f") + ("x" if speed is not None else ""),
+                     _fmt(speed_eq, ".2f") + ("x" if speed_eq is not None else "")))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(str(v).ljust(w) for v, w in zip(cells, widths)) + " |"  # noqa: E731
     out = [f"{cfg.name}: {cfg.description}; {cfg.shapes}; {cfg.flops_fwd / 1e9:.2f} GFLOP forward",
            line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(r) for r in rows]
     if ref is not None:
-        out.append(f"(speed-up: {ref.name} time / case time, median of per-round ratios; % peak: training GFLOP/s "
-                   "over the conv2d peak of the case's precision)")
+        out.append(f"(speed-up: {ref.name} time / case time, median of per-round ratios; vs ref same prec: the same "
+                   f"against the {ref.impl} row of the case's precision; % peak: training GFLOP/s over the conv2d peak "
+                   "of the case's precision)")
     return "\n".join(out)
 
 
@@ -389,6 +444,7 @@ def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
         "threads": threads,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
+        "kind": machine_kind(device.type),
     }
     try:
         with open("/proc/cpuinfo") as fh:
@@ -495,9 +551,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
             }
             for name, cfg in cfgs.items()
         },
-        "floors": floors(cfgs, device.type),
+        "floors": floors(cfgs, device.type, peak),
     }
-    print(f"\nmachine: {info.get('cpu', '?')}, {info['cpu_count']} cores, {device}, torch {torch.__version__}, "
+    print(f"\nmachine: {info.get('cpu', '?')} (kind {info['kind']}), {info['cpu_count']} cores, {device}, "
+          f"torch {torch.__version__}, "
           f"{info['threads']} threads; load average at start {info.get('loadavg_start')}")
     print("peak: " + ", ".join(f"{p} {v['gflops']:.1f} GFLOP/s ({v['shape']})" for p, v in peak.items()))
     if KERAS_STATUS:
@@ -507,7 +564,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
         print(table(cfg, peak))
     print("\nfloors:")
     for f in report["floors"]:
-        print(f"  {'MET ' if f['met'] else 'MISSED'} {f['config']}: {f['what']}: {_fmt(f['measured'], '.2f')}x "
+        got = _fmt(f["measured"], ".0%") if f["measure"] == "peak" else _fmt(f["measured"], ".2f") + "x"
+        print(f"  {'MET ' if f['met'] else 'MISSED'} {f['config']}: {f['what']}: {got} "
               f"(required {f['required']}; CPU-time ratio {_fmt(f.get('cpu_time_ratio'), '.2f')}x)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

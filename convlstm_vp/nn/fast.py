@@ -164,14 +164,37 @@ def cpu_bf16_native() -> bool:
     The flags are read from ``/proc/cpuinfo``; where it cannot be read (not Linux), oneDNN's
     own check (:func:`cpu_bf16_supported`) decides.
     """
+    flags = _cpu_flags()
+    if flags is None:
+        return cpu_bf16_supported()
+    return cpu_bf16_supported() and ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str] | None:
+    """The instruction-set flags of ``/proc/cpuinfo``, None where it cannot be read."""
     try:
         with open("/proc/cpuinfo") as fh:
             flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), None)
     except OSError:
-        flags = None
-    if flags is None:
-        return cpu_bf16_supported()
-    return cpu_bf16_supported() and ("avx512_bf16" in flags or "amx_bf16" in flags)
+        return None
+    return None if flags is None else frozenset(flags)
+
+
+CPU_KINDS = ("amx", "avx512_bf16", "avx512", "avx2", "other")
+
+
+@functools.cache
+def cpu_kind() -> str:
+    """The kind of CPU for the speed choices (:data:`CPU_KINDS`): ``"amx"`` (bfloat16 matrix
+    units, ``amx_bf16``), ``"avx512_bf16"`` (bfloat16 vector instructions, no AMX),
+    ``"avx512"`` (AVX-512 without bfloat16), ``"avx2"``, or ``"other"`` (anything else, or
+    flags that cannot be read)."""
+    flags = _cpu_flags() or frozenset()
+    for kind, flag in (("amx", "amx_bf16"), ("avx512_bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if flag in flags:
+            return kind
+    return "other"
 
 
 def cpu_bf16_autocast_emulated(device_type: str) -> bool:
