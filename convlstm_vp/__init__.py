@@ -1,5 +1,9 @@
 """convlstm_vp: spatiotemporal sequence learning with one N-dimensional ConvLSTM cell."""
 
+from . import openmp
+
+openmp.configure()  # before torch loads its OpenMP runtime (imported by .nn and .models)
+
 from .models import DeepConvLSTM, EncoderForecaster, Forecast, PatchSequenceClassifier
 from .nn import (
     L1,

@@ -577,6 +577,31 @@ def test_native_kernel_builds_and_matches_the_torch_path(fresh_native):
         torch.testing.assert_close(outs[0][1], want_c, rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("gdtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("spatial", [(4, 5), (2, 3, 4)])
+def test_native_kernel_in_channels_last_matches_the_default_layout(fresh_native, spatial, gdtype):
+    fmt = torch.channels_last if len(spatial) == 2 else torch.channels_last_3d
+    torch.manual_seed(18)
+    gates = (2 * torch.randn(3, 4 * 5, *spatial)).to(gdtype)
+    other = (2 * torch.randn(3, 4 * 5, *spatial)).to(gdtype)
+    c = torch.randn(3, 5, *spatial)
+    results = []
+    for layout in (torch.contiguous_format, fmt):
+        g, o, cc = (t.clone(memory_format=layout).requires_grad_() for t in (gates, other, c))
+        assert fresh_native.usable(g, cc, o) and fresh_native.layout(g, cc, o) == layout
+        h, c_new = lstm_gates(g, cc, True, o)
+        assert h.is_contiguous(memory_format=layout) and c_new.is_contiguous(memory_format=layout)
+        torch.manual_seed(19)  # (randn_like would draw in memory order: another tensor per layout)
+        ((h * torch.randn(h.shape)).sum() + (c_new * torch.randn(c_new.shape)).sum()).backward()
+        results.append((h, c_new, g.grad, o.grad, cc.grad))
+    for a, b in zip(*results):
+        # the same loop over the same values in another order (vector lanes and tails differ)
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-2 if a.dtype == torch.bfloat16 else 1e-5, atol=1e-6)
+    want_h, want_c = _plain_gates(gates.float() + other.float(), c)
+    torch.testing.assert_close(results[1][0], want_h, rtol=0, atol=2e-6)
+    torch.testing.assert_close(results[1][1], want_c, rtol=0, atol=2e-6)
+
+
 def test_native_kernel_with_several_threads_matches(fresh_native):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -615,8 +640,8 @@ def test_native_kernel_propagates_nan_and_saturates():
 def test_native_kernel_is_skipped_where_it_does_not_apply(fresh_native):
     c = torch.randn(2, 3, 4, 4)
     assert not fresh_native.usable(torch.randn(2, 12, 4, 4, dtype=torch.float64), c.double())
-    assert not fresh_native.usable(torch.randn(2, 12, 4, 4).contiguous(memory_format=torch.channels_last),
-                                   c.contiguous(memory_format=torch.channels_last))
+    # gates and state in different memory formats
+    assert not fresh_native.usable(torch.randn(2, 12, 4, 4).contiguous(memory_format=torch.channels_last), c)
     assert not fresh_native.usable(torch.randn(2, 12, 4, 4, dtype=torch.bfloat16), c.bfloat16())
 
 
@@ -645,6 +670,19 @@ def test_native_and_torch_gate_paths_give_the_same_layer(rank):
         ra, rb = _run(a, x), _run(b, x)
     # bfloat16 convolutions: the kernel sums the two convolution outputs in float32, the torch
     # path in bfloat16, so the two differ by bfloat16 rounding; compare relative to each gradient
+    torch.testing.assert_close(ra[0].float(), rb[0].float(), rtol=0, atol=2e-2)
+    for name in ra[3]:
+        scale = rb[3][name].abs().max().item() + 1e-3
+        assert (ra[3][name] - rb[3][name]).abs().max().item() <= 0.05 * scale, name
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+def test_channels_last_steps_equal_the_default_layout(rank):
+    a, b = _pair(rank, {"channels_last": True}, {}, dtype=torch.float32)
+    x = _input(rank, dtype=torch.float32)
+    _assert_same(_run(a, x), _run(b, x), atol=5e-5)  # float32 sums in another order
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ra, rb = _run(a, x), _run(b, x)
     torch.testing.assert_close(ra[0].float(), rb[0].float(), rtol=0, atol=2e-2)
     for name in ra[3]:
         scale = rb[3][name].abs().max().item() + 1e-3

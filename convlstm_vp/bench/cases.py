@@ -132,6 +132,8 @@ def _model_cases(device: torch.device, reference: Callable[[], nn.Module],
     if not variants:
         return cases
     for prec, what, kw in (
+        ("bf16", "channels-last steps", {"implementation": Implementation(channels_last=True)}),
+        ("fp32", "channels-last steps", {"implementation": Implementation(channels_last=True)}),
         ("bf16", "torch-op gates", {"implementation": Implementation(native_gates=False)}),
         ("bf16", "batched input conv", {"implementation": Implementation(batch_input_conv=True)}),
         ("bf16", "per-step input conv", {"implementation": Implementation(batch_input_conv=False)}),

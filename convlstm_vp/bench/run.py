@@ -6,7 +6,8 @@ over rounds, so a noisy shared machine slows every case alike):
   forward            the model in eval mode under ``torch.no_grad()``;
   forward+backward   a training step: forward in train mode, loss, backward.
 
-and reports sequences/s, achieved GFLOP/s (analytic convolution / matrix-product FLOPs, below),
+(``--clock cpu`` with ``--threads 1``: the process's CPU time instead of wall time, which a
+machine shared with other jobs stretches unevenly) and reports sequences/s, achieved GFLOP/s (analytic convolution / matrix-product FLOPs, below),
 the fraction of this machine's own convolution peak (a large ``conv2d`` measured in the same
 run, per precision) and the peak memory of one training step.
 
@@ -125,6 +126,13 @@ def _timed(fn: Callable[[], None], device: torch.device, inner: int) -> tuple[fl
     return (time.perf_counter() - t0) / inner, (time.process_time() - c0) / inner
 
 
+CLOCK = {"which": "wall"}  # "cpu": timings are this process's CPU time (--clock cpu)
+
+
+def _clock(wall: float, cpu: float) -> float:
+    return cpu if CLOCK["which"] == "cpu" else wall
+
+
 def run_config(cfg: Config, device: torch.device, rounds: int, inner: int, warmup: int, log: Callable[[str], None],
                train_only: bool = False) -> None:
     """Time every case of ``cfg``; ``train_only`` skips the forward (eval) timings, and with them
@@ -154,10 +162,10 @@ def run_config(cfg: Config, device: torch.device, rounds: int, inner: int, warmu
         for case in order:
             if not train_only:
                 w, cpu = _timed(lambda: forward_once(case, cfg, device, x), device, inner)
-                case.samples["fwd"].append(w)
+                case.samples["fwd"].append(_clock(w, cpu))
                 case.samples["fwd_cpu"].append(cpu)
             w, cpu = _timed(lambda: train_once(case, cfg, device, x, y), device, inner)
-            case.samples["train"].append(w)
+            case.samples["train"].append(_clock(w, cpu))
             case.samples["train_cpu"].append(cpu)
         log(f"  round {r + 1}/{rounds} done")
     for case in live:
@@ -284,7 +292,8 @@ def measure_peak(device: torch.device, quick: bool, rounds: int, log: Callable[[
                     for _ in range(2):
                         F.conv2d(x, w, padding=k // 2)
                     inner = 20 if quick else 2
-                    times = [_timed(lambda: F.conv2d(x, w, padding=k // 2), device, inner)[0] for _ in range(max(rounds, 3))]
+                    times = [_clock(*_timed(lambda: F.conv2d(x, w, padding=k // 2), device, inner))
+                             for _ in range(max(rounds, 3))]
                 rate = flops / statistics.median(times) / 1e9
                 if rate > best:
                     best, best_shape = rate, f"conv2d x=({b},{c},{s},{s}) w=({o},{c},{k},{k}) {fmt_name}"
@@ -476,6 +485,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
                              "precision (CUDA has them by default)")
     parser.add_argument("--train-only", action="store_true",
                         help="time training steps only (no forward-only timings; compiled cases compile once)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="what the timings measure: wall-clock time, or this process's CPU time (with --threads 1 "
+                             "on a machine that other jobs share: the work, without the waits for a core)")
     parser.add_argument("--_memory-case", dest="memory_case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -484,6 +496,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
         parser.error("--device cuda: CUDA is not available on this machine")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and torch.get_num_threads() != 1:
+        parser.error("--clock cpu needs --threads 1 (CPU time sums over threads)")
+    CLOCK["which"] = args.clock
     if args.memory_case:
         memory_case_main(args.memory_case, device, args.quick)
         return {}
@@ -527,6 +542,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
             "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
             "quick": args.quick,
             "rounds": rounds,
+            "clock": args.clock,
             "memory_method": memory,
             "seconds": time.time() - started,
             "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
@@ -554,7 +570,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
         "floors": floors(cfgs, device.type, peak),
     }
     print(f"\nmachine: {info.get('cpu', '?')} (kind {info['kind']}), {info['cpu_count']} cores, {device}, "
-          f"torch {torch.__version__}, "
+          f"clock {args.clock}, torch {torch.__version__}, "
           f"{info['threads']} threads; load average at start {info.get('loadavg_start')}")
     print("peak: " + ", ".join(f"{p} {v['gflops']:.1f} GFLOP/s ({v['shape']})" for p, v in peak.items()))
     if KERAS_STATUS:

@@ -409,8 +409,10 @@ class ConvLSTMCell(LayerControls, nn.Module):
         cols = cols.permute(0, *range(2, 2 + n), 1, *range(2 + n, 2 + 2 * n)).reshape(-1, self.weight_ih[0].numel())
         w = self.weight_ih.reshape(self.weight_ih.shape[0], -1)
         out = cols @ w.t() if bias is None else torch.addmm(bias, cols, w.t())
-        # contiguous like the state: the gate arithmetic is fastest when gates and state agree
-        return out.view(x.shape[0], *out_size, w.shape[0]).movedim(-1, 1).contiguous()
+        # in the state's layout: the gate arithmetic is fastest when gates and state agree (the
+        # matrix product's rows are already channels-last)
+        out = out.view(x.shape[0], *out_size, w.shape[0]).movedim(-1, 1)
+        return out if self._channels_last(x.device.type) else out.contiguous()
 
     def _hh_conv(self, h: Tensor) -> Tensor:
         """State-to-state term (stride 1, "same"), no bias."""
@@ -510,20 +512,35 @@ class ConvLSTMCell(LayerControls, nn.Module):
             }
         return self._compiled_fns[which](a, h, c)
 
+    def _channels_last(self, device_type: str) -> bool:
+        return self.spatial_dims >= 2 and device_type == "cpu" and self.paths("cpu").channels_last
+
+    def _layout(self, *ts: Tensor | None) -> tuple[Tensor | None, ...]:
+        """``ts`` in the channels-last format where the paths step in it (``channels_last``:
+        CPU, 2-D/3-D cells), else unchanged; a tensor already in it is not copied."""
+        if not self._channels_last(next(t for t in ts if t is not None).device.type):
+            return ts
+        fmt = torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
+        return tuple(None if t is None else t.contiguous(memory_format=fmt) for t in ts)
+
     def _first_recurrent_core(self, xg: Tensor, h: None, c: Tensor) -> State:
+        xg, c = self._layout(xg, c)
         return self._update(xg, c)
 
     def _first_step_core(self, x: Tensor, h: None, c: Tensor) -> State:
+        x, c = self._layout(x, c)
         return self._update(self._input_conv(x, self._bias()), c)
 
     def _recurrent_core(self, xg: Tensor, h: Tensor, c: Tensor) -> State:
         if self.spatial_dims == 0 and xg.dim() == 2:
             return self._update(torch.addmm(xg, h, self.weight_hh.t()), c)
+        xg, h, c = self._layout(xg, h, c)
         return self._update(xg, c, self._hh_conv(h))
 
     def _step_core(self, x: Tensor, h: Tensor, c: Tensor) -> State:
         bias = self._bias()
         paths = self.paths(x.device.type)
+        x, h, c = self._layout(x, h, c)
         if paths.fused_conv and self._concat_ok and not (paths.matmul_input and self._matmul_ok):
             w = torch.cat([self.weight_ih, self.weight_hh], dim=1)
             xh = torch.cat([x, h], dim=1)

@@ -84,6 +84,10 @@ class Implementation:
             their steps as written (no per-step compile).
         cuda_graphs: with ``whole_forward`` on CUDA, the compiled code is replayed as CUDA
             graphs (``torch.compile(mode="reduce-overhead")``); no effect elsewhere.
+        channels_last: on CPU, 2-D and 3-D cells step in the channels-last memory format
+            (frames, states, convolution outputs and the C gate kernel, which reads that
+            layout too), so that oneDNN's convolutions read and write their native layout with
+            no reorders between the steps; outputs keep that layout (values unchanged).
     """
 
     fused_gates: bool = True
@@ -96,6 +100,7 @@ class Implementation:
     compile: bool = False
     whole_forward: bool = False
     cuda_graphs: bool = False
+    channels_last: bool = False
 
 
 IMPLEMENTATIONS: dict[str, Implementation] = {

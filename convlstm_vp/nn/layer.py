@@ -47,6 +47,41 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     return x[torch.arange(b, device=x.device).unsqueeze(1), idx]
 
 
+def _lstm_by_length_segments(
+    x: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor, weights: list[Tensor], has_bias: bool, train: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One LSTM direction over ``x`` ``(B, T, C)`` whose sequence ``i`` ends at ``lengths[i]``:
+    ``(output (B, T, H_out) with zeros past each length, h_n (B, H_out), c_n (B, H))``.
+
+    The sequences sorted longest first, ``torch.lstm``'s fused kernel runs once per stretch of
+    time between two distinct lengths, over the sequences still running (a prefix of the sorted
+    batch), from the states the previous stretch left: as many kernel calls as distinct lengths,
+    each over many steps. (A ``PackedSequence`` runs on the CPU through a step loop whose
+    backward fills a zero gradient of the whole input at every step.)"""
+    b, t = x.shape[:2]
+    lengths = lengths.to("cpu")
+    order = torch.argsort(lengths, descending=True, stable=True)
+    sorted_lens = lengths[order].tolist()
+    dev_order = order.to(x.device)
+    xs = x[dev_order]
+    h, c = h0[dev_order].unsqueeze(0), c0[dev_order].unsqueeze(0)
+    outs, done_h, done_c = [], [], []
+    start = 0
+    for end in sorted(set(sorted_lens)):
+        running = sum(1 for n in sorted_lens if n >= end)  # the first `running` sequences
+        seg, h, c = torch.lstm(xs[:running, start:end], (h, c), weights, has_bias, 1, 0.0, train, False, True)
+        outs.append(F.pad(seg, (0, 0, 0, 0, 0, b - running)))
+        finishing = sum(1 for n in sorted_lens if n == end)  # the last of the running ones
+        done_h.append(h[0, running - finishing :])
+        done_c.append(c[0, running - finishing :])
+        h, c = h[:, : running - finishing], c[:, : running - finishing]
+        start = end
+    out = torch.cat(outs, dim=1)
+    out = F.pad(out, (0, 0, 0, t - start))
+    inverse = torch.argsort(dev_order)
+    return out[inverse], torch.cat(done_h[::-1])[inverse], torch.cat(done_c[::-1])[inverse]
+
+
 class ConvLSTM(LayerControls, nn.Module):
     """A stack of ConvLSTM layers run over a sequence, shaped like ``torch.nn.LSTM``.
 
@@ -665,24 +700,19 @@ class ConvLSTM(LayerControls, nn.Module):
         else:
             h0 = torch.stack([s[0] for s in init])  # type: ignore[index]
             c0 = torch.stack([s[1] for s in init])  # type: ignore[index]
-        weights = [w for cell in cells for w in cell.flat_weights()]
         has_bias = cell0.bias_ih is not None
-        bidir = len(cells) == 2
         if lengths is None:
-            out, h, c = torch.lstm(x, (h0, c0), weights, has_bias, 1, 0.0, self.training, bidir, True)
-        else:
-            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            idx = packed.sorted_indices
-            out_data, h, c = torch.lstm(
-                packed.data, packed.batch_sizes, (h0[:, idx], c0[:, idx]), weights, has_bias, 1, 0.0, self.training, bidir
-            )
-            out, _ = pad_packed_sequence(
-                PackedSequence(out_data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),
-                batch_first=True,
-                total_length=t,
-            )
-            h, c = h[:, packed.unsorted_indices], c[:, packed.unsorted_indices]
-        return out, list(h.unbind(0)), list(c.unbind(0))
+            weights = [w for cell in cells for w in cell.flat_weights()]
+            out, h, c = torch.lstm(x, (h0, c0), weights, has_bias, 1, 0.0, self.training, len(cells) == 2, True)
+            return out, list(h.unbind(0)), list(c.unbind(0))
+        outs, hs, cs = [], [], []
+        for d, cell in enumerate(cells):
+            seq = x if d == 0 else reverse_padded(x, lengths)
+            out, h, c = _lstm_by_length_segments(seq, lengths, h0[d], c0[d], cell.flat_weights(), has_bias, self.training)
+            outs.append(out if d == 0 else reverse_padded(out, lengths))
+            hs.append(h)
+            cs.append(c)
+        return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), hs, cs
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.hidden_channels if len(set(self.hidden_channels)) > 1 else self.hidden_channels[0]}"

@@ -7,8 +7,9 @@ compiles one loop for the forward and one for the backward (vectorised ``expf``)
 ``ctypes`` and calls it on the tensors' memory. It is used by
 :func:`convlstm_vp.nn.fast.lstm_gates` when
 
-- the tensors are on the CPU, contiguous (default memory format), ``c`` is float32 and the
-  gates are float32 or bfloat16 (autocast), and
+- the tensors are on the CPU, all dense in one memory format (the default, or channels-last for
+  2-D/3-D states, :func:`layout`), ``c`` is float32 and the gates are float32 or bfloat16
+  (autocast), and
 - a C compiler is found (``CC``, ``cc``, ``gcc`` or ``clang``) and the build succeeds.
 
 Anything else, or ``CONVLSTM_VP_NATIVE=0`` in the environment, uses the torch-operations path;
@@ -240,10 +241,9 @@ def usable(gates: Tensor, c: Tensor, other: Tensor | None = None) -> bool:
         and gates.shape[0] == c.shape[0]
         and gates.shape[1] == 4 * c.shape[1]
         and gates.shape[2:] == c.shape[2:]
-        and gates.is_contiguous()
-        and c.is_contiguous()
         and (other is None or (other.dtype == gates.dtype and other.shape == gates.shape
-                               and other.device.type == "cpu" and other.is_contiguous()))
+                               and other.device.type == "cpu"))
+        and layout(gates, c, other) is not None
     ):
         return False
     if load() is None:
@@ -255,16 +255,36 @@ def usable(gates: Tensor, c: Tensor, other: Tensor | None = None) -> bool:
     return True
 
 
+def layout(gates: Tensor, c: Tensor, other: Tensor | None = None) -> torch.memory_format | None:
+    """The memory format all of the tensors are dense in: ``torch.contiguous_format`` (rows
+    ``(i, f, g, o)`` blocks of ``H·prod(spatial)`` per sequence) or channels-last (4-D/5-D; rows
+    ``(i, f, g, o)`` blocks of ``H`` per pixel), None when they agree on neither."""
+    tensors = [t for t in (gates, c, other) if t is not None]
+    formats = [torch.contiguous_format]
+    if c.dim() in (4, 5):
+        formats.append(torch.channels_last if c.dim() == 4 else torch.channels_last_3d)
+    return next((f for f in formats if all(t.is_contiguous(memory_format=f) for t in tensors)), None)
+
+
+def _rows(c: Tensor, fmt: torch.memory_format) -> tuple[int, int]:
+    """``(rows, values per gate block)`` of the kernels' loops for a state ``c`` in ``fmt``."""
+    if fmt == torch.contiguous_format:
+        return c.shape[0], c[0].numel()
+    return c.numel() // c.shape[1], c.shape[1]
+
+
 def forward(gates: Tensor, c: Tensor, save: bool, other: Tensor | None = None
             ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """``(h, c_new, act, tanh_c)`` (float32) for the pre-activations ``gates (+ other)``;
     ``act``/``tanh_c`` only with ``save``."""
     lib = load()
     assert lib is not None
-    batch, hs = c.shape[0], c[0].numel()
-    h, c_new = torch.empty_like(c), torch.empty_like(c)
-    act = torch.empty(gates.shape, dtype=torch.float32) if save else None
-    tanh_c = torch.empty_like(c) if save else None
+    fmt = layout(gates, c, other)
+    assert fmt is not None
+    batch, hs = _rows(c, fmt)
+    h, c_new = torch.empty_like(c, memory_format=fmt), torch.empty_like(c, memory_format=fmt)
+    act = torch.empty_like(gates, dtype=torch.float32, memory_format=fmt) if save else None
+    tanh_c = torch.empty_like(c, memory_format=fmt) if save else None
     name = "lstm_forward_" + ("bf16" if gates.dtype == torch.bfloat16 else "f32") + ("_sum" if other is not None else "")
     getattr(lib, name)(
         gates.data_ptr(), other.data_ptr() if other is not None else None, c.data_ptr(),
@@ -280,11 +300,13 @@ def backward(act: Tensor, c_prev: Tensor, tanh_c: Tensor, dh: Tensor, dc: Tensor
     nearest even), the state gradient in float32."""
     lib = load()
     assert lib is not None
-    dh = dh.to(torch.float32).contiguous()
-    dc = dc.to(torch.float32).contiguous()
-    dgates = torch.empty(act.shape, dtype=dtype)
-    dc_prev = torch.empty_like(c_prev)
+    fmt = layout(act, c_prev)
+    assert fmt is not None  # as the forward left them
+    dh = dh.to(torch.float32).contiguous(memory_format=fmt)
+    dc = dc.to(torch.float32).contiguous(memory_format=fmt)
+    dgates = torch.empty_like(act, dtype=dtype, memory_format=fmt)
+    dc_prev = torch.empty_like(c_prev, memory_format=fmt)
     fn = lib.lstm_backward_bf16 if dtype == torch.bfloat16 else lib.lstm_backward_f32
     fn(act.data_ptr(), c_prev.data_ptr(), tanh_c.data_ptr(), dh.data_ptr(), dc.data_ptr(), dgates.data_ptr(),
-       dc_prev.data_ptr(), c_prev.shape[0], c_prev[0].numel(), torch.get_num_threads())
+       dc_prev.data_ptr(), *_rows(c_prev, fmt), torch.get_num_threads())
     return dgates, dc_prev
