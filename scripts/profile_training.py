@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import convlstm_vp  # noqa: F401  (first: it sets how OpenMP threads wait before torch loads them)
 import torch
 
 from convlstm_vp.nn import set_implementation

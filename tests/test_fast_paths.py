@@ -9,6 +9,7 @@ exact up to rounding, bfloat16 autocast against float32 within bfloat16 toleranc
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from convlstm_vp import ConvLSTM, ConvLSTMCell, DeepConvLSTM
 from convlstm_vp.models.encoder_forecaster import EncoderForecaster
 from convlstm_vp.nn import IMPLEMENTATIONS, Implementation, fast, lstm_gates, set_implementation
+from convlstm_vp.nn.fast import AUTO_ON_CPU, CPU_KINDS, cpu_kind
 
 SPATIAL = {0: (), 1: (7,), 2: (5, 6), 3: (3, 4, 4)}
 
@@ -264,7 +266,8 @@ def test_implementation_is_validated_and_auto_picks_per_device():
         ConvLSTM(2, 3, implementation=None)
     layer = ConvLSTM(2, 3, num_layers=2)
     assert layer.implementation == "auto"
-    assert layer.cells[0].paths("cpu") == IMPLEMENTATIONS["fused"]
+    assert layer.cells[0].paths("cpu") == AUTO_ON_CPU[cpu_kind()]  # per CPU kind, every kind fused
+    assert {k: replace(v, channels_last=False) for k, v in AUTO_ON_CPU.items()} == dict.fromkeys(CPU_KINDS, IMPLEMENTATIONS["fused"])
     assert layer.cells[0].paths("cuda") == IMPLEMENTATIONS["plain"]
     assert layer.cells[0].paths("mps") == IMPLEMENTATIONS["plain"]
     layer.implementation = "plain"  # one assignment switches every cell

@@ -16,7 +16,7 @@ import yaml
 
 from convlstm_vp import ConvLSTM, EncoderForecaster
 from convlstm_vp.nn import IMPLEMENTATIONS, set_implementation
-from convlstm_vp.nn.fast import resolve_implementation
+from convlstm_vp.nn.fast import AUTO_ON_CPU, cpu_kind, resolve_implementation
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
@@ -40,7 +40,7 @@ def test_auto_is_plain_on_cuda_until_graphed_is_measured_there():
     # "graphed" has not been measured on a GPU: auto takes the last path measured fastest there
     assert resolve_implementation("auto", "cuda") == IMPLEMENTATIONS["plain"]
     assert resolve_implementation("graphed", "cuda") == IMPLEMENTATIONS["graphed"]  # one word away
-    assert resolve_implementation("auto", "cpu") == IMPLEMENTATIONS["fused"]
+    assert resolve_implementation("auto", "cpu") == AUTO_ON_CPU[cpu_kind()]  # "fused", per CPU kind
     assert resolve_implementation("auto", "mps") == IMPLEMENTATIONS["plain"]
     graphed = IMPLEMENTATIONS["graphed"]
     assert graphed.whole_forward and graphed.cuda_graphs and not graphed.compile

@@ -46,7 +46,7 @@ import shutil
 import types
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -116,6 +116,17 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
 }
 ImplementationArg = str | Implementation
 
+# "auto" on a CPU, per kind (cpu_kind), as scripts/benchmark.py measured on each (docs/performance.md,
+# "auto on the CPU", names the machines). No compiling path: "graphed" and "compiled" compile for
+# minutes on a CPU, longer than short jobs run, and measured no faster there.
+AUTO_ON_CPU: dict[str, Implementation] = {
+    "amx": IMPLEMENTATIONS["fused"],
+    "avx512_bf16": replace(IMPLEMENTATIONS["fused"], channels_last=True),
+    "avx512": IMPLEMENTATIONS["fused"],
+    "avx2": IMPLEMENTATIONS["fused"],
+    "other": IMPLEMENTATIONS["fused"],
+}
+
 
 def check_implementation(value: ImplementationArg) -> ImplementationArg:
     """``value`` if it names an implementation ("auto" or a key of :data:`IMPLEMENTATIONS`) or is one."""
@@ -134,11 +145,13 @@ CUDA_AUTO = "plain"
 def resolve_implementation(value: ImplementationArg, device_type: str) -> Implementation:
     """The paths that ``value`` means on a device of type ``device_type`` ("cpu", "cuda", ...).
 
-    "auto" is "fused" on CPU and "plain" on CUDA (:data:`CUDA_AUTO`) and elsewhere
-    (docs/performance.md); "graphed" is chosen by name.
+    "auto" is, on a CPU, what measured fastest on its kind (:data:`AUTO_ON_CPU`), "plain" on
+    CUDA (:data:`CUDA_AUTO`) and elsewhere (docs/performance.md); "graphed" is chosen by name.
     """
     if isinstance(value, Implementation):
         return value
+    if value == "auto" and device_type == "cpu":
+        return AUTO_ON_CPU[cpu_kind()]
     if value == "auto" and device_type == "cuda":
         value = CUDA_AUTO
     if value == "auto":
