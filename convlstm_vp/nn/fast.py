@@ -15,8 +15,9 @@ use); ``tests/test_fast_paths.py`` checks each one. Callers choose with one argu
   and backward replayed as CUDA graphs (``mode="reduce-overhead"``), so a step costs a few
   graph launches instead of thousands of kernel launches. The first call of each shape
   compiles (tens of seconds).
-- ``"auto"`` (default): per device: ``"fused"`` on CPU (measured fastest there by
-  ``scripts/benchmark.py``), ``"plain"`` on CUDA (the last path measured fastest there;
+- ``"auto"`` (default): per device: on a CPU what ``scripts/benchmark.py`` measured fastest on
+  its kind (:data:`AUTO_ON_CPU`: ``"fused"``, with channels-last steps on AVX512-BF16 CPUs
+  without AMX), ``"plain"`` on CUDA (the last path measured fastest there;
   ``"graphed"`` is chosen by name until ``scripts/gpu_check.sh`` has measured it ahead) and
   elsewhere (docs/performance.md).
 

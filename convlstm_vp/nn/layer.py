@@ -69,7 +69,9 @@ def _lstm_by_length_segments(
     start = 0
     for end in sorted(set(sorted_lens)):
         running = sum(1 for n in sorted_lens if n >= end)  # the first `running` sequences
-        seg, h, c = torch.lstm(xs[:running, start:end], (h, c), weights, has_bias, 1, 0.0, train, False, True)
+        seg, h, c = torch.lstm(
+            xs[:running, start:end], (h, c), weights, has_bias, 1, 0.0, train, False, True
+        )
         outs.append(F.pad(seg, (0, 0, 0, 0, 0, b - running)))
         finishing = sum(1 for n in sorted_lens if n == end)  # the last of the running ones
         done_h.append(h[0, running - finishing :])
@@ -107,7 +109,8 @@ class ConvLSTM(LayerControls, nn.Module):
             forgets it.
         go_backwards: process the sequence backwards and return the reversed sequence (Keras).
         implementation: how the layer computes, never what (the same numbers either way):
-            "auto" (default) picks per device: "fused" on CPU, "plain" on CUDA (until
+            "auto" (default) picks per device: "fused" on CPU (stepping in channels-last
+            memory on AVX512-BF16 CPUs without AMX), "plain" on CUDA (until
             "graphed" is measured ahead there) and elsewhere; "plain" runs the equations one
             operation at a time with the input convolution of all steps batched; "fused" the
             fast paths (fused gate arithmetic, a C kernel for it on CPU, one ``[x, h]``
@@ -703,12 +706,15 @@ class ConvLSTM(LayerControls, nn.Module):
         has_bias = cell0.bias_ih is not None
         if lengths is None:
             weights = [w for cell in cells for w in cell.flat_weights()]
-            out, h, c = torch.lstm(x, (h0, c0), weights, has_bias, 1, 0.0, self.training, len(cells) == 2, True)
+            bidir = len(cells) == 2
+            out, h, c = torch.lstm(x, (h0, c0), weights, has_bias, 1, 0.0, self.training, bidir, True)
             return out, list(h.unbind(0)), list(c.unbind(0))
         outs, hs, cs = [], [], []
         for d, cell in enumerate(cells):
             seq = x if d == 0 else reverse_padded(x, lengths)
-            out, h, c = _lstm_by_length_segments(seq, lengths, h0[d], c0[d], cell.flat_weights(), has_bias, self.training)
+            out, h, c = _lstm_by_length_segments(
+                seq, lengths, h0[d], c0[d], cell.flat_weights(), has_bias, self.training
+            )
             outs.append(out if d == 0 else reverse_padded(out, lengths))
             hs.append(h)
             cs.append(c)
