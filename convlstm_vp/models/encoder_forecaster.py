@@ -327,7 +327,8 @@ class EncoderForecaster(nn.Module):
                 if warp:  # a true frame fed restarts the warp from it, with no displacement
                     source = use_true * true_frame + (1 - use_true) * source
                     displacement = (1 - use_true) * displacement
-        y = sequence_from_internal(torch.stack(outputs, dim=1), 2, True, self.data_format)
+        # contiguous: channels-last steps (implementation "auto" on some CPUs) leave their layout
+        y = sequence_from_internal(torch.stack(outputs, dim=1).contiguous(), 2, True, self.data_format)
         return Forecast(y, encoder_frames, torch.cat(all_offsets, dim=1) if offsets else None)
 
     def _frame(

@@ -608,6 +608,8 @@ class ConvLSTMCell(LayerControls, nn.Module):
             hc = (frame_to_internal(state[0], n, self.data_format), frame_to_internal(state[1], n, self.data_format))
             self.check_hidden_size(hc, x.shape[0], spatial_out, unbatched)
         h, c = self.step(x, hc)
+        if self._channels_last(h.device.type):  # callers get the default layout back
+            h, c = h.contiguous(), c.contiguous()
         h = frame_from_internal(h, n, self.data_format)
         c = frame_from_internal(c, n, self.data_format)
         if unbatched:

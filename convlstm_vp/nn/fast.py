@@ -189,7 +189,6 @@ def cpu_bf16_native() -> bool:
     return cpu_bf16_supported() and ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
-@functools.cache
 def _cpu_flags() -> frozenset[str] | None:
     """The instruction-set flags of ``/proc/cpuinfo``, None where it cannot be read."""
     try:

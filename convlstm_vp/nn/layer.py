@@ -683,6 +683,8 @@ class ConvLSTM(LayerControls, nn.Module):
                 h = torch.where(m, h_new, h)
                 c = torch.where(m, c_new, c)
                 outs.append(h_new * m)
+        if paths.channels_last:  # the default layout between layers and for callers
+            h, c, outs = h.contiguous(), c.contiguous(), [o.contiguous() for o in outs]
         if last_only and valid is None:
             return h.unsqueeze(1), (h, c)
         return torch.stack(outs, dim=1), (h, c)
