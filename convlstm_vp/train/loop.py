@@ -42,6 +42,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from .. import openmp
 from ..nn import set_implementation
 from ..nn.controls import regularization_loss
 from ..nn.functional import NonFiniteInputError
@@ -392,6 +393,9 @@ class _Progress:
         self.start_step, self.bar = start_step, None
         if self.tc["progress"] and dist.rank == 0:
             from tqdm import tqdm
+
+            # stdout: stderr carries the bar and the one-line errors
+            print(f"threads: {openmp.describe(torch.get_num_threads())}", flush=True)
 
             self.bar = tqdm(total=self.tc["steps"], initial=start_step, desc=cfg.get("name", "train"), dynamic_ncols=True)
         self.t0 = time.time()
