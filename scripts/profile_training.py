@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import convlstm_vp  # noqa: F401  (first: it sets how OpenMP threads wait before torch loads them)
+
+# isort: split
 import torch
 
 from convlstm_vp.nn import set_implementation

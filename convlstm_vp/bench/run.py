@@ -88,9 +88,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..nn.fast import cpu_kind
 from ..train.precision import eval_autocast, resolve_precision
 from .cases import BUILDERS, KERAS_STATUS, PRECISIONS, Case, Config, conv_flops
-from ..nn.fast import cpu_kind
 
 
 # ============================================================================ timing
