@@ -3,13 +3,14 @@
     convlstm-vp train frames|patches|patch-completion|sensors --config CONFIG [--set k=v ...] [--resume] [--run-dir DIR]
     convlstm-vp evaluate --checkpoint runs/cpu-quick/checkpoints/best.pt [--json out.json] ...
     convlstm-vp predict --checkpoint runs/cpu-quick/checkpoints/best.pt --input clip.mp4 --output out.gif
+    convlstm-vp export --checkpoint runs/cpu-quick/checkpoints/best.pt --output m.onnx [--form step]
     convlstm-vp classify --checkpoint runs/<name>/checkpoints/best.pt --data aeon:JapaneseVowels --output out/
     convlstm-vp benchmark [--quick] [--json out.json] ...
 
 Each subcommand takes exactly the arguments of its script in ``scripts/`` (train_moving_mnist.py,
 train_patch_classifier.py, complete_patches.py, train_deepconvlstm.py, evaluate.py, predict.py,
-classify.py, benchmark.py), runs the same code and exits with the same status. A subcommand's module is only
-imported when it runs, so ``--help`` answers at once.
+classify.py, benchmark.py, export.py), runs the same code and exits with the same status. A
+subcommand's module is only imported when it runs, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "train a model: frames (Moving MNIST), patches (7x7 patch classifier), patch-completion, sensors (DeepConvLSTM)"),
     "evaluate": ("convlstm_vp.train.evaluate", "main", "score a Moving MNIST checkpoint on the fixed test set (MSE, MAE, SSIM, PSNR)"),
     "predict": ("convlstm_vp.train.predict", "main", "predict the next frames of a video (.npy, .gif, .mp4, ...) with a checkpoint"),
+    "export": ("convlstm_vp.export", "main",
+               "export a trained model to ONNX (clip forecast, one streaming step, or logits)"),
     "classify": ("convlstm_vp.train.classify", "main",
                  "apply a DeepConvLSTM or patch-classifier checkpoint to new data; writes predictions.csv and metrics"),
     "benchmark": ("convlstm_vp.bench.run", "main", "time the ConvLSTM layer and models against a reference, torch.nn.LSTM and Keras"),

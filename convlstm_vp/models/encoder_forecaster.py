@@ -46,6 +46,7 @@ from .heads import HEADS, RENDERS, apply_dynamic_filter, head_class, sample_disp
 
 __all__ = ["EncoderForecaster", "Forecast", "HEADS", "RENDERS", "apply_dynamic_filter", "patchify",
            "sample_displaced", "unpatchify"]
+from .streaming import FrameStream
 
 
 def patchify(x: Tensor, patch_size: int) -> Tensor:
@@ -221,6 +222,17 @@ class EncoderForecaster(nn.Module):
             return self.forecast(frames, filter_temperature=filter_temperature, render=render).frames
         finally:
             self.train(was_training)
+
+    def stream(
+        self, horizon: int | None = None, *, filter_temperature: float = 1.0, render: str = "filter"
+    ) -> FrameStream:
+        """A :class:`~convlstm_vp.models.streaming.FrameStream` for online prediction:
+        ``stream.push(frame) -> forecast`` of the next ``horizon`` frames (default
+        ``output_frames``), one encoder step per frame, constant memory; the forecast after
+        frames ``1 .. t`` is the clip forecast with the encoder run over all ``t`` frames
+        (module :mod:`~convlstm_vp.models.streaming`). Settings as in :meth:`predict`."""
+        horizon = self.output_frames if horizon is None else horizon
+        return FrameStream(self, horizon, filter_temperature, render)
 
     def forecast(
         self,

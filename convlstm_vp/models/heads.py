@@ -20,6 +20,7 @@ Heads are registered by name (``HEADS``; ``EncoderForecaster(head=...)``, config
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -186,6 +187,24 @@ class DynamicFilterHead(FrameHead):
         return f"{super().extra_repr()}, filter_size={self.filter_size}"
 
 
+def filter_by_taps(frame: Tensor, weights: Tensor) -> Tensor:
+    """:func:`apply_dynamic_filter` from shifted copies of the frame: the ``K*K`` taps as
+    fixed-size slices of the zero-padded frame (k across, then k down), stacked last, weighted
+    and summed. Every shape but the batch is fixed, with no convolution grouped by batch
+    element, so that a graph exported with a dynamic batch axis (ONNX) holds slices and
+    element-wise products only."""
+    c, h, w = frame.shape[1:]
+    kk, hs, ws = weights.shape[1:]
+    k, s = math.isqrt(kk), h // hs
+    padded = F.pad(frame, (k // 2,) * 4)
+    # (B, C, H + k - 1, W, k), then (B, C, H, W, k, k)
+    across = torch.stack([padded[..., j : j + w] for j in range(k)], dim=-1)
+    taps = torch.stack([across[:, :, i : i + h] for i in range(k)], dim=-2)
+    taps = taps.reshape(-1, c, hs, s, ws, s, kk)  # the taps of every pixel, row-major, by block
+    per_block = weights.permute(0, 2, 3, 1).reshape(-1, 1, hs, 1, ws, 1, kk).to(taps.dtype)
+    return (taps * per_block).sum(dim=-1).reshape(-1, c, h, w)
+
+
 def apply_dynamic_filter(frame: Tensor, weights: Tensor) -> Tensor:
     """Filter each pixel of ``frame`` with its own kernel.
 
@@ -199,6 +218,8 @@ def apply_dynamic_filter(frame: Tensor, weights: Tensor) -> Tensor:
         ``(B, C, H, W)`` with
         ``out[b, c, y, x] = sum_k weights[b, k, y//s, x//s] * frame[b, c, y+dy_k, x+dx_k]``.
     """
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+        return filter_by_taps(frame, weights)
     b, c, h, w = frame.shape
     kk, hs, ws = weights.shape[1:]
     k = int(round(kk**0.5))

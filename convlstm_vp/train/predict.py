@@ -27,7 +27,9 @@ import torch
 
 from convlstm_vp.data.video_folder import load_frames
 from convlstm_vp.train.checkpoint import CheckpointError
-from convlstm_vp.train.cli import check_output_file, fail, int_between, non_negative_int, positive_float
+from convlstm_vp.train.cli import (check_output_file, fail, int_between, non_negative_int, positive_float,
+                                  positive_int)
+from convlstm_vp.train.stream_video import STREAM_SUFFIXES, report, stream_video
 from convlstm_vp.train.tasks.frames.inference import load_trained, predict
 from convlstm_vp.train.tb import gif_bytes, side_by_side, upscale
 
@@ -71,6 +73,20 @@ def write_video(path: Path, frames: torch.Tensor, fps: float) -> None:
     writer.release()
 
 
+def _stream(args: argparse.Namespace, model, cfg: dict, temperature: float, input_range) -> Path:
+    """``--stream``: :func:`~convlstm_vp.train.stream_video.stream_video`, then its summary."""
+    horizon = cfg["model"]["output_frames"] if args.horizon is None else args.horizon
+    if horizon > cfg["model"]["output_frames"]:
+        raise ValueError(f"--horizon: the model forecasts at most output_frames="
+                         f"{cfg['model']['output_frames']} frames, got {horizon}")
+    out = Path(args.output)
+    timings = stream_video(model, cfg, Path(args.input), out, horizon=horizon,
+                           filter_temperature=temperature, render=args.render,
+                           input_range=input_range, start=args.start, fps=args.fps, scale=args.scale)
+    report(timings, out, horizon)
+    return out
+
+
 def main(argv=None, prog: str | None = None) -> Path:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
@@ -89,10 +105,24 @@ def main(argv=None, prog: str | None = None) -> Path:
     p.add_argument("--scale", type=int_between(1, MAX_SCALE), default=1,
                    help=f"enlarge every frame of the side-by-side output this many times, 1 to {MAX_SCALE} "
                         "(nearest neighbour; default 1)")
+    p.add_argument("--stream", action="store_true",
+                   help="read the video frame by frame and forecast after every frame "
+                        "(convlstm_vp.train.stream_video); writes each frame beside its forecast "
+                        "made --horizon frames earlier (.mp4/.avi)")
+    p.add_argument("--horizon", type=positive_int, default=None,
+                   help="--stream: frames ahead (default the model's output_frames)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: torch's); 1 is fastest for one stream on a "
+                        "busy machine")
     args = p.parse_args(argv)
     if args.filter_temperature is not None and not 0 < args.filter_temperature < float("inf"):
         p.error(f"--filter-temperature: expected a finite number > 0, got {args.filter_temperature}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     out = Path(args.output)
+    if args.stream and out.suffix.lower() not in STREAM_SUFFIXES:
+        p.error(f"--output: --stream writes frame by frame to a file ending in "
+                f"{', '.join(STREAM_SUFFIXES)}, got {args.output!r}")
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         p.error(f"--output: expected a file ending in {', '.join(OUTPUT_SUFFIXES)}, got {args.output!r}")
     check_output_file(out, "--output")
@@ -101,6 +131,8 @@ def main(argv=None, prog: str | None = None) -> Path:
         model, cfg = load_trained(args.checkpoint)
         temperature = cfg["model"]["eval_filter_temperature"] if args.filter_temperature is None else args.filter_temperature
         model.check_rendering(temperature, args.render)
+        if args.stream:
+            return _stream(args, model, cfg, temperature, input_range)
         d = cfg["data"]
         frames = load_frames(Path(args.input), d["size"], d["channels"], d["frame_step"], input_range)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
