@@ -51,9 +51,7 @@ from .nn.cell import set_implementation
 from .nn.fast import IMPLEMENTATIONS
 
 EXPORT_PACKAGES = ("onnx", "onnxruntime")  # what the export and its check import
-INSTALL_HINT = (
-    "pip install 'convlstm_vp[export]' (or: pip install onnx onnxscript onnxruntime)"
-)
+INSTALL_HINT = "pip install 'convlstm_vp[export]' (or: pip install onnx onnxscript onnxruntime)"
 OPSET = 18
 FORMS = ("forecast", "step")
 # the plain path with the rank-0 recurrence stepped as gates too, not the fused torch.lstm kernel
@@ -66,13 +64,9 @@ class ExportUnavailable(ImportError):
 
 def require_export_packages() -> None:
     """Raise :class:`ExportUnavailable` naming what to install when an export package is missing."""
-    missing = [
-        name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None
-    ]
+    missing = [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
-        raise ExportUnavailable(
-            f"ONNX export needs {', '.join(missing)}: {INSTALL_HINT}"
-        )
+        raise ExportUnavailable(f"ONNX export needs {', '.join(missing)}: {INSTALL_HINT}")
 
 
 def onnx_session(path: str | Path, threads: int = 1):
@@ -84,9 +78,7 @@ def onnx_session(path: str | Path, threads: int = 1):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return onnxruntime.InferenceSession(
-        str(path), options, providers=["CPUExecutionProvider"]
-    )
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def exportable(model: nn.Module) -> nn.Module:
@@ -99,9 +91,7 @@ def exportable(model: nn.Module) -> nn.Module:
 
 
 class _Forecast(nn.Module):
-    def __init__(
-        self, model: EncoderForecaster, filter_temperature: float, render: str
-    ) -> None:
+    def __init__(self, model: EncoderForecaster, filter_temperature: float, render: str) -> None:
         super().__init__()
         self.model, self.filter_temperature, self.render = (
             model,
@@ -110,9 +100,7 @@ class _Forecast(nn.Module):
         )
 
     def forward(self, frames: Tensor) -> Tensor:
-        return self.model.forecast(
-            frames, filter_temperature=self.filter_temperature, render=self.render
-        ).frames
+        return self.model.forecast(frames, filter_temperature=self.filter_temperature, render=self.render).frames
 
 
 class _Step(nn.Module):
@@ -133,9 +121,7 @@ class _Step(nn.Module):
 
     def forward(self, frame: Tensor, *flat_state: Tensor) -> tuple[Tensor, ...]:
         state = list(zip(flat_state[0::2], flat_state[1::2]))
-        forecast, new_state = stream_step(
-            self.model, frame, state, self.horizon, self.filter_temperature, self.warp
-        )
+        forecast, new_state = stream_step(self.model, frame, state, self.horizon, self.filter_temperature, self.warp)
         return (forecast, *[t for hc in new_state for t in hc])
 
 
@@ -182,9 +168,7 @@ def _write(
     return path
 
 
-def _settings(
-    model: EncoderForecaster, filter_temperature: float, render: str
-) -> dict[str, Any]:
+def _settings(model: EncoderForecaster, filter_temperature: float, render: str) -> dict[str, Any]:
     return {
         "convlstm_vp.model": "EncoderForecaster",
         "convlstm_vp.settings": {
@@ -220,9 +204,7 @@ def export_forecaster(
     m = exportable(model)
     c, (h, w), p = m.in_channels, frame_size, m.patch_size
     if h % p or w % p:
-        raise ValueError(
-            f"frame_size: expected H and W divisible by patch_size={p}, got {tuple(frame_size)}"
-        )
+        raise ValueError(f"frame_size: expected H and W divisible by patch_size={p}, got {tuple(frame_size)}")
     meta = _settings(m, temperature, render)
     if form == "forecast":
         frames = torch.rand(2, m.input_frames, c, h, w)
@@ -236,14 +218,8 @@ def export_forecaster(
         )
     k = m.output_frames if horizon is None else horizon
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= m.output_frames:
-        raise ValueError(
-            f"horizon: expected an int in [1, output_frames={m.output_frames}], got {horizon!r}"
-        )
-    states = {
-        f"{hc}{i}": ["B", n, h // p, w // p]
-        for i, n in enumerate(m.hidden_channels)
-        for hc in "hc"
-    }
+        raise ValueError(f"horizon: expected an int in [1, output_frames={m.output_frames}], got {horizon!r}")
+    states = {f"{hc}{i}": ["B", n, h // p, w // p] for i, n in enumerate(m.hidden_channels) for hc in "hc"}
     examples = (
         torch.rand(2, c, h, w),
         *[torch.rand(*[2, *s[1:]]) for s in states.values()],
@@ -273,25 +249,18 @@ def export_classifier(
     m = exportable(model)
     if isinstance(m, DeepConvLSTM):
         if steps < m.min_window:
-            raise ValueError(
-                f"length: DeepConvLSTM reads windows of at least {m.min_window} samples, "
-                f"got {steps}"
-            )
+            raise ValueError(f"length: DeepConvLSTM reads windows of at least {m.min_window} samples, got {steps}")
         shape, kind = [steps, m.in_channels], "DeepConvLSTM"
     elif isinstance(m, PatchSequenceClassifier):
         if m.data_format != "channels_first":
-            raise ValueError(
-                "export: a channels_last patch classifier is not supported; "
-                "export it channels_first"
-            )
+            raise ValueError("export: a channels_last patch classifier is not supported; export it channels_first")
         shape, kind = (
             [steps, m.in_channels, m.patch_size, m.patch_size],
             "PatchSequenceClassifier",
         )
     else:
         raise TypeError(
-            "export_classifier: expected a PatchSequenceClassifier or DeepConvLSTM, "
-            f"got {type(model).__name__}"
+            f"export_classifier: expected a PatchSequenceClassifier or DeepConvLSTM, got {type(model).__name__}"
         )
     example = torch.rand(2, *shape)
     return _write(
@@ -343,9 +312,7 @@ def _load(checkpoint: str) -> tuple[str, nn.Module, dict, dict[str, Any]]:
             }
             return "patches", model, full, meta
     except (ValueError, RuntimeError, KeyError) as exc:
-        raise CheckpointError(
-            f"{checkpoint}: its model could not be rebuilt: {exc}"
-        ) from exc
+        raise CheckpointError(f"{checkpoint}: its model could not be rebuilt: {exc}") from exc
     if "input_frames" in model_cfg and "patch_size" not in data_cfg:
         from .train.tasks.frames.inference import load_trained
 
@@ -373,11 +340,7 @@ def export_checkpoint(
     kind, model, cfg, meta = _load(checkpoint)
     meta["convlstm_vp.checkpoint"] = str(checkpoint)
     if kind == "frames":
-        t = (
-            cfg["model"]["eval_filter_temperature"]
-            if filter_temperature is None
-            else filter_temperature
-        )
+        t = cfg["model"]["eval_filter_temperature"] if filter_temperature is None else filter_temperature
         return export_forecaster(
             model,
             output,
@@ -388,9 +351,7 @@ def export_checkpoint(
             render=render,
         )
     if form != "forecast":
-        raise ValueError(
-            f"--form {form}: a {kind} classifier has one form (inputs -> logits)"
-        )
+        raise ValueError(f"--form {form}: a {kind} classifier has one form (inputs -> logits)")
     if kind == "patches":
         steps = (28 // cfg["data"]["patch_size"]) ** 2
     else:
@@ -435,8 +396,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
         "--filter-temperature",
         type=float,
         default=None,
-        help="dynamic-filter kernel temperature baked in "
-        "(default: the config's model.eval_filter_temperature)",
+        help="dynamic-filter kernel temperature baked in (default: the config's model.eval_filter_temperature)",
     )
     p.add_argument(
         "--length",

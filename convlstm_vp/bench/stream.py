@@ -62,20 +62,14 @@ def bench_config(config: str, frames: int, folder: Path) -> dict:
     )
     temperature = cfg["model"]["eval_filter_temperature"]
     clip = torch.rand(1, model.input_frames - 1 + frames, c, h, w)
-    step = export_forecaster(
-        model, folder / "step.onnx", (h, w), form="step", filter_temperature=temperature
-    )
-    whole = export_forecaster(
-        model, folder / "forecast.onnx", (h, w), filter_temperature=temperature
-    )
+    step = export_forecaster(model, folder / "step.onnx", (h, w), form="step", filter_temperature=temperature)
+    whole = export_forecaster(model, folder / "forecast.onnx", (h, w), filter_temperature=temperature)
     session = onnx_session(step, torch.get_num_threads())
     names = [i.name for i in session.get_inputs()]
     state = [x.numpy() for hc in zero_state(model, clip[:, 0]) for x in hc]
     stream = model.stream(horizon, filter_temperature=temperature)
     torch_times, ort_times, worst_step = [], [], 0.0
-    for t in range(
-        clip.shape[1]
-    ):  # the two runtimes alternate frame by frame: the same load on both
+    for t in range(clip.shape[1]):  # the two runtimes alternate frame by frame: the same load on both
         t0 = time.perf_counter()
         want = stream.push(clip[:, t])
         t1 = time.perf_counter()
@@ -87,11 +81,7 @@ def bench_config(config: str, frames: int, folder: Path) -> dict:
             worst_step = max(worst_step, float(np.abs(got - want.numpy()).max()))
     context = clip[:, : model.input_frames]
     got = onnx_session(whole, 1).run(None, {"frames": context.numpy()})[0]
-    worst_clip = float(
-        np.abs(
-            got - model.predict(context, filter_temperature=temperature).numpy()
-        ).max()
-    )
+    worst_clip = float(np.abs(got - model.predict(context, filter_temperature=temperature).numpy()).max())
     return {
         "config": config,
         "load_average": os.getloadavg()[0],
@@ -145,12 +135,9 @@ def main(argv=None, prog: str | None = None) -> list[dict]:
         "--config",
         action="append",
         default=None,
-        help="a frame-prediction config, or 'default' (the 3x64 model); repeatable "
-        "(default: cpu-quick and default)",
+        help="a frame-prediction config, or 'default' (the 3x64 model); repeatable (default: cpu-quick and default)",
     )
-    p.add_argument(
-        "--frames", type=int, default=50, help="timed frames after the warm-up"
-    )
+    p.add_argument("--frames", type=int, default=50, help="timed frames after the warm-up")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)

@@ -36,8 +36,7 @@ def zero_state(model: nn.Module, frame: Tensor) -> State:
     b, _, h, w = frame.shape
     p = model.patch_size
     return [
-        (frame.new_zeros(b, n, h // p, w // p), frame.new_zeros(b, n, h // p, w // p))
-        for n in model.hidden_channels
+        (frame.new_zeros(b, n, h // p, w // p), frame.new_zeros(b, n, h // p, w // p)) for n in model.hidden_channels
     ]
 
 
@@ -111,9 +110,7 @@ def stream_step(
         ``(forecast (B, horizon, C, H, W), new state)``.
     """
     new_state = encoder_step(model, frame, state)
-    return rollout(
-        model, frame, new_state, horizon, filter_temperature, warp
-    ), new_state
+    return rollout(model, frame, new_state, horizon, filter_temperature, warp), new_state
 
 
 class FrameStream:
@@ -136,15 +133,8 @@ class FrameStream:
         filter_temperature: float = 1.0,
         render: str = "filter",
     ) -> None:
-        if (
-            isinstance(horizon, bool)
-            or not isinstance(horizon, int)
-            or not 1 <= horizon <= model.output_frames
-        ):
-            raise ValueError(
-                f"horizon: expected an int in [1, output_frames={model.output_frames}], "
-                f"got {horizon!r}"
-            )
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= model.output_frames:
+            raise ValueError(f"horizon: expected an int in [1, output_frames={model.output_frames}], got {horizon!r}")
         self.model = model
         self.horizon = horizon
         self.filter_temperature = model.check_rendering(filter_temperature, render)
@@ -161,14 +151,9 @@ class FrameStream:
         """``frame`` as a checked channels-first ``(B, C, H, W)`` batch, and whether it was
         unbatched."""
         if not isinstance(frame, Tensor) or frame.dim() not in (3, 4):
-            shape = (
-                tuple(frame.shape)
-                if isinstance(frame, Tensor)
-                else type(frame).__name__
-            )
+            shape = tuple(frame.shape) if isinstance(frame, Tensor) else type(frame).__name__
             raise ValueError(
-                "FrameStream.push: expected a frame (B, C, H, W) or (C, H, W) in the model's "
-                f"data_format, got {shape}"
+                f"FrameStream.push: expected a frame (B, C, H, W) or (C, H, W) in the model's data_format, got {shape}"
             )
         unbatched = frame.dim() == 3
         batch = frame.unsqueeze(0) if unbatched else frame
@@ -193,9 +178,7 @@ class FrameStream:
             self.state = encoder_step(self.model, x, state)
             self._shape = tuple(x.shape)
             self.frames_seen += 1
-            if (
-                self.frames_seen < self.model.input_frames
-            ):  # warming up: no forecast computed
+            if self.frames_seen < self.model.input_frames:  # warming up: no forecast computed
                 return None
             forecast = rollout(
                 self.model,

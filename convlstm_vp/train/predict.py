@@ -27,8 +27,7 @@ import torch
 
 from convlstm_vp.data.video_folder import load_frames
 from convlstm_vp.train.checkpoint import CheckpointError
-from convlstm_vp.train.cli import (check_output_file, fail, int_between, non_negative_int, positive_float,
-                                  positive_int)
+from convlstm_vp.train.cli import check_output_file, fail, int_between, non_negative_int, positive_float, positive_int
 from convlstm_vp.train.stream_video import STREAM_SUFFIXES, report, stream_video
 from convlstm_vp.train.tasks.frames.inference import load_trained, predict
 from convlstm_vp.train.tb import gif_bytes, side_by_side, upscale

@@ -39,17 +39,11 @@ class _FrameWriter:
         self.path, self.fps, self.writer = path, fps, None
 
     def write(self, frame: torch.Tensor) -> None:
-        u8 = (
-            (frame.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
-        )  # (H, W, C)
+        u8 = (frame.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()  # (H, W, C)
         colour = u8.shape[-1] == 3
-        u8 = np.ascontiguousarray(
-            u8[..., ::-1] if colour else u8[..., 0]
-        )  # OpenCV writes BGR
+        u8 = np.ascontiguousarray(u8[..., ::-1] if colour else u8[..., 0])  # OpenCV writes BGR
         if self.writer is None:
-            fourcc = cv2.VideoWriter_fourcc(
-                *("mp4v" if self.path.suffix.lower() == ".mp4" else "MJPG")
-            )
+            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() == ".mp4" else "MJPG"))
             self.writer = cv2.VideoWriter(
                 str(self.path),
                 fourcc,
@@ -85,43 +79,27 @@ def stream_video(
     ends before the warm-up is a ValueError, and then no output file is left."""
     d = cfg["data"]
     stream = model.stream(horizon, filter_temperature=filter_temperature, render=render)
-    pending: deque[torch.Tensor] = (
-        deque()
-    )  # forecasts of the next k frames, the oldest first
+    pending: deque[torch.Tensor] = deque()  # forecasts of the next k frames, the oldest first
     writer = _FrameWriter(output, fps)
     latencies: list[float] = []
     model_seconds, frames, began = 0.0, 0, time.perf_counter()
     try:
-        kept = (
-            f
-            for i, f in enumerate(iter_frames(source, input_range))
-            if i % d["frame_step"] == 0
-        )
+        kept = (f for i, f in enumerate(iter_frames(source, input_range)) if i % d["frame_step"] == 0)
         for i, raw in enumerate(kept):
             if i < start:
                 continue
-            frame = torch.from_numpy(fit_frame(raw, d["size"], d["channels"])).permute(
-                2, 0, 1
-            )
+            frame = torch.from_numpy(fit_frame(raw, d["size"], d["channels"])).permute(2, 0, 1)
             t0 = time.perf_counter()
             forecast = stream.push(frame)
             seconds = time.perf_counter() - t0
             model_seconds += seconds
             frames += 1
-            shown = (
-                pending.popleft()
-                if len(pending) == horizon
-                else torch.zeros_like(frame)
-            )
+            shown = pending.popleft() if len(pending) == horizon else torch.zeros_like(frame)
             if forecast is not None:
                 pending.append(forecast[horizon - 1].float())
                 latencies.append(seconds * 1e3)
             writer.write(upscale(side_by_side(frame[None], shown[None])[0], scale))
-            what = (
-                "forecast"
-                if forecast is not None
-                else f"warm-up {frames}/{model.input_frames}"
-            )
+            what = "forecast" if forecast is not None else f"warm-up {frames}/{model.input_frames}"
             print(f"frame {frames}: {seconds * 1e3:.2f} ms ({what})")
     except BaseException:
         writer.close()
