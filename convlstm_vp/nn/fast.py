@@ -153,10 +153,8 @@ def resolve_implementation(value: ImplementationArg, device_type: str) -> Implem
         return value
     if value == "auto" and device_type == "cpu":
         return AUTO_ON_CPU[cpu_kind()]
-    if value == "auto" and device_type == "cuda":
-        value = CUDA_AUTO
     if value == "auto":
-        value = {"cpu": "fused"}.get(device_type, "plain")
+        value = CUDA_AUTO if device_type == "cuda" else "plain"
     return IMPLEMENTATIONS[value]
 
 
