@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -13,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from convlstm_vp import ConvLSTM, EncoderForecaster, Forecast
@@ -25,33 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-moving-mnist.yaml"
 
 
-def _in_process(script: str):
-    """The function a thin script in scripts/ runs (None: run the script as a subprocess)."""
-    from convlstm_vp.train import evaluate, predict
-    from convlstm_vp.train.cli import train_frames
-
-    return {"scripts/train_moving_mnist.py": train_frames, "scripts/evaluate.py": evaluate.main,
-            "scripts/predict.py": predict.main}.get(script)
-
-
 def _run(script: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """Run ``script`` with ``args``; the training, evaluate and predict scripts run in this process
-    (their entry points as subprocesses are tested in test_cli.py and below), others as a subprocess."""
-    main = _in_process(script) if cwd == ROOT else None
-    if main is None:
-        res = subprocess.run([sys.executable, script, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-    else:
-        out, err, status = io.StringIO(), io.StringIO(), 0
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main(list(args))
-            except SystemExit as exc:  # as the interpreter reports it
-                status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-                if isinstance(exc.code, str):
-                    print(exc.code, file=sys.stderr)
-        res = subprocess.CompletedProcess([script, *args], status, out.getvalue(), err.getvalue())
-    assert res.returncode == 0, res.stdout + res.stderr
-    return res
+    """``script`` run in this process where it can be (see conftest.run_script), asserting success."""
+    return run_script(script, *args, cwd=cwd)
 
 
 def _evaluate(ck: str, out: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -714,15 +689,17 @@ def test_evaluate_and_predict_filter_temperature(tiny_run: Path, tmp_path: Path)
         assert res.returncode == 2 and "--filter-temperature: expected a finite number > 0, got 0.0" in res.stderr
 
 
-def test_eval_filter_temperature_sharpens_predictions_not_training(tmp_path: Path):
+def test_eval_filter_temperature_sharpens_predictions_not_training(tiny_run: Path, tmp_path: Path):
     from convlstm_vp.train.config import load_config as load
     from convlstm_vp.train.tasks.frames import DEFAULTS, MovingMNISTTask
 
-    runs = {}
-    for t in ("1.0", "0.5"):
-        run = tmp_path / f"t{t}"
-        _run("scripts/train_moving_mnist.py", "--config", str(TINY), "--run-dir", str(run), "--set", f"model.eval_filter_temperature={t}")
-        runs[t] = json.loads((run / "metrics.json").read_text())
+    run = tmp_path / "t0.5"
+    _run("scripts/train_moving_mnist.py", "--config", str(TINY), "--run-dir", str(run),
+         "--set", "model.eval_filter_temperature=0.5")
+    # tiny_run: the same config with the default eval_filter_temperature, 1.0
+    assert DEFAULTS["model"]["eval_filter_temperature"] == 1.0
+    runs = {"1.0": json.loads((tiny_run / "metrics.json").read_text()),
+            "0.5": json.loads((run / "metrics.json").read_text())}
     assert runs["1.0"]["weights_sha256"] == runs["0.5"]["weights_sha256"]  # the same training ...
     assert runs["1.0"]["mse"] != runs["0.5"]["mse"]  # ... evaluated with other kernels
     ck = str(tmp_path / "t0.5" / "checkpoints" / "last.pt")
@@ -802,7 +779,9 @@ def test_gpu_check_script_runs_end_to_end_on_a_tiny_config(tmp_path: Path):
     leaves no time for is reported, not run."""
     env = dict(os.environ, OUT=str(tmp_path / "out"), RUNS=str(tmp_path / "runs"), PY=sys.executable,
                CFG=str(TINY), EVAL_SEQ="8", QUICK_SET="--set train.num_threads=1 --set train.log_every=1", QUICK_AFTER="2",
-               OPENSTL_CFG=str(TINY), OPENSTL_SET="--set train.num_threads=1", SKIP="graphed,bench-openstl,bench-moving_mnist")
+               OPENSTL_CFG=str(TINY), SKIP="graphed,bench-openstl,bench-moving_mnist",
+               # after the script's own --warmup/--steps, so these few win (argparse keeps the last)
+               OPENSTL_SET="--set train.num_threads=1 --warmup 2 --steps 4")
     res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=tmp_path, env={**env, "BUDGET_S": "600",
                          "SKIP": env["SKIP"] + ",suite"}, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
