@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import run_script
 from PIL import Image
 
 import convlstm_vp.data.video_folder as vf
@@ -178,11 +178,9 @@ def test_mp4_avi_and_arrays_read_in_colour(tmp_path: Path):
     np.testing.assert_allclose(np.stack(list(iter_frames(tmp_path / "z.npz"))), rgb / 255.0, atol=1e-6)
 
 
-def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stdout + res.stderr
-    return res
+def _run(*args: str) -> subprocess.CompletedProcess:
+    """A training, evaluate or predict script run in this process (see conftest.run_script)."""
+    return run_script(*args)
 
 
 def test_colour_training_evaluate_and_predict_end_to_end(tmp_path: Path):
@@ -225,8 +223,8 @@ def test_colour_training_evaluate_and_predict_end_to_end(tmp_path: Path):
     shapes_video(other / "elsewhere.avi", frames=60, seed=5)
     ev2 = _run("scripts/evaluate.py", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--data", str(other))
     assert "elsewhere.avi" in ev2.stdout
-    bad = subprocess.run([sys.executable, "scripts/evaluate.py", "--checkpoint", str(run / "checkpoints" / "best.pt"),
-                          "--digits", "3"], cwd=ROOT, capture_output=True, text=True)
+    bad = run_script("scripts/evaluate.py", "--checkpoint", str(run / "checkpoints" / "best.pt"),
+                     "--digits", "3", ok=False)
     assert bad.returncode != 0 and "--digits apply to Moving MNIST checkpoints" in bad.stderr
 
     big = tmp_path / "big.mp4"
