@@ -29,15 +29,25 @@ def run_script(script: str, *args: str, cwd: Path = ROOT, ok: bool = True) -> su
         res = subprocess.run([sys.executable, script, *args], cwd=cwd, capture_output=True, text=True,
                              timeout=300)
     else:
-        out, err, status = io.StringIO(), io.StringIO(), 0
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main(list(args))
-            except SystemExit as exc:  # as the interpreter reports it
-                status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-                if isinstance(exc.code, str):
-                    print(exc.code, file=sys.stderr)
-        res = subprocess.CompletedProcess([script, *args], status, out.getvalue(), err.getvalue())
+        res = run_main(main, *args, ok=False)
+    if ok:
+        assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def run_main(main, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    """``main(args)`` in this process, its output and exit status as a subprocess's would be."""
+    out, err, status = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            ret = main(list(args))
+            status = ret if isinstance(ret, int) else 0
+        except SystemExit as exc:  # as the interpreter reports it
+            status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)
+    res = subprocess.CompletedProcess([getattr(main, "__name__", "main"), *args], status,
+                                      out.getvalue(), err.getvalue())
     if ok:
         assert res.returncode == 0, res.stdout + res.stderr
     return res

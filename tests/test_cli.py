@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_main
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -25,6 +26,18 @@ def _cli(*args: str, module: str = "convlstm_vp.cli", ok: bool = True) -> subpro
     if ok:
         assert res.returncode == 0, res.stdout + res.stderr
     return res
+
+
+def _in_process(*args: str) -> subprocess.CompletedProcess:
+    """``convlstm-vp ARGS`` in this process (the entry points as subprocesses: the help test, the
+    fixture's training and the evaluate agreement), asserting status 0; torch's threads restored."""
+    from convlstm_vp.cli import main
+
+    threads = torch.get_num_threads()
+    try:
+        return run_main(main, *args)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _main(capsys, *args: str) -> tuple[int, str, str]:
@@ -83,8 +96,8 @@ def test_unknown_training_job_and_script_errors_keep_their_status(tmp_path: Path
 def cli_run(tmp_path_factory) -> Path:
     """A tiny frame-prediction run through ``convlstm-vp train frames`` with the quick evaluation on."""
     run = tmp_path_factory.mktemp("cli") / "tiny"
-    res = _cli("train", "frames", "--config", str(TINY), "--run-dir", str(run), "--set", "train.quick_eval_every=2",
-               "--set", "data.quick_eval_sequences=4")
+    res = _cli("train", "frames", "--config", str(TINY), "--run-dir", str(run),
+               "--set", "train.quick_eval_every=2", "--set", "data.quick_eval_sequences=4")
     assert "  on: test set generated (seed 0, test digits), first 16 sequences (best.pt of step" in res.stdout
     assert "chosen on validation: mse=" in res.stdout and "validation sequences generated from the train digits" in res.stdout
     return run
@@ -96,13 +109,11 @@ def test_final_metrics_agree_with_evaluate_on_the_same_checkpoint(cli_run: Path,
     assert on["sequences"] == 16 and on["split"] == "test" and on["checkpoint"] == "best.pt"
     assert on["test_set"] == "generated (seed 0, test digits)"
     ck = str(cli_run / "checkpoints" / "best.pt")
-    outs = []
-    for cmd in ([sys.executable, "scripts/evaluate.py"], [sys.executable, "-m", "convlstm_vp.cli", "evaluate"]):
-        out = tmp_path / f"eval{len(outs)}.json"
-        res = subprocess.run([*cmd, "--checkpoint", ck, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, res.stderr
-        outs.append(json.loads(out.read_text()))
-    script, cli = outs
+    cmd = [sys.executable, "scripts/evaluate.py", "--checkpoint", ck, "--json", str(tmp_path / "s.json")]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    _in_process("evaluate", "--checkpoint", ck, "--json", str(tmp_path / "c.json"))
+    script, cli = (json.loads((tmp_path / f).read_text()) for f in ("s.json", "c.json"))
     assert script == cli  # both ways: the same numbers
     assert script["sequences"] == 16 and script["evaluated_on"]["sequences"] == 16
     for k in ("mse", "mae", "ssim", "psnr"):
@@ -135,16 +146,16 @@ def test_predict_and_benchmark_subcommands_run(cli_run: Path, tmp_path: Path):
     import numpy as np
 
     np.save(tmp_path / "clip.npy", clip)
-    _cli("predict", "--checkpoint", str(cli_run / "checkpoints" / "best.pt"), "--input", str(tmp_path / "clip.npy"),
+    _in_process("predict", "--checkpoint", str(cli_run / "checkpoints" / "best.pt"), "--input", str(tmp_path / "clip.npy"),
          "--output", str(tmp_path / "out.gif"))
     assert Image.open(tmp_path / "out.gif").n_frames == 8
-    _cli("benchmark", "--quick", "--threads", "1", "--configs", "layer", "--memory", "off", "--json", str(tmp_path / "b.json"))
+    _in_process("benchmark", "--quick", "--threads", "1", "--configs", "layer", "--memory", "off", "--json", str(tmp_path / "b.json"))
     report = json.loads((tmp_path / "b.json").read_text())
     assert {c["impl"] for c in report["configs"]["layer"]["cases"]} >= {"project", "reference"}
 
 
 def test_train_patches_subcommand_records_its_evaluation_set(tmp_path: Path):
-    res = _cli("train", "patches", "--config", str(ROOT / "configs" / "tiny-patch-classifier.yaml"), "--run-dir", str(tmp_path / "p"))
+    res = _in_process("train", "patches", "--config", str(ROOT / "configs" / "tiny-patch-classifier.yaml"), "--run-dir", str(tmp_path / "p"))
     assert "test accuracy:" in res.stdout  # what scripts/train_patch_classifier.py prints too
     on = json.loads((tmp_path / "p" / "metrics.json").read_text())["evaluated_on"]
     assert on["split"] == "test" and on["digits"] == 64 and "64 evenly spaced digits" in on["what"]
