@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_main
 
 from convlstm_vp.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from convlstm_vp.train.config import ConfigError
@@ -94,9 +95,11 @@ def _assert_same_training_state(resumed: dict, uninterrupted: dict) -> None:
 def _resume_and_compare(
     run_dir: Path, reference: subprocess.Popen, reference_dir: Path, overrides: list[str], steps: int
 ) -> dict:
-    """Resume ``run_dir`` to the end; its final state must equal the uninterrupted reference's."""
-    rc, log = _finish(_start(run_dir, overrides, resume=True))
-    assert rc == 0, log
+    """Resume ``run_dir`` to the end, in this process (the kill or stop is what needs a process of
+    its own); its final state must equal the uninterrupted reference's."""
+    from convlstm_vp.train.cli import train_frames
+
+    run_main(train_frames, *_cmd(run_dir, overrides, resume=True)[2:])
     rc, log = _finish(reference)
     assert rc == 0, log
     resumed = load_checkpoint(run_dir / "checkpoints" / "last.pt")
