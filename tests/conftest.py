@@ -20,14 +20,16 @@ def _in_process(script: str):
             "scripts/predict.py": predict.main}.get(script)
 
 
-def run_script(script: str, *args: str, cwd: Path = ROOT, ok: bool = True) -> subprocess.CompletedProcess:
+def run_script(
+    script: str, *args: str, cwd: Path = ROOT, ok: bool = True
+) -> subprocess.CompletedProcess:
     """Run ``script`` with ``args``; the training, evaluate and predict scripts run in this process
     (their entry points as subprocesses are tested in test_cli.py and the reliability tests),
     others as a subprocess. ``ok``: assert that it exited with status 0."""
     main = _in_process(script) if cwd == ROOT else None
     if main is None:
-        res = subprocess.run([sys.executable, script, *args], cwd=cwd, capture_output=True, text=True,
-                             timeout=300)
+        cmd = [sys.executable, script, *args]
+        res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     else:
         res = run_main(main, *args, ok=False)
     if ok:

@@ -109,7 +109,8 @@ def test_final_metrics_agree_with_evaluate_on_the_same_checkpoint(cli_run: Path,
     assert on["sequences"] == 16 and on["split"] == "test" and on["checkpoint"] == "best.pt"
     assert on["test_set"] == "generated (seed 0, test digits)"
     ck = str(cli_run / "checkpoints" / "best.pt")
-    cmd = [sys.executable, "scripts/evaluate.py", "--checkpoint", ck, "--json", str(tmp_path / "s.json")]
+    cmd = [sys.executable, "scripts/evaluate.py", "--checkpoint", ck, "--json",
+           str(tmp_path / "s.json")]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     _in_process("evaluate", "--checkpoint", ck, "--json", str(tmp_path / "c.json"))
@@ -146,16 +147,18 @@ def test_predict_and_benchmark_subcommands_run(cli_run: Path, tmp_path: Path):
     import numpy as np
 
     np.save(tmp_path / "clip.npy", clip)
-    _in_process("predict", "--checkpoint", str(cli_run / "checkpoints" / "best.pt"), "--input", str(tmp_path / "clip.npy"),
-         "--output", str(tmp_path / "out.gif"))
+    _in_process("predict", "--checkpoint", str(cli_run / "checkpoints" / "best.pt"),
+                "--input", str(tmp_path / "clip.npy"), "--output", str(tmp_path / "out.gif"))
     assert Image.open(tmp_path / "out.gif").n_frames == 8
-    _in_process("benchmark", "--quick", "--threads", "1", "--configs", "layer", "--memory", "off", "--json", str(tmp_path / "b.json"))
+    _in_process("benchmark", "--quick", "--threads", "1", "--configs", "layer", "--memory", "off",
+                "--json", str(tmp_path / "b.json"))
     report = json.loads((tmp_path / "b.json").read_text())
     assert {c["impl"] for c in report["configs"]["layer"]["cases"]} >= {"project", "reference"}
 
 
 def test_train_patches_subcommand_records_its_evaluation_set(tmp_path: Path):
-    res = _in_process("train", "patches", "--config", str(ROOT / "configs" / "tiny-patch-classifier.yaml"), "--run-dir", str(tmp_path / "p"))
+    config = ROOT / "configs" / "tiny-patch-classifier.yaml"
+    res = _in_process("train", "patches", "--config", str(config), "--run-dir", str(tmp_path / "p"))
     assert "test accuracy:" in res.stdout  # what scripts/train_patch_classifier.py prints too
     on = json.loads((tmp_path / "p" / "metrics.json").read_text())["evaluated_on"]
     assert on["split"] == "test" and on["digits"] == 64 and "64 evenly spaced digits" in on["what"]

@@ -25,7 +25,7 @@ TINY = ROOT / "configs" / "tiny-moving-mnist.yaml"
 
 
 def _run(script: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """``script`` run in this process where it can be (see conftest.run_script), asserting success."""
+    """``script`` run in this process where it can be (conftest.run_script), asserting success."""
     return run_script(script, *args, cwd=cwd)
 
 
