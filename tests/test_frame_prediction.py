@@ -684,8 +684,7 @@ def test_evaluate_and_predict_filter_temperature(tiny_run: Path, tmp_path: Path)
         assert runs[t]["filter_temperature"] == float(t)
     assert "filter temperature 0.5" in res.stdout and runs["0.5"]["mse"] != runs["1"]["mse"]
     for script, extra in (("scripts/evaluate.py", ["--sequences", "4"]), ("scripts/predict.py", ["--input", "x.npy", "--output", "x.gif"])):
-        res = subprocess.run([sys.executable, script, "--checkpoint", ck, "--filter-temperature", "0", *extra],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+        res = run_script(script, "--checkpoint", ck, "--filter-temperature", "0", *extra, ok=False)
         assert res.returncode == 2 and "--filter-temperature: expected a finite number > 0, got 0.0" in res.stderr
 
 
@@ -908,8 +907,8 @@ def test_predict_and_evaluate_reject_bad_arguments_before_any_work(tiny_run: Pat
         ("scripts/evaluate.py", ["--sequences", "0"], "--sequences: expected an integer >= 1, got 0"),
         ("scripts/evaluate.py", ["--json", str(tmp_path / "in.npy" / "e.json")], "--json: cannot create the output folder"),
     ]
-    for script, extra, message in cases:
-        res = subprocess.run([sys.executable, script, "--checkpoint", ck, *extra], capture_output=True, text=True, cwd=ROOT)
+    for script, extra, message in cases:  # in this process: an uncaught exception fails the test
+        res = run_script(script, "--checkpoint", ck, *extra, ok=False)
         assert res.returncode == 2, (script, extra, res.stdout, res.stderr)
         assert message in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert not (tmp_path / "o.txt").exists() and not (tmp_path / "o.gif").exists()
