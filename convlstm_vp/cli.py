@@ -23,21 +23,47 @@ PROG = "convlstm-vp"
 
 # name: (module, function, one-line summary); the function takes (argv, prog=...)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("convlstm_vp.train.cli", "train_main",
-              "train a model: frames (Moving MNIST), patches (7x7 patch classifier), patch-completion, sensors (DeepConvLSTM)"),
-    "evaluate": ("convlstm_vp.train.evaluate", "main", "score a Moving MNIST checkpoint on the fixed test set (MSE, MAE, SSIM, PSNR)"),
-    "predict": ("convlstm_vp.train.predict", "main", "predict the next frames of a video (.npy, .gif, .mp4, ...) with a checkpoint"),
-    "export": ("convlstm_vp.export", "main",
-               "export a trained model to ONNX (clip forecast, one streaming step, or logits)"),
-    "classify": ("convlstm_vp.train.classify", "main",
-                 "apply a DeepConvLSTM or patch-classifier checkpoint to new data; writes predictions.csv and metrics"),
-    "benchmark": ("convlstm_vp.bench.run", "main", "time the ConvLSTM layer and models against a reference, torch.nn.LSTM and Keras"),
+    "train": (
+        "convlstm_vp.train.cli",
+        "train_main",
+        "train a model: frames (Moving MNIST), patches (7x7 patch classifier), patch-completion, sensors (DeepConvLSTM)",
+    ),
+    "evaluate": (
+        "convlstm_vp.train.evaluate",
+        "main",
+        "score a Moving MNIST checkpoint on the fixed test set (MSE, MAE, SSIM, PSNR)",
+    ),
+    "predict": (
+        "convlstm_vp.train.predict",
+        "main",
+        "predict the next frames of a video (.npy, .gif, .mp4, ...) with a checkpoint",
+    ),
+    "export": (
+        "convlstm_vp.export",
+        "main",
+        "export a trained model to ONNX (clip forecast, one streaming step, or logits)",
+    ),
+    "classify": (
+        "convlstm_vp.train.classify",
+        "main",
+        "apply a DeepConvLSTM or patch-classifier checkpoint to new data; writes predictions.csv and metrics",
+    ),
+    "benchmark": (
+        "convlstm_vp.bench.run",
+        "main",
+        "time the ConvLSTM layer and models against a reference, torch.nn.LSTM and Keras",
+    ),
 }
 
 
 def usage() -> str:
-    lines = [f"usage: {PROG} {{{','.join(COMMANDS)}}} ...", "", "ConvLSTM training, evaluation, prediction and benchmark.",
-             "", "commands:"]
+    lines = [
+        f"usage: {PROG} {{{','.join(COMMANDS)}}} ...",
+        "",
+        "ConvLSTM training, evaluation, prediction and benchmark.",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<10} {summary}" for name, (_, _, summary) in COMMANDS.items()]
     lines += ["", f"'{PROG} COMMAND --help' lists a command's options."]
     return "\n".join(lines)
@@ -57,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"{usage()}\n\n{PROG}: error: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"{usage()}\n\n{PROG}: error: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr
+        )
         return 2
     module, function, _ = COMMANDS[name]
     result = getattr(importlib.import_module(module), function)(rest, prog=f"{PROG} {name}")

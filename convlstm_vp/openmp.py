@@ -40,7 +40,7 @@ def describe(threads: int) -> str:
         "set": f"passively ({VARIABLE}=PASSIVE, set by convlstm_vp)",
         "environment": f"as the environment says ({VARIABLE}={os.environ.get(VARIABLE)})",
         "torch first": f"by the OpenMP default (spinning; torch was imported before convlstm_vp; "
-                       f"set {VARIABLE}=PASSIVE before starting Python if other jobs share the cores)",
+        f"set {VARIABLE}=PASSIVE before starting Python if other jobs share the cores)",
         "unset": "by the OpenMP default",
     }[_state["how"]]
     return f"{threads} torch thread{'s' if threads != 1 else ''}; idle OpenMP threads wait {how}"

@@ -52,13 +52,21 @@ def main() -> None:
 
     def batch() -> None:
         moving_mnist_batch(
-            args.batch_size, digits=digits, num_digits=args.num_digits,
-            num_frames=args.num_frames, image_size=args.image_size, rng=rng,
+            args.batch_size,
+            digits=digits,
+            num_digits=args.num_digits,
+            num_frames=args.num_frames,
+            image_size=args.image_size,
+            rng=rng,
         )
 
     dataset = MovingMNIST(
-        args.root, "train", num_digits=args.num_digits, num_frames=args.num_frames,
-        image_size=args.image_size, source=args.source,
+        args.root,
+        "train",
+        num_digits=args.num_digits,
+        num_frames=args.num_frames,
+        image_size=args.image_size,
+        source=args.source,
     )
     indices = iter(range(len(dataset)))
 

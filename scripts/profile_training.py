@@ -59,8 +59,15 @@ PHASES = ("data", "forward", "backward", "optimizer")
 class Stepper:
     """One training step as the loop runs it, split into phases that can be timed."""
 
-    def __init__(self, task: Any, model: torch.nn.Module, cfg: dict, device: torch.device, total_steps: int,
-                 optimizer_impl: str = "default") -> None:
+    def __init__(
+        self,
+        task: Any,
+        model: torch.nn.Module,
+        cfg: dict,
+        device: torch.device,
+        total_steps: int,
+        optimizer_impl: str = "default",
+    ) -> None:
         # the learning-rate schedule must cover every profiled step (a config shorter than them
         # gets its schedule stretched; the schedule's values do not change a step's time)
         tc = dict(cfg["train"], steps=max(cfg["train"]["steps"], total_steps))
@@ -68,7 +75,9 @@ class Stepper:
         self.optimizer = build_optimizer(model, tc)
         if optimizer_impl != "default":  # torch's for-each (multi-tensor) or fused (one kernel) variant
             if "fused" not in self.optimizer.defaults:
-                raise ValueError(f"--optimizer-impl {optimizer_impl}: {type(self.optimizer).__name__} has no such variant")
+                raise ValueError(
+                    f"--optimizer-impl {optimizer_impl}: {type(self.optimizer).__name__} has no such variant"
+                )
             cls = type(self.optimizer)
             accepted = inspect.signature(cls).parameters
             kw = {k: v for k, v in self.optimizer.defaults.items() if k in accepted}
@@ -179,14 +188,28 @@ def build(args: argparse.Namespace) -> tuple[Any, torch.nn.Module, dict, torch.d
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, as for the training scripts (repeatable)")
-    p.add_argument("--task", choices=sorted(TASKS), default="moving_mnist", help="the config's task (default moving_mnist)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, as for the training scripts (repeatable)",
+    )
+    p.add_argument(
+        "--task", choices=sorted(TASKS), default="moving_mnist", help="the config's task (default moving_mnist)"
+    )
     p.add_argument("--steps", type=int, default=50, help="timed steps per measurement (default 50)")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
-    p.add_argument("--optimizer-impl", choices=["default", "foreach", "fused"], default="default",
-                   help="the optimizer's torch implementation (default: torch's choice, as training uses)")
-    p.add_argument("--trace", type=Path, default=None, help="also profile with torch.profiler; Chrome trace to DIR/trace.json")
+    p.add_argument(
+        "--optimizer-impl",
+        choices=["default", "foreach", "fused"],
+        default="default",
+        help="the optimizer's torch implementation (default: torch's choice, as training uses)",
+    )
+    p.add_argument(
+        "--trace", type=Path, default=None, help="also profile with torch.profiler; Chrome trace to DIR/trace.json"
+    )
     p.add_argument("--profile-steps", type=int, default=5, help="steps recorded with --trace (default 5)")
     p.add_argument("--top", type=int, default=15, help="operators listed with --trace (default 15)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -244,17 +267,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if ops is not None:
         report["top_ops"] = ops
-    print(f"{args.config} {' '.join(args.overrides)} on {name} ({stepper.precision}, batch {tc['batch_size']}, "
-          f"deterministic={tc['deterministic']}, implementation={tc['implementation']}, "
-          f"optimizer {type(stepper.optimizer).__name__} {args.optimizer_impl}); warm-up {args.warmup} steps in {warmup_s:.1f} s")
+    print(
+        f"{args.config} {' '.join(args.overrides)} on {name} ({stepper.precision}, batch {tc['batch_size']}, "
+        f"deterministic={tc['deterministic']}, implementation={tc['implementation']}, "
+        f"optimizer {type(stepper.optimizer).__name__} {args.optimizer_impl}); warm-up {args.warmup} steps in {warmup_s:.1f} s"
+    )
     print(f"  loop (2 reads/step)   {loop * 1e3:8.2f} ms/step  {1 / loop:7.2f} steps/s")
     print(f"  no reads              {no_reads * 1e3:8.2f} ms/step  {1 / no_reads:7.2f} steps/s")
     s = sum(phases.values())
     print("  phases (synchronised) " + "  ".join(f"{k} {v:.2f}" for k, v in phases.items()) + f"  = {s:.2f} ms")
     if ops is not None:
-        print(f"  busiest operators ({'self device' if device.type == 'cuda' else 'self CPU'} time per step; trace: {args.trace / 'trace.json'}):")
+        print(
+            f"  busiest operators ({'self device' if device.type == 'cuda' else 'self CPU'} time per step; trace: {args.trace / 'trace.json'}):"
+        )
         for o in ops:
-            print(f"    {o['self_ms_per_step']:8.3f} ms {100 * o['share']:5.1f}%  x{o['calls_per_step']:<6.0f} {o['op']}")
+            print(
+                f"    {o['self_ms_per_step']:8.3f} ms {100 * o['share']:5.1f}%  x{o['calls_per_step']:<6.0f} {o['op']}"
+            )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

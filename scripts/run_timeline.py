@@ -46,9 +46,17 @@ def timeline(run_dir: Path, metric: str = "val/mse", after: int = 0) -> dict:
     if metric in tags:
         for e in ea.Scalars(metric):
             known = [s for s in steps if s <= e.step]
-            curve.append({"step": e.step, "minutes": round(clock[known[-1]] / 60, 3) if known else None, metric: e.value})
-    return {"run_dir": str(run_dir), "clock": source, "steps_per_second": rate,
-            "measured_between_steps": [later[0], later[-1]] if rate else None, "metric": metric, "curve": curve}
+            curve.append(
+                {"step": e.step, "minutes": round(clock[known[-1]] / 60, 3) if known else None, metric: e.value}
+            )
+    return {
+        "run_dir": str(run_dir),
+        "clock": source,
+        "steps_per_second": rate,
+        "measured_between_steps": [later[0], later[-1]] if rate else None,
+        "metric": metric,
+        "curve": curve,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -68,8 +76,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     rate = out["steps_per_second"]
-    print(f"{args.run_dir}: {rate:.2f} steps/s between steps {out['measured_between_steps']}" if rate
-          else f"{args.run_dir}: too few logged steps after step {args.after} for a rate", file=sys.stderr)
+    print(
+        f"{args.run_dir}: {rate:.2f} steps/s between steps {out['measured_between_steps']}"
+        if rate
+        else f"{args.run_dir}: too few logged steps after step {args.after} for a rate",
+        file=sys.stderr,
+    )
     for p in out["curve"]:
         print(f"  step {p['step']}: {p['minutes']} min, {args.metric} {p[args.metric]:.4g}", file=sys.stderr)
     return out

@@ -16,13 +16,14 @@ def _in_process(script: str):
     from convlstm_vp.train import evaluate, predict
     from convlstm_vp.train.cli import train_frames
 
-    return {"scripts/train_moving_mnist.py": train_frames, "scripts/evaluate.py": evaluate.main,
-            "scripts/predict.py": predict.main}.get(script)
+    return {
+        "scripts/train_moving_mnist.py": train_frames,
+        "scripts/evaluate.py": evaluate.main,
+        "scripts/predict.py": predict.main,
+    }.get(script)
 
 
-def run_script(
-    script: str, *args: str, cwd: Path = ROOT, ok: bool = True
-) -> subprocess.CompletedProcess:
+def run_script(script: str, *args: str, cwd: Path = ROOT, ok: bool = True) -> subprocess.CompletedProcess:
     """Run ``script`` with ``args``; the training, evaluate and predict scripts run in this process
     (their entry points as subprocesses are tested in test_cli.py and the reliability tests),
     others as a subprocess. ``ok``: assert that it exited with status 0."""
@@ -48,8 +49,9 @@ def run_main(main, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
             status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
             if isinstance(exc.code, str):
                 print(exc.code, file=sys.stderr)
-    res = subprocess.CompletedProcess([getattr(main, "__name__", "main"), *args], status,
-                                      out.getvalue(), err.getvalue())
+    res = subprocess.CompletedProcess(
+        [getattr(main, "__name__", "main"), *args], status, out.getvalue(), err.getvalue()
+    )
     if ok:
         assert res.returncode == 0, res.stdout + res.stderr
     return res

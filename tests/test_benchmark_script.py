@@ -9,8 +9,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE_KEYS = {
-    "name", "impl", "precision", "fwd_ms", "train_ms", "fwd_cpu_ms", "train_cpu_ms", "fwd_seq_per_s",
-    "train_seq_per_s", "fwd_gflops", "train_gflops", "fwd_peak_fraction", "train_peak_fraction", "peak_mem_mb",
+    "name",
+    "impl",
+    "precision",
+    "fwd_ms",
+    "train_ms",
+    "fwd_cpu_ms",
+    "train_cpu_ms",
+    "fwd_seq_per_s",
+    "train_seq_per_s",
+    "fwd_gflops",
+    "train_gflops",
+    "fwd_peak_fraction",
+    "train_peak_fraction",
+    "peak_mem_mb",
 }
 
 
@@ -18,7 +30,10 @@ def test_quick_benchmark_writes_json_with_expected_keys(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--quick", "--threads", "1", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -40,8 +55,13 @@ def test_quick_benchmark_writes_json_with_expected_keys(tmp_path):
             assert CASE_KEYS <= case.keys(), (name, case["name"], CASE_KEYS - case.keys())
             assert case["train_ms"] > 0 and case["fwd_ms"] > 0
             # the derived figures follow from the timings and the analytic FLOPs
-            assert abs(case["train_gflops"] - 3 * cfg["flops_forward"] / (case["train_ms"] / 1e3) / 1e9) <= 1e-6 * case["train_gflops"]
-            assert abs(case["train_seq_per_s"] - cfg["batch"] / (case["train_ms"] / 1e3)) <= 1e-6 * case["train_seq_per_s"]
+            assert (
+                abs(case["train_gflops"] - 3 * cfg["flops_forward"] / (case["train_ms"] / 1e3) / 1e9)
+                <= 1e-6 * case["train_gflops"]
+            )
+            assert (
+                abs(case["train_seq_per_s"] - cfg["batch"] / (case["train_ms"] / 1e3)) <= 1e-6 * case["train_seq_per_s"]
+            )
     assert {c["impl"] for c in report["configs"]["deepconvlstm"]["cases"]} == {"project", "torch.nn.LSTM"}
     assert "reference" in {c["impl"] for c in report["configs"]["moving_mnist"]["cases"]}
     # floors by the CPU's kind, each comparing rows of one precision: bf16 where the CPU has

@@ -96,8 +96,15 @@ def test_peephole_equations_match_shi_reference():
     torch.manual_seed(0)
     size = (4, 5)
     layer = ConvLSTM(
-        2, 3, 3, spatial_dims=2, peephole=True, peephole_size=size, recurrent_kernel_size=5,
-        peephole_initializer="normal", bias_initializer="normal",
+        2,
+        3,
+        3,
+        spatial_dims=2,
+        peephole=True,
+        peephole_size=size,
+        recurrent_kernel_size=5,
+        peephole_initializer="normal",
+        bias_initializer="normal",
     )
     cell = layer.cells[0]
     with torch.no_grad():
@@ -138,8 +145,17 @@ def test_peephole_per_channel_works_for_any_frame_size():
 )
 def test_activation_options_follow_the_equations(kwargs, act, rec, out_act):
     torch.manual_seed(1)
-    layer = ConvLSTM(2, 3, 3, spatial_dims=2, peephole=True, peephole_size=(4, 4),
-                     peephole_initializer="normal", bias_initializer="normal", **kwargs)
+    layer = ConvLSTM(
+        2,
+        3,
+        3,
+        spatial_dims=2,
+        peephole=True,
+        peephole_size=(4, 4),
+        peephole_initializer="normal",
+        bias_initializer="normal",
+        **kwargs,
+    )
     x = 2 * _seq(2, 3, 2, (4, 4))
     y, _ = layer(x)
     ref, _ = _shi_reference(layer.cells[0], x, act=act, rec=rec, out_act=out_act)
@@ -260,8 +276,17 @@ def test_gradcheck_rank0_fused():
 
 def test_gradcheck_rank2_peephole():
     torch.manual_seed(7)
-    layer = ConvLSTM(1, 2, 3, spatial_dims=2, peephole=True, peephole_initializer="normal",
-                     stride=2, recurrent_kernel_size=2, dtype=torch.float64)
+    layer = ConvLSTM(
+        1,
+        2,
+        3,
+        spatial_dims=2,
+        peephole=True,
+        peephole_initializer="normal",
+        stride=2,
+        recurrent_kernel_size=2,
+        dtype=torch.float64,
+    )
     x = torch.randn(1, 2, 1, 4, 3, dtype=torch.float64, requires_grad=True)
     params = tuple(layer.parameters())
     assert len(params) == 7  # weight_ih, weight_hh, bias_ih, bias_hh, three peephole weights
@@ -287,8 +312,16 @@ def test_unit_forget_bias():
 
 def test_initializers_by_name_and_callable():
     torch.manual_seed(8)
-    cell = ConvLSTMCell(3, 4, 3, spatial_dims=2, kernel_initializer="zeros", recurrent_initializer="orthogonal",
-                        bias_initializer=lambda t: torch.nn.init.constant_(t, 0.25), unit_forget_bias=False)
+    cell = ConvLSTMCell(
+        3,
+        4,
+        3,
+        spatial_dims=2,
+        kernel_initializer="zeros",
+        recurrent_initializer="orthogonal",
+        bias_initializer=lambda t: torch.nn.init.constant_(t, 0.25),
+        unit_forget_bias=False,
+    )
     assert torch.count_nonzero(cell.weight_ih) == 0
     w = cell.weight_hh.reshape(16, -1)  # (4H, H * k * k) has orthonormal rows
     torch.testing.assert_close(w @ w.t(), torch.eye(16), rtol=0, atol=1e-5)
@@ -296,8 +329,9 @@ def test_initializers_by_name_and_callable():
     glorot = ConvLSTMCell(3, 4, 3, spatial_dims=2)
     bound = math.sqrt(6 / (3 * 9 + 16 * 9))
     assert glorot.weight_ih.abs().max() <= bound and glorot.weight_ih.abs().max() > 0.5 * bound
-    lstm = ConvLSTMCell(3, 4, spatial_dims=0, kernel_initializer="lstm_uniform", unit_forget_bias=False,
-                        bias_initializer="lstm_uniform")
+    lstm = ConvLSTMCell(
+        3, 4, spatial_dims=0, kernel_initializer="lstm_uniform", unit_forget_bias=False, bias_initializer="lstm_uniform"
+    )
     assert lstm.weight_ih.abs().max() <= 0.5 and lstm.bias_ih.abs().max() <= 0.5
     calls = []
     ConvLSTMCell(3, 4, spatial_dims=1, recurrent_initializer=lambda t: calls.append(tuple(t.shape)))

@@ -63,16 +63,19 @@ def test_help_lists_every_subcommand_with_one_line(capsys):
     assert status == 2 and "unknown command 'bogus'" in err
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["train", "--help"], ["frames", "patches", "patch-completion", "sensors"]),
-    (["train", "frames", "--help"], ["--config", "--set", "--resume", "--run-dir"]),
-    (["train", "patches", "--help"], ["--config"]),
-    (["train", "patch-completion", "--help"], ["--config"]),
-    (["train", "sensors", "--help"], ["--config"]),
-    (["evaluate", "--help"], ["--checkpoint", "--sequences", "--json", "--recognition", "--motion"]),
-    (["predict", "--help"], ["--checkpoint", "--input", "--output", "--fps"]),
-    (["benchmark", "--help"], ["--quick", "--configs", "--memory"]),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--help"], ["frames", "patches", "patch-completion", "sensors"]),
+        (["train", "frames", "--help"], ["--config", "--set", "--resume", "--run-dir"]),
+        (["train", "patches", "--help"], ["--config"]),
+        (["train", "patch-completion", "--help"], ["--config"]),
+        (["train", "sensors", "--help"], ["--config"]),
+        (["evaluate", "--help"], ["--checkpoint", "--sequences", "--json", "--recognition", "--motion"]),
+        (["predict", "--help"], ["--checkpoint", "--input", "--output", "--fps"]),
+        (["benchmark", "--help"], ["--quick", "--configs", "--memory"]),
+    ],
+)
 def test_subcommand_help(args, expected, capsys):
     status, out, _ = _main(capsys, *args)
     assert status == 0
@@ -85,8 +88,13 @@ def test_unknown_training_job_and_script_errors_keep_their_status(tmp_path: Path
     status, _, err = _main(capsys, "train", "bogus")
     assert status == 2 and "unknown job 'bogus'" in err
     missing = str(tmp_path / "none.pt")
-    res = subprocess.run([sys.executable, "scripts/evaluate.py", "--checkpoint", missing], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", "--checkpoint", missing],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 2 and "not found" in res.stderr
     status, _, err = _main(capsys, "evaluate", "--checkpoint", missing)
     assert status == 2 and "not found" in err
@@ -96,10 +104,23 @@ def test_unknown_training_job_and_script_errors_keep_their_status(tmp_path: Path
 def cli_run(tmp_path_factory) -> Path:
     """A tiny frame-prediction run through ``convlstm-vp train frames`` with the quick evaluation on."""
     run = tmp_path_factory.mktemp("cli") / "tiny"
-    res = _cli("train", "frames", "--config", str(TINY), "--run-dir", str(run),
-               "--set", "train.quick_eval_every=2", "--set", "data.quick_eval_sequences=4")
+    res = _cli(
+        "train",
+        "frames",
+        "--config",
+        str(TINY),
+        "--run-dir",
+        str(run),
+        "--set",
+        "train.quick_eval_every=2",
+        "--set",
+        "data.quick_eval_sequences=4",
+    )
     assert "  on: test set generated (seed 0, test digits), first 16 sequences (best.pt of step" in res.stdout
-    assert "chosen on validation: mse=" in res.stdout and "validation sequences generated from the train digits" in res.stdout
+    assert (
+        "chosen on validation: mse=" in res.stdout
+        and "validation sequences generated from the train digits" in res.stdout
+    )
     return run
 
 
@@ -109,8 +130,7 @@ def test_final_metrics_agree_with_evaluate_on_the_same_checkpoint(cli_run: Path,
     assert on["sequences"] == 16 and on["split"] == "test" and on["checkpoint"] == "best.pt"
     assert on["test_set"] == "generated (seed 0, test digits)"
     ck = str(cli_run / "checkpoints" / "best.pt")
-    cmd = [sys.executable, "scripts/evaluate.py", "--checkpoint", ck, "--json",
-           str(tmp_path / "s.json")]
+    cmd = [sys.executable, "scripts/evaluate.py", "--checkpoint", ck, "--json", str(tmp_path / "s.json")]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     _in_process("evaluate", "--checkpoint", ck, "--json", str(tmp_path / "c.json"))
@@ -147,11 +167,28 @@ def test_predict_and_benchmark_subcommands_run(cli_run: Path, tmp_path: Path):
     import numpy as np
 
     np.save(tmp_path / "clip.npy", clip)
-    _in_process("predict", "--checkpoint", str(cli_run / "checkpoints" / "best.pt"),
-                "--input", str(tmp_path / "clip.npy"), "--output", str(tmp_path / "out.gif"))
+    _in_process(
+        "predict",
+        "--checkpoint",
+        str(cli_run / "checkpoints" / "best.pt"),
+        "--input",
+        str(tmp_path / "clip.npy"),
+        "--output",
+        str(tmp_path / "out.gif"),
+    )
     assert Image.open(tmp_path / "out.gif").n_frames == 8
-    _in_process("benchmark", "--quick", "--threads", "1", "--configs", "layer", "--memory", "off",
-                "--json", str(tmp_path / "b.json"))
+    _in_process(
+        "benchmark",
+        "--quick",
+        "--threads",
+        "1",
+        "--configs",
+        "layer",
+        "--memory",
+        "off",
+        "--json",
+        str(tmp_path / "b.json"),
+    )
     report = json.loads((tmp_path / "b.json").read_text())
     assert {c["impl"] for c in report["configs"]["layer"]["cases"]} >= {"project", "reference"}
 

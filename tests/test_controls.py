@@ -22,7 +22,9 @@ class Stack(nn.Module):
     def __init__(self, rank: int, fused: bool = True, **second_kwargs) -> None:
         super().__init__()
         self.first = ConvLSTM(2, 3, spatial_dims=rank, implementation=Implementation(torch_lstm=fused), name="first")
-        self.second = ConvLSTM(3, 4, spatial_dims=rank, implementation=Implementation(torch_lstm=fused), name="second", **second_kwargs)
+        self.second = ConvLSTM(
+            3, 4, spatial_dims=rank, implementation=Implementation(torch_lstm=fused), name="second", **second_kwargs
+        )
         self.head = nn.Linear(4, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,8 +79,15 @@ def test_regularization_loss_equals_hand_computed_sum():
         return lambda w: a * (w * w).sum()
 
     layer = ConvLSTM(
-        2, 3, spatial_dims=2, num_layers=2, bidirectional=True, bias_initializer="normal",
-        kernel_regularizer=L1(0.1), recurrent_regularizer="l2", bias_regularizer={"l1": 0.2, "l2": 0.3},
+        2,
+        3,
+        spatial_dims=2,
+        num_layers=2,
+        bidirectional=True,
+        bias_initializer="normal",
+        kernel_regularizer=L1(0.1),
+        recurrent_regularizer="l2",
+        bias_regularizer={"l1": 0.2, "l2": 0.3},
     )
     other = ConvLSTM(6, 2, spatial_dims=2, kernel_regularizer=lambda w: w.norm())
     model = nn.Sequential(layer, nn.Linear(3, 3), other)
@@ -239,14 +248,29 @@ def _input_and_weight_grads(layer: nn.Module, x: torch.Tensor, w: torch.Tensor):
     return y.detach(), x.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}
 
 
-@pytest.mark.parametrize("rank,fused,bidirectional", [(0, True, False), (0, True, True), (0, False, False),
-                                                      (2, False, True)])
+@pytest.mark.parametrize(
+    "rank,fused,bidirectional", [(0, True, False), (0, True, True), (0, False, False), (2, False, True)]
+)
 @pytest.mark.parametrize("scale", [0.5, -1.0])
 def test_grad_scale_scales_only_the_input_gradient(rank, fused, bidirectional, scale):
     torch.manual_seed(6)
-    base = ConvLSTM(2, 3, spatial_dims=rank, num_layers=2, bidirectional=bidirectional, implementation=Implementation(torch_lstm=fused))
-    scaled = ConvLSTM(2, 3, spatial_dims=rank, num_layers=2, bidirectional=bidirectional, implementation=Implementation(torch_lstm=fused),
-                      grad_scale=scale)
+    base = ConvLSTM(
+        2,
+        3,
+        spatial_dims=rank,
+        num_layers=2,
+        bidirectional=bidirectional,
+        implementation=Implementation(torch_lstm=fused),
+    )
+    scaled = ConvLSTM(
+        2,
+        3,
+        spatial_dims=rank,
+        num_layers=2,
+        bidirectional=bidirectional,
+        implementation=Implementation(torch_lstm=fused),
+        grad_scale=scale,
+    )
     scaled.load_state_dict(base.state_dict())
     assert base.cells[0].is_plain_lstm() == (rank == 0)
     x = _x(rank)
@@ -302,7 +326,9 @@ def test_grad_scale_on_the_cell_and_with_packed_input():
 
 
 # ---------------------------------------------------------------- training follows train()/eval()
-@pytest.mark.parametrize("kwargs", [{"input_dropout": 0.5}, {"recurrent_dropout": 0.5}, {"dropout": 0.5, "num_layers": 2}])
+@pytest.mark.parametrize(
+    "kwargs", [{"input_dropout": 0.5}, {"recurrent_dropout": 0.5}, {"dropout": 0.5, "num_layers": 2}]
+)
 def test_dropout_follows_train_and_eval(kwargs):
     torch.manual_seed(9)
     layer = ConvLSTM(2, 4, spatial_dims=0, **kwargs)

@@ -87,8 +87,13 @@ def test_windows_reject_bad_arguments(kwargs, message):
 
 def test_interpolate_nans_linear_edges_and_empty_channel():
     data = np.array(
-        [[np.nan, 1.0, np.nan], [2.0, np.nan, np.nan], [np.nan, np.nan, np.nan], [8.0, 7.0, np.nan],
-         [np.nan, 9.0, np.nan]]
+        [
+            [np.nan, 1.0, np.nan],
+            [2.0, np.nan, np.nan],
+            [np.nan, np.nan, np.nan],
+            [8.0, 7.0, np.nan],
+            [np.nan, 9.0, np.nan],
+        ]
     )
     original = data.copy()
     filled = interpolate_nans(data)
@@ -243,9 +248,7 @@ def test_opportunity_dataset_windows_and_train_statistics(opportunity_root):
     pooled = np.concatenate([read_opportunity_file(p)[0] for p in train.files]).astype(np.float64)
     np.testing.assert_allclose(train.standardizer.mean, pooled.mean(0), rtol=1e-6)
 
-    test = Opportunity(
-        opportunity_root, "test", files=["S2-ADL4.dat"], standardizer=train.standardizer
-    )
+    test = Opportunity(opportunity_root, "test", files=["S2-ADL4.dat"], standardizer=train.standardizer)
     assert test.standardizer is train.standardizer
     assert len(test) == (150 - 24) // 12 + 1
     # The test file is offset by +5000 and not used for fitting: its mean is far from 0.
@@ -255,9 +258,7 @@ def test_opportunity_dataset_windows_and_train_statistics(opportunity_root):
     np.testing.assert_array_equal(raw.windows[1, :, 0].numpy(), 1000.0 + 5000.0 + np.arange(12, 36))
     # Labels follow the last sample of each window.
     codes = np.loadtxt(opportunity_root / "OpportunityUCIDataset/dataset/S2-ADL4.dat", usecols=249)
-    np.testing.assert_array_equal(
-        np.array(_GESTURE_CODES)[raw.labels.numpy()], codes[np.arange(len(raw)) * 12 + 23]
-    )
+    np.testing.assert_array_equal(np.array(_GESTURE_CODES)[raw.labels.numpy()], codes[np.arange(len(raw)) * 12 + 23])
 
 
 def test_opportunity_standard_split_names_first_missing_file(opportunity_root, tmp_path):
@@ -268,13 +269,9 @@ def test_opportunity_standard_split_names_first_missing_file(opportunity_root, t
         Opportunity(opportunity_root, "test", files=["S2-ADL4.dat"])
     with pytest.raises(FileNotFoundError, match=r"OpportunityUCIDataset.dataset.S2-ADL4\.dat"):
         Opportunity(tmp_path, "test")
-    assert OPPORTUNITY_SPLITS["train"][:6] == tuple(
-        [f"S1-ADL{i}.dat" for i in range(1, 6)] + ["S1-Drill.dat"]
-    )
+    assert OPPORTUNITY_SPLITS["train"][:6] == tuple([f"S1-ADL{i}.dat" for i in range(1, 6)] + ["S1-Drill.dat"])
     assert len(OPPORTUNITY_SPLITS["train"]) == 14
-    assert set(OPPORTUNITY_SPLITS["test"]) == {
-        "S2-ADL4.dat", "S2-ADL5.dat", "S3-ADL4.dat", "S3-ADL5.dat"
-    }
+    assert set(OPPORTUNITY_SPLITS["test"]) == {"S2-ADL4.dat", "S2-ADL5.dat", "S3-ADL4.dat", "S3-ADL5.dat"}
 
 
 # ---------------------------------------------------------------------------- embedded datasets
@@ -305,9 +302,7 @@ def test_daphnet_time_split_windows():
     assert len(test) == (7040 - test.boundary - 64) // 32 + 1
     assert train[0][0].shape == (64, 9) and train.windows.dtype == torch.float32
     np.testing.assert_allclose(test.standardizer.mean, train.standardizer.mean)
-    torch.testing.assert_close(
-        train.windows[:, :32].reshape(-1, 9).mean(0), torch.zeros(9), atol=0.2, rtol=0
-    )
+    torch.testing.assert_close(train.windows[:, :32].reshape(-1, 9).mean(0), torch.zeros(9), atol=0.2, rtol=0)
     # No window crosses the boundary: the first test window starts at the boundary sample.
     raw = Daphnet("test", window=64, step=32, normalize=False)
     everything = Daphnet("train", window=1, step=1, train_fraction=0.999, normalize=False)

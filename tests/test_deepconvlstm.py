@@ -112,8 +112,15 @@ def test_dropout_acts_in_training_only() -> None:
 def test_optimizer_steps_reduce_loss(conv_mode: str, recurrent: str) -> None:
     torch.manual_seed(3)
     model = DeepConvLSTM(
-        3, 2, conv_filters=8, conv_kernel=3, num_conv_layers=2, hidden_channels=16, dropout=0.0,
-        conv_mode=conv_mode, recurrent=recurrent,
+        3,
+        2,
+        conv_filters=8,
+        conv_kernel=3,
+        num_conv_layers=2,
+        hidden_channels=16,
+        dropout=0.0,
+        conv_mode=conv_mode,
+        recurrent=recurrent,
     )
     x = torch.randn(16, 10, 3)
     y = (x[:, :, 0].mean(1) > 0).long()

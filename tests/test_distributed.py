@@ -60,7 +60,9 @@ _TINY_CPU = [
 ]  # fmt: skip
 
 
-def _torchrun(run_dir: Path, overrides: list[str], resume: bool = False, script: Path | None = None) -> subprocess.Popen:
+def _torchrun(
+    run_dir: Path, overrides: list[str], resume: bool = False, script: Path | None = None
+) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
@@ -71,7 +73,11 @@ def _torchrun(run_dir: Path, overrides: list[str], resume: bool = False, script:
         cmd += ["--set", o]
     if resume:
         cmd.append("--resume")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -87,8 +93,15 @@ def _check_rank0_only_outputs(run_dir: Path) -> dict:
     files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
     events = [f for f in files if f.startswith("events.out.tfevents.")]
     assert len(events) == 1, files  # a second writer would add its own event file
-    assert sorted(set(files) - set(events)) == [".lock", "checkpoints/best.pt", "checkpoints/last.pt", "config.yaml", "metrics.json",
-                                                "predictions.gif", "predictions.png"]  # .lock: rank 0's run-folder lock
+    assert sorted(set(files) - set(events)) == [
+        ".lock",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+        "config.yaml",
+        "metrics.json",
+        "predictions.gif",
+        "predictions.png",
+    ]  # .lock: rank 0's run-folder lock
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
@@ -131,7 +144,9 @@ def test_two_process_training_agrees_and_resumes_exactly(tmp_path: Path) -> None
     assert final_resumed["step"] == steps
     for k, v in final_full["model"].items():
         assert torch.equal(v, final_resumed["model"][k]), k
-    assert json.loads((resumed / "metrics.json").read_text())["weights_sha256"][0] == weights_digest(final_full["model"])
+    assert json.loads((resumed / "metrics.json").read_text())["weights_sha256"][0] == weights_digest(
+        final_full["model"]
+    )
 
 
 _PROBE = """

@@ -38,7 +38,9 @@ def _run(layer: torch.nn.Module, x: torch.Tensor, **kw):
     cs = c if isinstance(c, list) else [c]
     wide = lambda t: t.to(torch.promote_types(t.dtype, torch.float32))  # noqa: E731  (bf16 → fp32, fp64 stays)
     torch.manual_seed(123)
-    loss = (wide(out) * torch.randn(out.shape, dtype=wide(out).dtype)).sum() + sum((wide(t) ** 2).sum() for t in hs + cs)
+    loss = (wide(out) * torch.randn(out.shape, dtype=wide(out).dtype)).sum() + sum(
+        (wide(t) ** 2).sum() for t in hs + cs
+    )
     loss.backward()
     grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
     return out.detach(), [t.detach() for t in hs], [t.detach() for t in cs], grads, x.grad
@@ -205,7 +207,9 @@ def test_concatenated_conv_is_not_used_where_the_convolutions_differ():
 def test_input_matrix_product_equals_the_convolution(rank, stride, padding, batched):
     torch.manual_seed(rank + stride)
     kw = dict(spatial_dims=rank, stride=stride, padding=padding, dtype=torch.float64)
-    a = ConvLSTM(1, 3, 3, implementation=impl(matmul_input=True, batch_input_conv=batched), **kw)  # 1 x 3^rank <= 32 products per output
+    a = ConvLSTM(
+        1, 3, 3, implementation=impl(matmul_input=True, batch_input_conv=batched), **kw
+    )  # 1 x 3^rank <= 32 products per output
     b = ConvLSTM(1, 3, 3, implementation=impl(matmul_input=False, batch_input_conv=batched), **kw)
     b.load_state_dict(a.state_dict())
     assert a.cells[0]._matmul_ok and a.cells[0].paths("cpu").matmul_input and not b.cells[0].paths("cpu").matmul_input
@@ -252,7 +256,7 @@ def test_last_step_output_equals_last_of_sequence(bidirectional):
     last = seq[:, -1] if not bidirectional else torch.cat([seq[:, -1, :half], seq[:, 0, half:]], dim=1)
     torch.testing.assert_close(out_a, last.detach(), rtol=0, atol=1e-12)
     torch.manual_seed(123)
-    loss = (last * torch.randn(last.shape, dtype=last.dtype)).sum() + sum((t ** 2).sum() for t in list(h) + list(c))
+    loss = (last * torch.randn(last.shape, dtype=last.dtype)).sum() + sum((t**2).sum() for t in list(h) + list(c))
     loss.backward()
     for name, p in b.named_parameters():
         torch.testing.assert_close(g_a[name], p.grad, rtol=0, atol=1e-10)
@@ -293,7 +297,9 @@ def test_named_implementations_equal_the_plain_step_loop(rank, name):
 
 @pytest.mark.parametrize("rank", [1, 2])
 def test_dropout_masks_are_the_same_in_batched_and_per_step_modes(rank):
-    a, b = _pair(rank, {"batch_input_conv": False}, {"batch_input_conv": True}, input_dropout=0.3, recurrent_dropout=0.3)
+    a, b = _pair(
+        rank, {"batch_input_conv": False}, {"batch_input_conv": True}, input_dropout=0.3, recurrent_dropout=0.3
+    )
     a.train()
     b.train()
     torch.manual_seed(11)

@@ -52,7 +52,9 @@ def test_encoder_forecaster_shapes_and_layouts():
     y = m(x)
     assert y.shape == (2, 3, 1, 32, 32)
     assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0  # sigmoid output
-    m_last = EncoderForecaster(1, [8, 6], [3, 5], patch_size=4, input_frames=5, output_frames=3, data_format="channels_last")
+    m_last = EncoderForecaster(
+        1, [8, 6], [3, 5], patch_size=4, input_frames=5, output_frames=3, data_format="channels_last"
+    )
     m_last.load_state_dict(m.state_dict())
     y_last = m_last(x.permute(0, 1, 3, 4, 2))
     assert y_last.shape == (2, 3, 32, 32, 1)
@@ -77,12 +79,16 @@ def test_encoder_forecaster_rejects_bad_input():
     with pytest.raises(TypeError, match="no between-layers dropout.*input_dropout"):
         EncoderForecaster(1, [4, 4], 3, dropout=0.5)
     m = EncoderForecaster(1, [4, 4], 3, input_dropout=0.5, recurrent_dropout=0.5)
-    assert all(c.input_dropout == 0.5 and c.recurrent_dropout == 0.5 for c in m.modules() if hasattr(c, "input_dropout"))
+    assert all(
+        c.input_dropout == 0.5 and c.recurrent_dropout == 0.5 for c in m.modules() if hasattr(c, "input_dropout")
+    )
 
 
 def test_forward_returns_the_frames_and_forecast_a_forecast():
     torch.manual_seed(0)
-    m = EncoderForecaster(1, [4], 3, patch_size=4, input_frames=3, output_frames=4, head="dynamic_filter", filter_size=5)
+    m = EncoderForecaster(
+        1, [4], 3, patch_size=4, input_frames=3, output_frames=4, head="dynamic_filter", filter_size=5
+    )
     x = torch.rand(2, 3, 1, 16, 16)
     y = m(x)
     assert type(y) is torch.Tensor and y.shape == (2, 4, 1, 16, 16)
@@ -161,13 +167,17 @@ def test_the_training_task_takes_the_schedule_from_the_step(monkeypatch):
     from convlstm_vp.train.config import load_config
     from convlstm_vp.train.tasks.frames import DEFAULTS, MovingMNISTTask
 
-    cfg = load_config(str(TINY), DEFAULTS, ["data.source=embedded", "model.scheduled_sampling=[1.0,0.2,4]", "encoder_loss_weight=1.0"])
+    cfg = load_config(
+        str(TINY), DEFAULTS, ["data.source=embedded", "model.scheduled_sampling=[1.0,0.2,4]", "encoder_loss_weight=1.0"]
+    )
     task = MovingMNISTTask(cfg)
     torch.manual_seed(0)
     model = task.build_model()
     seen = []
     forecast = model.forecast
-    monkeypatch.setattr(model, "forecast", lambda *a, **kw: seen.append(float(kw["teacher_forcing"])) or forecast(*a, **kw))
+    monkeypatch.setattr(
+        model, "forecast", lambda *a, **kw: seen.append(float(kw["teacher_forcing"])) or forecast(*a, **kw)
+    )
     for step in (0, 1, 2, 4, 9):
         task.training_step(model, task.train_batch(step, 0, 1), step)
     assert seen == pytest.approx([1.0, 0.8, 0.6, 0.2, 0.2])
@@ -241,7 +251,9 @@ def test_sample_displaced_shifts_and_interpolates_bilinearly():
     d[:, 0], d[:, 1] = 2.0, -1.0  # out[y, x] = x[y + 2, x - 1]
     out = sample_displaced(x, d)
     torch.testing.assert_close(out[..., :-2, 1:], x[..., 2:, :-1])
-    assert float(out[..., -2:, :].abs().max()) < 1e-6 and float(out[..., :, 0].abs().max()) < 1e-6  # off the frame reads 0
+    assert (
+        float(out[..., -2:, :].abs().max()) < 1e-6 and float(out[..., :, 0].abs().max()) < 1e-6
+    )  # off the frame reads 0
     d.zero_()
     d[:, 1] = 0.5  # half a pixel to the right: the mean of the two neighbours
     torch.testing.assert_close(sample_displaced(x, d)[..., :-1], 0.5 * (x[..., :-1] + x[..., 1:]))
@@ -262,7 +274,9 @@ def _two_tap_kernels(m: EncoderForecaster, taps: list[tuple[int, int]]) -> None:
 
 def test_render_warp_samples_the_source_once_so_blur_does_not_pile_up():
     torch.manual_seed(0)
-    m = EncoderForecaster(1, [8, 6], 3, patch_size=4, input_frames=4, output_frames=4, filter_size=9, head="dynamic_filter")
+    m = EncoderForecaster(
+        1, [8, 6], 3, patch_size=4, input_frames=4, output_frames=4, filter_size=9, head="dynamic_filter"
+    )
     x = torch.rand(2, 4, 1, 32, 32)
     # fresh weights: frames in range, gradients reach every parameter
     y, enc, off = m.forecast(x, encoder_predictions=True, offsets=True, render="warp")
@@ -297,7 +311,9 @@ def test_render_warp_accumulates_the_kernels_displacement_as_the_removed_warp_he
     previous displacement filtered by the kernels."""
 
     torch.manual_seed(2)
-    m = EncoderForecaster(1, [6], 3, patch_size=2, input_frames=3, output_frames=3, filter_size=3, head="dynamic_filter").eval()
+    m = EncoderForecaster(
+        1, [6], 3, patch_size=2, input_frames=3, output_frames=3, filter_size=3, head="dynamic_filter"
+    ).eval()
     x = torch.rand(2, 3, 1, 8, 8)
     with torch.no_grad():
         got = m.predict(x, filter_temperature=0.7, render="warp")
@@ -310,7 +326,9 @@ def test_render_warp_accumulates_the_kernels_displacement_as_the_removed_warp_he
             state[0] = m.forecaster.cells[0].step(patchify(frame.unsqueeze(1), 2)[:, 0], state[0])
             kernels = torch.softmax(m.head(state[0][0]) / 0.7, dim=1)  # (B, 9, 4, 4)
             grid = kernels.view(2, 3, 3, 4, 4)
-            mean = torch.stack([(grid.sum(2) * taps.view(1, 3, 1, 1)).sum(1), (grid.sum(1) * taps.view(1, 3, 1, 1)).sum(1)], 1)
+            mean = torch.stack(
+                [(grid.sum(2) * taps.view(1, 3, 1, 1)).sum(1), (grid.sum(1) * taps.view(1, 3, 1, 1)).sum(1)], 1
+            )
             new = mean.repeat_interleave(2, 2).repeat_interleave(2, 3)
             if disp is not None:
                 new = new + apply_dynamic_filter(disp, kernels)
@@ -321,7 +339,9 @@ def test_render_warp_accumulates_the_kernels_displacement_as_the_removed_warp_he
 
 def test_render_warp_restarts_from_a_teacher_forced_frame():
     torch.manual_seed(0)
-    m = EncoderForecaster(1, [8], 3, patch_size=4, input_frames=3, output_frames=4, head="dynamic_filter", filter_size=5)
+    m = EncoderForecaster(
+        1, [8], 3, patch_size=4, input_frames=3, output_frames=4, head="dynamic_filter", filter_size=5
+    )
     _two_tap_kernels(m, [(1, 0)])  # every pixel reads the one below: content moves up 1 px per step
     x, targets = torch.rand(2, 3, 1, 16, 16), torch.rand(2, 4, 1, 16, 16)
     y = m.forecast(x, targets, teacher_forcing=1.0, render="warp").frames
@@ -363,7 +383,9 @@ def test_conv_head_has_no_filter_temperature_or_warp_rendering():
         m.predict(x, filter_temperature=0.5)
     with pytest.raises(ValueError, match="head='conv' has no filter kernels to sharpen"):
         m.forecast(x, filter_temperature=2)
-    with pytest.raises(ValueError, match="render: head='conv' draws its frames; render='warp' needs head='dynamic_filter'"):
+    with pytest.raises(
+        ValueError, match="render: head='conv' draws its frames; render='warp' needs head='dynamic_filter'"
+    ):
         m.predict(x, render="warp")
     with pytest.raises(ValueError, match="offsets: head='conv' has no filter kernels"):
         m.forecast(x, offsets=True)
@@ -442,7 +464,9 @@ def test_motion_targets_rejects_corners_off_the_canvas():
     pool = np.full((2, 28, 28), 255, dtype=np.uint8)
     corners = np.zeros((1, 1, 3, 2), dtype=np.int64)
     corners[0, 0, 2] = [37, 0]
-    with pytest.raises(ValueError, match=r"corners must lie in \[0, 36\] for 28x28 digits on a 64x64 canvas, got values from 0 to 37"):
+    with pytest.raises(
+        ValueError, match=r"corners must lie in \[0, 36\] for 28x28 digits on a 64x64 canvas, got values from 0 to 37"
+    ):
         motion_targets(pool, corners, np.zeros((1, 1), dtype=np.int64), 64, 4)
 
 
@@ -499,7 +523,9 @@ def test_motion_loss_trains_the_kernels_towards_the_true_motion(tmp_path: Path):
     assert sum(losses[-3:]) < 0.9 * sum(losses[:3])
     # the training script logs it
     run = tmp_path / "mo"
-    _run("scripts/train_moving_mnist.py", "--config", str(TINY), "--run-dir", str(run), "--set", "motion_loss_weight=0.5")
+    _run(
+        "scripts/train_moving_mnist.py", "--config", str(TINY), "--run-dir", str(run), "--set", "motion_loss_weight=0.5"
+    )
     ea = EventAccumulator(str(run), size_guidance={"scalars": 0})
     ea.Reload()
     assert [e.step for e in ea.Scalars("train/motion_loss")] == [2, 4, 6]
@@ -549,11 +575,17 @@ def test_loss_terms_and_their_config_checks():
         with pytest.raises(ConfigError, match=key):
             merge(DEFAULTS, {key: -1.0})
     # removed options (no gain measured) are unknown keys
-    for removed in ({"ssim_weight": 0.5}, {"model": {"memory_format": "channels_last"}}, {"model": {"motion_input": True}}):
+    for removed in (
+        {"ssim_weight": 0.5},
+        {"model": {"memory_format": "channels_last"}},
+        {"model": {"motion_input": True}},
+    ):
         with pytest.raises(ConfigError, match="unknown"):
             merge(DEFAULTS, removed)
     with pytest.raises(ValueError, match=r"config key 'model.scheduled_sampling'"):
-        MovingMNISTTask(merge(DEFAULTS, {"model": {"scheduled_sampling": [1.0, 1.5, 10]}, "data": {"source": "embedded"}}))
+        MovingMNISTTask(
+            merge(DEFAULTS, {"model": {"scheduled_sampling": [1.0, 1.5, 10]}, "data": {"source": "embedded"}})
+        )
 
 
 def test_frame_metrics_definitions():
@@ -587,7 +619,9 @@ def test_training_script_writes_checkpoints_logs_and_metrics(tiny_run: Path):
     ea = EventAccumulator(str(tiny_run), size_guidance={"images": 0, "scalars": 0})
     ea.Reload()
     tags = ea.Tags()
-    assert {"train/loss", "train/lr", "train/elapsed_seconds", "val/mse", "val/ssim", "test/mse"} <= set(tags["scalars"])
+    assert {"train/loss", "train/lr", "train/elapsed_seconds", "val/mse", "val/ssim", "test/mse"} <= set(
+        tags["scalars"]
+    )
     assert [e.step for e in ea.Scalars("train/loss")] == [2, 4, 6]
     elapsed = [e.value for e in ea.Scalars("train/elapsed_seconds")]
     assert len(elapsed) == 3 and 0 < elapsed[0] <= elapsed[1] <= elapsed[2]
@@ -611,8 +645,15 @@ def test_checkpoint_round_trip(tiny_run: Path):
 
 def test_evaluate_and_predict_end_to_end(tiny_run: Path, tmp_path: Path):
     out = tmp_path / "eval.json"
-    res = _run("scripts/evaluate.py", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"),
-               "--sequences", "6", "--json", str(out))
+    res = _run(
+        "scripts/evaluate.py",
+        "--checkpoint",
+        str(tiny_run / "checkpoints" / "best.pt"),
+        "--sequences",
+        "6",
+        "--json",
+        str(out),
+    )
     assert "copy_last" in res.stdout
     data = json.loads(out.read_text())
     assert {"mse", "mae", "ssim", "psnr", "per_frame"} <= set(data)
@@ -620,13 +661,32 @@ def test_evaluate_and_predict_end_to_end(tiny_run: Path, tmp_path: Path):
     assert data["baselines"]["zeros"]["mse"] > 0
     # --digits 3: out-of-domain sequences have more ink, so the all-zeros baseline grows
     out3 = tmp_path / "eval3.json"
-    _run("scripts/evaluate.py", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"),
-         "--sequences", "6", "--digits", "3", "--json", str(out3))
+    _run(
+        "scripts/evaluate.py",
+        "--checkpoint",
+        str(tiny_run / "checkpoints" / "best.pt"),
+        "--sequences",
+        "6",
+        "--digits",
+        "3",
+        "--json",
+        str(out3),
+    )
     assert json.loads(out3.read_text())["baselines"]["zeros"]["mse"] > data["baselines"]["zeros"]["mse"]
     # --recognition: a digit classifier reads every digit window of the prediction and the truth
     outr = tmp_path / "evalr.json"
-    res = _run("scripts/evaluate.py", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"),
-               "--sequences", "6", "--recognition", "--recognizer-epochs", "1", "--json", str(outr))
+    res = _run(
+        "scripts/evaluate.py",
+        "--checkpoint",
+        str(tiny_run / "checkpoints" / "best.pt"),
+        "--sequences",
+        "6",
+        "--recognition",
+        "--recognizer-epochs",
+        "1",
+        "--json",
+        str(outr),
+    )
     rec = json.loads(outr.read_text())["recognition"]
     assert set(rec) == {"model", "truth", "isolated_test_digits"} and len(rec["truth"]["per_frame"]) == 4
     assert 0 <= rec["isolated_test_digits"] <= 1
@@ -635,11 +695,20 @@ def test_evaluate_and_predict_end_to_end(tiny_run: Path, tmp_path: Path):
 
     from convlstm_vp.data import moving_mnist_batch
 
-    clip = (moving_mnist_batch(1, source="embedded", split="test", num_frames=9, rng=3)[0, :, 0].numpy() * 255).astype(np.uint8)
+    clip = (moving_mnist_batch(1, source="embedded", split="test", num_frames=9, rng=3)[0, :, 0].numpy() * 255).astype(
+        np.uint8
+    )
     np.save(tmp_path / "clip.npy", clip)
     for name in ("pred.gif", "pred.mp4"):
-        _run("scripts/predict.py", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"),
-             "--input", str(tmp_path / "clip.npy"), "--output", str(tmp_path / name))
+        _run(
+            "scripts/predict.py",
+            "--checkpoint",
+            str(tiny_run / "checkpoints" / "best.pt"),
+            "--input",
+            str(tmp_path / "clip.npy"),
+            "--output",
+            str(tmp_path / name),
+        )
         assert (tmp_path / name).stat().st_size > 1000
     from PIL import Image
 
@@ -647,9 +716,21 @@ def test_evaluate_and_predict_end_to_end(tiny_run: Path, tmp_path: Path):
     assert gif.n_frames == 8 and gif.size[0] > 2 * 64  # input+truth | input+prediction side by side
     # a clip that is too short gives a clear error
     np.save(tmp_path / "short.npy", clip[:2])
-    res = subprocess.run([sys.executable, "scripts/predict.py", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"),
-                          "--input", str(tmp_path / "short.npy"), "--output", str(tmp_path / "x.gif")],
-                         cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "scripts/predict.py",
+            "--checkpoint",
+            str(tiny_run / "checkpoints" / "best.pt"),
+            "--input",
+            str(tmp_path / "short.npy"),
+            "--output",
+            str(tmp_path / "x.gif"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2 and "needs 4 context frames" in res.stderr
 
 
@@ -669,8 +750,16 @@ def test_motion_error_and_evaluate_motion(tiny_run: Path, tmp_path: Path):
     assert mo["no_motion_per_frame"] == pytest.approx([1.5] * 3)
     # evaluate.py --motion compares the kernels' offsets with the test digits' true motion
     out = tmp_path / "evalm.json"
-    res = _run("scripts/evaluate.py", "--checkpoint", str(tiny_run / "checkpoints" / "best.pt"),
-               "--sequences", "6", "--motion", "--json", str(out))
+    res = _run(
+        "scripts/evaluate.py",
+        "--checkpoint",
+        str(tiny_run / "checkpoints" / "best.pt"),
+        "--sequences",
+        "6",
+        "--motion",
+        "--json",
+        str(out),
+    )
     data = json.loads(out.read_text())["motion"]
     assert len(data["per_frame"]) == 4 and data["no_motion_mae_px"] > 1.0
     assert 0 < data["mae_px"] < 10 and "true motion" in res.stdout
@@ -683,7 +772,10 @@ def test_evaluate_and_predict_filter_temperature(tiny_run: Path, tmp_path: Path)
         res, runs[t] = _evaluate(ck, tmp_path / f"t{t}.json", "--filter-temperature", t)
         assert runs[t]["filter_temperature"] == float(t)
     assert "filter temperature 0.5" in res.stdout and runs["0.5"]["mse"] != runs["1"]["mse"]
-    for script, extra in (("scripts/evaluate.py", ["--sequences", "4"]), ("scripts/predict.py", ["--input", "x.npy", "--output", "x.gif"])):
+    for script, extra in (
+        ("scripts/evaluate.py", ["--sequences", "4"]),
+        ("scripts/predict.py", ["--input", "x.npy", "--output", "x.gif"]),
+    ):
         res = run_script(script, "--checkpoint", ck, "--filter-temperature", "0", *extra, ok=False)
         assert res.returncode == 2 and "--filter-temperature: expected a finite number > 0, got 0.0" in res.stderr
 
@@ -693,12 +785,21 @@ def test_eval_filter_temperature_sharpens_predictions_not_training(tiny_run: Pat
     from convlstm_vp.train.tasks.frames import DEFAULTS, MovingMNISTTask
 
     run = tmp_path / "t0.5"
-    _run("scripts/train_moving_mnist.py", "--config", str(TINY), "--run-dir", str(run),
-         "--set", "model.eval_filter_temperature=0.5")
+    _run(
+        "scripts/train_moving_mnist.py",
+        "--config",
+        str(TINY),
+        "--run-dir",
+        str(run),
+        "--set",
+        "model.eval_filter_temperature=0.5",
+    )
     # tiny_run: the same config with the default eval_filter_temperature, 1.0
     assert DEFAULTS["model"]["eval_filter_temperature"] == 1.0
-    runs = {"1.0": json.loads((tiny_run / "metrics.json").read_text()),
-            "0.5": json.loads((run / "metrics.json").read_text())}
+    runs = {
+        "1.0": json.loads((tiny_run / "metrics.json").read_text()),
+        "0.5": json.loads((run / "metrics.json").read_text()),
+    }
     assert runs["1.0"]["weights_sha256"] == runs["0.5"]["weights_sha256"]  # the same training ...
     assert runs["1.0"]["mse"] != runs["0.5"]["mse"]  # ... evaluated with other kernels
     ck = str(tmp_path / "t0.5" / "checkpoints" / "last.pt")
@@ -706,8 +807,10 @@ def test_eval_filter_temperature_sharpens_predictions_not_training(tiny_run: Pat
     assert cfg["model"]["eval_filter_temperature"] == 0.5 and not hasattr(model, "filter_temperature")
     for extra, expected in (([], 0.5), (["--filter-temperature", "1"], 1.0)):  # evaluate.py: the config's, unless told
         assert _evaluate(ck, tmp_path / f"ev{expected}.json", *extra)[1]["filter_temperature"] == expected
-    for bad, match in ((["model.eval_filter_temperature=0"], "finite number > 0"),
-                       (["model.eval_filter_temperature=0.5", "model.head=conv"], "conv head has no filter kernels")):
+    for bad, match in (
+        (["model.eval_filter_temperature=0"], "finite number > 0"),
+        (["model.eval_filter_temperature=0.5", "model.head=conv"], "conv head has no filter kernels"),
+    ):
         with pytest.raises(ValueError, match=match):
             MovingMNISTTask(load(TINY, DEFAULTS, ["data.source=embedded", *bad]))
 
@@ -724,7 +827,17 @@ def test_evaluate_and_predict_render_option(tiny_run: Path, tmp_path: Path):
     assert _evaluate(ck, tmp_path / "default.json")[1]["mse"] == runs["filter"]["mse"]
     np.save(tmp_path / "in.npy", np.random.default_rng(0).random((6, 64, 64)).astype(np.float32))
     gif = tmp_path / "w.gif"
-    _run("scripts/predict.py", "--checkpoint", ck, "--input", str(tmp_path / "in.npy"), "--output", str(gif), "--render", "warp")
+    _run(
+        "scripts/predict.py",
+        "--checkpoint",
+        ck,
+        "--input",
+        str(tmp_path / "in.npy"),
+        "--output",
+        str(gif),
+        "--render",
+        "warp",
+    )
     assert gif.stat().st_size > 0
 
 
@@ -736,7 +849,11 @@ def test_old_checkpoints_still_load(tiny_run: Path, tmp_path: Path):
     ck = load_checkpoint(tiny_run / "checkpoints" / "last.pt")
     model, _ = load_trained(str(tiny_run / "checkpoints" / "last.pt"))
     old = dict(ck, model={**ck["model"], "sampling_updates": torch.tensor(6)})
-    old["config"] = {**ck["config"], "ssim_weight": 0.0, "model": {**ck["config"]["model"], "memory_format": "contiguous", "motion_input": False}}
+    old["config"] = {
+        **ck["config"],
+        "ssim_weight": 0.0,
+        "model": {**ck["config"]["model"], "memory_format": "contiguous", "motion_input": False},
+    }
     save_checkpoint(tmp_path / "old.pt", old)
     loaded, cfg = load_trained(str(tmp_path / "old.pt"))
     x = torch.rand(2, 4, 1, 64, 64)
@@ -760,8 +877,18 @@ def test_evaluate_device_option(tiny_run: Path, tmp_path: Path):
     ck = str(tiny_run / "checkpoints" / "best.pt")
     on_cpu = tmp_path / "cpu.json"
     _run("scripts/evaluate.py", "--checkpoint", ck, "--sequences", "4", "--device", "cpu", "--json", str(on_cpu))
-    args = [sys.executable, "scripts/evaluate.py", "--checkpoint", ck, "--sequences", "4", "--device", "cuda",
-            "--json", str(tmp_path / "cuda.json")]
+    args = [
+        sys.executable,
+        "scripts/evaluate.py",
+        "--checkpoint",
+        ck,
+        "--sequences",
+        "4",
+        "--device",
+        "cuda",
+        "--json",
+        str(tmp_path / "cuda.json"),
+    ]
     res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     if torch.cuda.is_available():
         assert res.returncode == 0, res.stdout + res.stderr
@@ -776,13 +903,28 @@ def test_gpu_check_script_runs_end_to_end_on_a_tiny_config(tmp_path: Path):
     """scripts/gpu_check.sh (here its training, timeline and evaluation stages on a tiny config,
     on the CPU) writes its summary, the run's curve and the evaluation; a stage that the budget
     leaves no time for is reported, not run."""
-    env = dict(os.environ, OUT=str(tmp_path / "out"), RUNS=str(tmp_path / "runs"), PY=sys.executable,
-               CFG=str(TINY), EVAL_SEQ="8", QUICK_SET="--set train.num_threads=1 --set train.log_every=1", QUICK_AFTER="2",
-               OPENSTL_CFG=str(TINY), SKIP="graphed,bench-openstl,bench-moving_mnist",
-               # after the script's own --warmup/--steps, so these few win (argparse keeps the last)
-               OPENSTL_SET="--set train.num_threads=1 --warmup 2 --steps 4")
-    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=tmp_path, env={**env, "BUDGET_S": "600",
-                         "SKIP": env["SKIP"] + ",suite"}, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        OUT=str(tmp_path / "out"),
+        RUNS=str(tmp_path / "runs"),
+        PY=sys.executable,
+        CFG=str(TINY),
+        EVAL_SEQ="8",
+        QUICK_SET="--set train.num_threads=1 --set train.log_every=1",
+        QUICK_AFTER="2",
+        OPENSTL_CFG=str(TINY),
+        SKIP="graphed,bench-openstl,bench-moving_mnist",
+        # after the script's own --warmup/--steps, so these few win (argparse keeps the last)
+        OPENSTL_SET="--set train.num_threads=1 --warmup 2 --steps 4",
+    )
+    res = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")],
+        cwd=tmp_path,
+        env={**env, "BUDGET_S": "600", "SKIP": env["SKIP"] + ",suite"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     summary = (tmp_path / "out" / "summary.txt").read_text()
     assert "quick: rc=0" in summary and "quick-eval: rc=0" in summary and "bench-openstl: skipped (SKIP)" in summary
@@ -796,17 +938,34 @@ def test_gpu_check_script_runs_end_to_end_on_a_tiny_config(tmp_path: Path):
     # a training stage cut by its limit: SIGTERM saves the run (checkpoint, events), which is still scored.
     # The quick stage gets BUDGET_S less the 60 s kept for its evaluation less the script's start-up
     # (several seconds on a busy machine), and a stage under 20 s is not run: 100 leaves it about 30 s.
-    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env={**env, "BUDGET_S": "100", "OUT": str(tmp_path / "out3"), "RUNS": str(tmp_path / "runs3"),
-                              "SKIP": env["SKIP"] + ",openstl,suite",
-                              "QUICK_SET": env["QUICK_SET"] + " --set train.steps=1000000"})
+    res = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **env,
+            "BUDGET_S": "100",
+            "OUT": str(tmp_path / "out3"),
+            "RUNS": str(tmp_path / "runs3"),
+            "SKIP": env["SKIP"] + ",openstl,suite",
+            "QUICK_SET": env["QUICK_SET"] + " --set train.steps=1000000",
+        },
+    )
     summary = (tmp_path / "out3" / "summary.txt").read_text()
     assert "quick: rc=124" in summary and "TIMED OUT" in summary and "quick-eval: rc=0" in summary, summary
     assert len((tmp_path / "out3" / "quick-curve.csv").read_text().splitlines()) > 2
     assert (tmp_path / "runs3" / "quick" / "checkpoints" / "last.pt").is_file()
     # no time left: the stages are reported as not run, and the script still ends cleanly
-    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=tmp_path,
-                         env={**env, "BUDGET_S": "5", "OUT": str(tmp_path / "out2")}, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")],
+        cwd=tmp_path,
+        env={**env, "BUDGET_S": "5", "OUT": str(tmp_path / "out2")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     summary = (tmp_path / "out2" / "summary.txt").read_text()
     assert "quick: not run" in summary and "suite: not run" in summary, summary
 
@@ -840,7 +999,9 @@ def test_train_implementation_compiled_runs_every_cell_step_through_torch_compil
     assert len(models["true"]) == 1
     cells = [m for model in models["true"] for m in model.modules() if isinstance(m, ConvLSTMCell)]
     assert cells and all(c.paths("cpu").compile for c in cells)
-    assert not any(c.paths("cpu").compile for model in models["false"] for c in model.modules() if isinstance(c, ConvLSTMCell))
+    assert not any(
+        c.paths("cpu").compile for model in models["false"] for c in model.modules() if isinstance(c, ConvLSTMCell)
+    )
     # every cell compiled its own step functions (training steps, validation, the final test)
     owners = {f.__self__ for f in compiled}
     assert owners == set(cells)
@@ -868,7 +1029,9 @@ def test_predict_input_scale_follows_the_dtype_and_never_guesses(tmp_path: Path)
     bright = clip.copy()
     bright[2, 3, 3] = 1.5
     np.save(tmp_path / "bright.npy", bright)
-    with pytest.raises(ValueError, match=r"bright.npy: float32 frames must lie in \[0, 1\], got values in \[.*, 1.5\].*--input-range"):
+    with pytest.raises(
+        ValueError, match=r"bright.npy: float32 frames must lie in \[0, 1\], got values in \[.*, 1.5\].*--input-range"
+    ):
         read_frames(tmp_path / "bright.npy")
     # an explicit range maps linearly, and is checked too
     np.testing.assert_allclose(read_frames(tmp_path / "bright.npy", parse_range("0,1.5")), bright / 1.5, atol=1e-6)
@@ -886,7 +1049,9 @@ def test_predict_input_scale_follows_the_dtype_and_never_guesses(tmp_path: Path)
     np.save(tmp_path / "u16.npy", (clip * 4000).astype(np.uint16))
     with pytest.raises(ValueError, match="uint16 frames have no known scale; pass --input-range"):
         read_frames(tmp_path / "u16.npy")
-    np.testing.assert_allclose(read_frames(tmp_path / "u16.npy", (0.0, 4000.0)), (clip * 4000).astype(np.uint16) / 4000.0, atol=1e-6)
+    np.testing.assert_allclose(
+        read_frames(tmp_path / "u16.npy", (0.0, 4000.0)), (clip * 4000).astype(np.uint16) / 4000.0, atol=1e-6
+    )
     np.save(tmp_path / "empty.npy", np.zeros((0, 16, 16), np.float32))
     with pytest.raises(ValueError, match="empty.npy: holds no frames"):
         read_frames(tmp_path / "empty.npy")
@@ -902,12 +1067,28 @@ def test_predict_and_evaluate_reject_bad_arguments_before_any_work(tiny_run: Pat
     ck = str(tiny_run / "checkpoints" / "best.pt")
     np.save(tmp_path / "in.npy", np.random.default_rng(1).random((12, 32, 32)).astype(np.float32))
     cases = [
-        ("scripts/predict.py", ["--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "o.txt")], "--output: expected a file ending in .gif"),
-        ("scripts/predict.py", ["--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "o.gif"), "--start", "-5"], "--start: expected an integer >= 0"),
-        ("scripts/predict.py", ["--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "in.npy" / "sub" / "o.gif")], "cannot create the output folder"),
+        (
+            "scripts/predict.py",
+            ["--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "o.txt")],
+            "--output: expected a file ending in .gif",
+        ),
+        (
+            "scripts/predict.py",
+            ["--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "o.gif"), "--start", "-5"],
+            "--start: expected an integer >= 0",
+        ),
+        (
+            "scripts/predict.py",
+            ["--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "in.npy" / "sub" / "o.gif")],
+            "cannot create the output folder",
+        ),
         ("scripts/evaluate.py", ["--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
         ("scripts/evaluate.py", ["--sequences", "0"], "--sequences: expected an integer >= 1, got 0"),
-        ("scripts/evaluate.py", ["--json", str(tmp_path / "in.npy" / "e.json")], "--json: cannot create the output folder"),
+        (
+            "scripts/evaluate.py",
+            ["--json", str(tmp_path / "in.npy" / "e.json")],
+            "--json: cannot create the output folder",
+        ),
     ]
     for script, extra, message in cases:  # in this process: an uncaught exception fails the test
         res = run_script(script, "--checkpoint", ck, *extra, ok=False)

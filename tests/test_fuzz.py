@@ -207,12 +207,15 @@ def _state_for(layer: ConvLSTM, case: Case, expected: Any) -> Any:
         return None
     _, h_shape, c_shape = expected
     if isinstance(h_shape, list):
-        return ([torch.zeros(s, dtype=case.layer_dtype) for s in h_shape], [torch.zeros(s, dtype=case.layer_dtype) for s in c_shape])
+        return (
+            [torch.zeros(s, dtype=case.layer_dtype) for s in h_shape],
+            [torch.zeros(s, dtype=case.layer_dtype) for s in c_shape],
+        )
     return torch.zeros(h_shape, dtype=case.layer_dtype), torch.zeros(c_shape, dtype=case.layer_dtype)
 
 
 def run_case(case: Case, seed: int) -> str:
-    """"ok", "rejected" or raises AssertionError describing what went wrong."""
+    """ "ok", "rejected" or raises AssertionError describing what went wrong."""
     torch.manual_seed(seed)
     kwargs = dict(case.kwargs)
     c_in = kwargs.pop("in_channels")
@@ -248,7 +251,7 @@ def run_case(case: Case, seed: int) -> str:
     assert _shape_of(out) == _shape_of_expected(exp_out), f"output {_shape_of(out)} != {exp_out}\n{case!r}"
     assert _shape_of(h_n) == _shape_of_expected(exp_h), f"h_n {_shape_of(h_n)} != {exp_h}\n{case!r}"
     assert _shape_of(c_n) == _shape_of_expected(exp_c), f"c_n {_shape_of(c_n)} != {exp_c}\n{case!r}"
-    for t in (out if isinstance(out, list) else [out]):
+    for t in out if isinstance(out, list) else [out]:
         assert t.dtype == case.layer_dtype and torch.isfinite(t).all(), case
     return "ok"
 
@@ -344,15 +347,31 @@ def _bad_files() -> dict[str, tuple[str, bytes, tuple[str, ...]]]:
         "npz-truncated-series": ("cases.npz", series_npz[: len(series_npz) // 2], ("series", "digits")),
         "npz-5-bytes": ("five.npz", b"hello", ("frames", "series", "digits")),
         "npz-empty": ("empty.npz", b"", ("frames", "series", "digits")),
-        "npz-huge-declared": ("huge.npz", _zip({"X.npy": _huge_npy_header(), "y.npy": _npy_bytes(_np.arange(2))}),
-                              ("series", "digits")),
+        "npz-huge-declared": (
+            "huge.npz",
+            _zip({"X.npy": _huge_npy_header(), "y.npy": _npy_bytes(_np.arange(2))}),
+            ("series", "digits"),
+        ),
         "npz-huge-declared-frames": ("hugeframes.npz", _zip({"frames.npy": _huge_npy_header()}), ("frames",)),
-        "npz-pickled": ("pickled.npz", _zip({"X.npy": _npy_bytes(_np.array([{"a": 1}], dtype=object))}),
-                        ("frames", "series", "digits")),
-        "npz-bad-crc": ("crc.npz", series_npz.replace(b"\x00\x00\x80?", b"\x00\x00\x80@", 1)
-                        if b"\x00\x00\x80?" in series_npz else series_npz[:-30] + bytes(30), ("series",)),
-        "npz-zero-cases": ("zero.npz", _zip({"X.npy": _npy_bytes(_np.zeros((0, 16, 3), _np.float32)),
-                                             "y.npy": _npy_bytes(_np.zeros(0, _np.int64))}), ("series", "digits")),
+        "npz-pickled": (
+            "pickled.npz",
+            _zip({"X.npy": _npy_bytes(_np.array([{"a": 1}], dtype=object))}),
+            ("frames", "series", "digits"),
+        ),
+        "npz-bad-crc": (
+            "crc.npz",
+            series_npz.replace(b"\x00\x00\x80?", b"\x00\x00\x80@", 1)
+            if b"\x00\x00\x80?" in series_npz
+            else series_npz[:-30] + bytes(30),
+            ("series",),
+        ),
+        "npz-zero-cases": (
+            "zero.npz",
+            _zip(
+                {"X.npy": _npy_bytes(_np.zeros((0, 16, 3), _np.float32)), "y.npy": _npy_bytes(_np.zeros(0, _np.int64))}
+            ),
+            ("series", "digits"),
+        ),
         "npz-not-a-zip-text": ("text.npz", b"X = [1, 2, 3]\n", ("series", "digits")),
         "npy-huge-declared": ("huge.npy", _huge_npy_header(), ("frames",)),
         "npy-truncated": ("cut.npy", _npy_bytes(frames_f)[:200], ("frames",)),
@@ -390,24 +409,47 @@ def _write_checkpoints(folder) -> dict:
 
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
-    frames_cfg = load_config(TINY_FRAMES, moving_mnist.DEFAULTS, ["model.hidden_channels=[4]", "model.head=conv",
-                                                                  "data.dataset=video_folder", "data.size=[16,16]",
-                                                                  f"data.root={folder / 'videos'}"])
+    frames_cfg = load_config(
+        TINY_FRAMES,
+        moving_mnist.DEFAULTS,
+        [
+            "model.hidden_channels=[4]",
+            "model.head=conv",
+            "data.dataset=video_folder",
+            "data.size=[16,16]",
+            f"data.root={folder / 'videos'}",
+        ],
+    )
     frames_model = moving_mnist.build_model(frames_cfg)
-    sensor_cfg = merge(sensors.DEFAULTS, {"data": {"dataset": "cases.npz", "window": 16}, "model": {
-        "conv_filters": 4, "conv_kernel": 3, "num_conv_layers": 2, "hidden_channels": 4, "lstm_layers": 1}})
+    sensor_cfg = merge(
+        sensors.DEFAULTS,
+        {
+            "data": {"dataset": "cases.npz", "window": 16},
+            "model": {
+                "conv_filters": 4,
+                "conv_kernel": 3,
+                "num_conv_layers": 2,
+                "hidden_channels": 4,
+                "lstm_layers": 1,
+            },
+        },
+    )
     sensor_model = sensors.build_model(sensor_cfg, 3, 2)
     patch_cfg = merge(patch_classifier.DEFAULTS, {"model": {"hidden_channels": [4]}})
     patch_model = patch_classifier.build_model(patch_cfg)
     state = {"kind": "sensors", "classes": ["a", "b"], "in_channels": 3, "standardizer": None}
-    for name, model, cfg, extra in (("frames", frames_model, frames_cfg, {}), ("sensors", sensor_model, sensor_cfg,
-                                    {"task_state": state}), ("patches", patch_model, patch_cfg, {})):
+    for name, model, cfg, extra in (
+        ("frames", frames_model, frames_cfg, {}),
+        ("sensors", sensor_model, sensor_cfg, {"task_state": state}),
+        ("patches", patch_model, patch_cfg, {}),
+    ):
         out[name] = folder / f"{name}.pt"
         save_checkpoint(out[name], {"model": model.state_dict(), "step": 0, "config": cfg, **extra})
     mm_cfg = load_config(TINY_FRAMES, moving_mnist.DEFAULTS, ["model.hidden_channels=[4]"])
     out["moving-mnist"] = folder / "moving-mnist.pt"
-    save_checkpoint(out["moving-mnist"], {"model": moving_mnist.build_model(mm_cfg).state_dict(), "step": 0,
-                                          "config": mm_cfg})
+    save_checkpoint(
+        out["moving-mnist"], {"model": moving_mnist.build_model(mm_cfg).state_dict(), "step": 0, "config": mm_cfg}
+    )
     nan_sd = copy.deepcopy(frames_model.state_dict())
     next(t for t in nan_sd.values() if t.is_floating_point()).view(-1)[0] = float("nan")
     out["nan-weights"] = folder / "nan.pt"
@@ -444,8 +486,18 @@ BAD_CONFIGS = {
     "yaml-nan-lr": b"train: {lr: .nan}\n",
     "yaml-python-tag": b"train: !!python/object/apply:os.system ['true']\n",
 }
-NULL_SETS = ["name=", "name=null", "train.steps=null", "train.lr=null", "seed=null", "train.deterministic=null",
-             "train.precision=null", "train.num_threads=null", "train.batch_size=~", "train=null"]
+NULL_SETS = [
+    "name=",
+    "name=null",
+    "train.steps=null",
+    "train.lr=null",
+    "seed=null",
+    "train.deterministic=null",
+    "train.precision=null",
+    "train.num_threads=null",
+    "train.batch_size=~",
+    "train=null",
+]
 
 
 def _corpus(tmp) -> list[tuple[str, list[str], str, bool]]:
@@ -459,63 +511,208 @@ def _corpus(tmp) -> list[tuple[str, list[str], str, bool]]:
         path = folder / fname
         path.write_bytes(data)
         if "frames" in kinds:
-            cases.append((f"predict-{name}", ["predict", "--checkpoint", str(cks["frames"]), "--input", str(path),
-                                              "--output", str(out / f"{name}.gif")], fname, True))
-            cases.append((f"evaluate-{name}", ["evaluate", "--checkpoint", str(cks["frames"]), "--data", str(folder)],
-                          fname, True))
-            cases.append((f"train-frames-{name}", ["train", "frames", "--config", str(TINY_FRAMES), "--run-dir",
-                                                   str(tmp / "runs" / name), "--set", "data.dataset=video_folder",
-                                                   "--set", f"data.root={folder}", "--set", "data.size=[16,16]"],
-                          fname, True))
+            cases.append(
+                (
+                    f"predict-{name}",
+                    [
+                        "predict",
+                        "--checkpoint",
+                        str(cks["frames"]),
+                        "--input",
+                        str(path),
+                        "--output",
+                        str(out / f"{name}.gif"),
+                    ],
+                    fname,
+                    True,
+                )
+            )
+            cases.append(
+                (
+                    f"evaluate-{name}",
+                    ["evaluate", "--checkpoint", str(cks["frames"]), "--data", str(folder)],
+                    fname,
+                    True,
+                )
+            )
+            cases.append(
+                (
+                    f"train-frames-{name}",
+                    [
+                        "train",
+                        "frames",
+                        "--config",
+                        str(TINY_FRAMES),
+                        "--run-dir",
+                        str(tmp / "runs" / name),
+                        "--set",
+                        "data.dataset=video_folder",
+                        "--set",
+                        f"data.root={folder}",
+                        "--set",
+                        "data.size=[16,16]",
+                    ],
+                    fname,
+                    True,
+                )
+            )
         if "series" in kinds:
-            cases.append((f"classify-sensors-{name}", ["classify", "--checkpoint", str(cks["sensors"]), "--data",
-                                                       str(path), "--output", str(out / name)], fname, True))
-            cases.append((f"train-sensors-{name}", ["train", "sensors", "--run-dir", str(tmp / "runs" / name),
-                                                    "--set", f"data.dataset={path}", "--set", "data.window=8"],
-                          fname, True))
+            cases.append(
+                (
+                    f"classify-sensors-{name}",
+                    ["classify", "--checkpoint", str(cks["sensors"]), "--data", str(path), "--output", str(out / name)],
+                    fname,
+                    True,
+                )
+            )
+            cases.append(
+                (
+                    f"train-sensors-{name}",
+                    [
+                        "train",
+                        "sensors",
+                        "--run-dir",
+                        str(tmp / "runs" / name),
+                        "--set",
+                        f"data.dataset={path}",
+                        "--set",
+                        "data.window=8",
+                    ],
+                    fname,
+                    True,
+                )
+            )
         if "digits" in kinds:
-            cases.append((f"classify-patches-{name}", ["classify", "--checkpoint", str(cks["patches"]), "--data",
-                                                       str(path), "--output", str(out / name)], fname, True))
+            cases.append(
+                (
+                    f"classify-patches-{name}",
+                    ["classify", "--checkpoint", str(cks["patches"]), "--data", str(path), "--output", str(out / name)],
+                    fname,
+                    True,
+                )
+            )
     for name, data in BAD_CSVS.items():
         folder = tmp / "csv" / name
         for split in ("train", "test"):  # a folder of recordings: classify reads it, training its train/ test/
             (folder / split).mkdir(parents=True)
             (folder / split / "rec.csv").write_bytes(data)
             (folder / "rec.csv").write_bytes(data)
-        cases.append((f"classify-sensors-csv-{name}", ["classify", "--checkpoint", str(cks["sensors"]), "--data",
-                                                       str(folder), "--output", str(out / f"csv-{name}")], "rec.csv", True))
-        cases.append((f"train-sensors-csv-{name}", ["train", "sensors", "--run-dir", str(tmp / "runs" / f"csv-{name}"),
-                                                    "--set", f"data.dataset={folder}", "--set", "data.window=8"],
-                      "rec.csv", True))
-        cases.append((f"train-sensors-daphnet-{name}", ["train", "sensors", "--run-dir", str(tmp / "runs" / f"d-{name}"),
-                                                        "--set", "data.dataset=daphnet", "--set",
-                                                        f"data.root={folder / 'rec.csv'}"], "rec.csv", True))
+        cases.append(
+            (
+                f"classify-sensors-csv-{name}",
+                [
+                    "classify",
+                    "--checkpoint",
+                    str(cks["sensors"]),
+                    "--data",
+                    str(folder),
+                    "--output",
+                    str(out / f"csv-{name}"),
+                ],
+                "rec.csv",
+                True,
+            )
+        )
+        cases.append(
+            (
+                f"train-sensors-csv-{name}",
+                [
+                    "train",
+                    "sensors",
+                    "--run-dir",
+                    str(tmp / "runs" / f"csv-{name}"),
+                    "--set",
+                    f"data.dataset={folder}",
+                    "--set",
+                    "data.window=8",
+                ],
+                "rec.csv",
+                True,
+            )
+        )
+        cases.append(
+            (
+                f"train-sensors-daphnet-{name}",
+                [
+                    "train",
+                    "sensors",
+                    "--run-dir",
+                    str(tmp / "runs" / f"d-{name}"),
+                    "--set",
+                    "data.dataset=daphnet",
+                    "--set",
+                    f"data.root={folder / 'rec.csv'}",
+                ],
+                "rec.csv",
+                True,
+            )
+        )
     clip = tmp / "clip.npy"
     _np.save(clip, (_np.random.default_rng(0).random((12, 16, 16)) * 255).astype(_np.uint8))
     for name in ("nan-weights", "config-string", "truncated", "empty", "garbage"):
         ck = cks[name]
-        cases.append((f"predict-ckpt-{name}", ["predict", "--checkpoint", str(ck), "--input", str(clip), "--output",
-                                               str(out / f"ck-{name}.npy")], ck.name, True))
-        cases.append((f"evaluate-ckpt-{name}", ["evaluate", "--checkpoint", str(ck), "--data", str(tmp / "ck")],
-                      ck.name, True))
-        cases.append((f"classify-ckpt-{name}", ["classify", "--checkpoint", str(ck), "--data", str(clip), "--output",
-                                                str(out / f"ck-{name}")], ck.name, True))
+        cases.append(
+            (
+                f"predict-ckpt-{name}",
+                ["predict", "--checkpoint", str(ck), "--input", str(clip), "--output", str(out / f"ck-{name}.npy")],
+                ck.name,
+                True,
+            )
+        )
+        cases.append(
+            (f"evaluate-ckpt-{name}", ["evaluate", "--checkpoint", str(ck), "--data", str(tmp / "ck")], ck.name, True)
+        )
+        cases.append(
+            (
+                f"classify-ckpt-{name}",
+                ["classify", "--checkpoint", str(ck), "--data", str(clip), "--output", str(out / f"ck-{name}")],
+                ck.name,
+                True,
+            )
+        )
     ck = cks["nan-weights-sensors"]
     good_cases = tmp / "good.npz"
     good_cases.write_bytes(_good_series_npz())
-    cases.append(("classify-ckpt-nan-weights-sensors", ["classify", "--checkpoint", str(ck), "--data", str(good_cases),
-                                                        "--output", str(out / "nan-sensors")], ck.name, True))
+    cases.append(
+        (
+            "classify-ckpt-nan-weights-sensors",
+            ["classify", "--checkpoint", str(ck), "--data", str(good_cases), "--output", str(out / "nan-sensors")],
+            ck.name,
+            True,
+        )
+    )
     for name, data in BAD_CONFIGS.items():
         cfg = tmp / "configs" / f"{name}.yaml"
         cfg.parent.mkdir(parents=True, exist_ok=True)
         cfg.write_bytes(data)
         for job in ("frames", "sensors", "patches"):
-            cases.append((f"train-{job}-{name}", ["train", job, "--config", str(cfg), "--run-dir",
-                                                  str(tmp / "runs" / f"{job}-{name}")], cfg.name, True))
+            cases.append(
+                (
+                    f"train-{job}-{name}",
+                    ["train", job, "--config", str(cfg), "--run-dir", str(tmp / "runs" / f"{job}-{name}")],
+                    cfg.name,
+                    True,
+                )
+            )
     for item in NULL_SETS:
         key = item.split("=")[0]
-        cases.append((f"train-frames-set-{item}", ["train", "frames", "--config", str(TINY_FRAMES), "--run-dir",
-                                                   str(tmp / "runs" / "nulls"), "--set", item], key, True))
+        cases.append(
+            (
+                f"train-frames-set-{item}",
+                [
+                    "train",
+                    "frames",
+                    "--config",
+                    str(TINY_FRAMES),
+                    "--run-dir",
+                    str(tmp / "runs" / "nulls"),
+                    "--set",
+                    item,
+                ],
+                key,
+                True,
+            )
+        )
     folder_out = tmp / "a-folder.gif"
     folder_out.mkdir()
     a_file = tmp / "a-file"
@@ -532,15 +729,34 @@ def _corpus(tmp) -> list[tuple[str, list[str], str, bool]]:
         ("output-under-a-file", ["--output", str(a_file / "o.gif")], str(a_file)),
     ):
         cases.append((f"predict-{name}", predict + extra, named, named.startswith("/")))
-    cases.append(("evaluate-json-a-folder", ["evaluate", "--checkpoint", str(cks["frames"]), "--json", str(tmp)],
-                  str(tmp), True))
-    cases.append(("evaluate-json-under-a-file", ["evaluate", "--checkpoint", str(cks["frames"]), "--json",
-                                                 str(a_file / "x.json")], str(a_file), True))
+    cases.append(
+        ("evaluate-json-a-folder", ["evaluate", "--checkpoint", str(cks["frames"]), "--json", str(tmp)], str(tmp), True)
+    )
+    cases.append(
+        (
+            "evaluate-json-under-a-file",
+            ["evaluate", "--checkpoint", str(cks["frames"]), "--json", str(a_file / "x.json")],
+            str(a_file),
+            True,
+        )
+    )
     # a Moving MNIST checkpoint given --data (video folders only): a usage error, status 2
-    cases.append(("evaluate-data-on-moving-mnist", ["evaluate", "--checkpoint", str(cks["moving-mnist"]), "--data",
-                                                    str(tmp / "ck")], "--data", True))
-    cases.append(("classify-output-a-file", ["classify", "--checkpoint", str(cks["sensors"]), "--data",
-                                             str(good_cases), "--output", str(a_file)], str(a_file), True))
+    cases.append(
+        (
+            "evaluate-data-on-moving-mnist",
+            ["evaluate", "--checkpoint", str(cks["moving-mnist"]), "--data", str(tmp / "ck")],
+            "--data",
+            True,
+        )
+    )
+    cases.append(
+        (
+            "classify-output-a-file",
+            ["classify", "--checkpoint", str(cks["sensors"]), "--data", str(good_cases), "--output", str(a_file)],
+            str(a_file),
+            True,
+        )
+    )
     return cases
 
 

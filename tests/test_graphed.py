@@ -24,8 +24,9 @@ CUDA = torch.cuda.is_available()
 
 def _forecaster(device: str = "cpu") -> EncoderForecaster:
     torch.manual_seed(0)
-    return EncoderForecaster(1, [6], 3, patch_size=4, input_frames=3, output_frames=3, head="dynamic_filter",
-                             filter_size=3).to(device)
+    return EncoderForecaster(
+        1, [6], 3, patch_size=4, input_frames=3, output_frames=3, head="dynamic_filter", filter_size=3
+    ).to(device)
 
 
 def _forecast_and_grads(model: EncoderForecaster, impl: str, x, y, teacher_forcing):
@@ -80,7 +81,9 @@ def test_graphed_layer_equals_plain_and_falls_back_where_it_must():
         x.grad = None
         outs, (h, c) = layer(x, h0)
         (sum(o.square().sum() for o in outs) + sum(t.sum() for t in h) + sum(t.sum() for t in c)).backward()
-        return [o.detach() for o in outs] + [t.detach() for t in (*h, *c)], [x.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+        return [o.detach() for o in outs] + [t.detach() for t in (*h, *c)], [x.grad.clone()] + [
+            p.grad.clone() for p in layer.parameters()
+        ]
 
     ref, ref_g = run("plain")
     with warnings.catch_warnings():
@@ -111,10 +114,21 @@ def test_training_with_graphed_on_cpu(tmp_path):
     from convlstm_vp.train.loop import fit
     from convlstm_vp.train.tasks.frames import DEFAULTS, FramePredictionTask
 
-    cfg = load_config(ROOT / "configs" / "tiny-moving-mnist.yaml", DEFAULTS,
-                      ["train.num_threads=1", "model.hidden_channels=[6]", "model.input_frames=2", "model.output_frames=2",
-                       "train.steps=4", "train.eval_every=4", "train.checkpoint_every=4", "train.implementation=graphed",
-                       "data.final_eval_sequences=8"])
+    cfg = load_config(
+        ROOT / "configs" / "tiny-moving-mnist.yaml",
+        DEFAULTS,
+        [
+            "train.num_threads=1",
+            "model.hidden_channels=[6]",
+            "model.input_frames=2",
+            "model.output_frames=2",
+            "train.steps=4",
+            "train.eval_every=4",
+            "train.checkpoint_every=4",
+            "train.implementation=graphed",
+            "data.final_eval_sequences=8",
+        ],
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         result = fit(FramePredictionTask(cfg), cfg, tmp_path / "run")
@@ -178,7 +192,11 @@ def test_prefetching_the_next_batch_changes_no_number(tmp_path, monkeypatch):
         task = FramePredictionTask(cfg)
         seen = events[prefetch] = []
         build = task.train_batch
-        monkeypatch.setattr(task, "train_batch", lambda step, rank, world, build=build, seen=seen: seen.append(step) or build(step, rank, world))
+        monkeypatch.setattr(
+            task,
+            "train_batch",
+            lambda step, rank, world, build=build, seen=seen: seen.append(step) or build(step, rank, world),
+        )
         hook = register_optimizer_step_post_hook(lambda *a, seen=seen: seen.append("update"))
         try:
             loop.fit(task, cfg, tmp_path / str(prefetch))
@@ -191,7 +209,6 @@ def test_prefetching_the_next_batch_changes_no_number(tmp_path, monkeypatch):
     assert events[True] == [0, 0, 1, "update", 2, "update", 3, "update", 4, "update", "update"]
     for k, w in weights[False].items():
         torch.testing.assert_close(weights[True][k], w, rtol=0, atol=0, msg=k)
-
 
 
 def _job_of(config: Path) -> str:

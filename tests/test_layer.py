@@ -18,8 +18,11 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-6) -> None:
 def _twin(layer: ConvLSTM, **changes) -> ConvLSTM:
     """A layer with the same weights and arguments except ``changes``."""
     kw = dict(
-        spatial_dims=layer.spatial_dims, batch_first=layer.batch_first, data_format=layer.data_format,
-        bidirectional=layer.bidirectional, num_layers=layer.num_layers,
+        spatial_dims=layer.spatial_dims,
+        batch_first=layer.batch_first,
+        data_format=layer.data_format,
+        bidirectional=layer.bidirectional,
+        num_layers=layer.num_layers,
     )
     kw.update(changes)
     other = ConvLSTM(layer.in_channels, layer.hidden_channels, **kw)
@@ -124,7 +127,9 @@ def test_per_layer_strides_shrink_the_state():
 @pytest.mark.parametrize("rank,fused", [(0, True), (0, False), (2, False)])
 def test_stateful_carries_state_and_reset_state_forgets_it(rank, fused):
     torch.manual_seed(8)
-    layer = ConvLSTM(2, 3, spatial_dims=rank, num_layers=2, stateful=True, implementation=Implementation(torch_lstm=fused))
+    layer = ConvLSTM(
+        2, 3, spatial_dims=rank, num_layers=2, stateful=True, implementation=Implementation(torch_lstm=fused)
+    )
     x = torch.randn(2, 6, 2, *SPATIAL[rank])
     full = _twin(layer)
     y_full, (h_full, _) = full(x)
@@ -161,11 +166,20 @@ def test_initial_state_is_used():
 
 
 # ---------------------------------------------------------------- lengths, go_backwards, last step
-@pytest.mark.parametrize("rank,fused,bidirectional", [(0, True, False), (0, True, True), (0, False, True),
-                                                      (2, False, False), (2, False, True)])
+@pytest.mark.parametrize(
+    "rank,fused,bidirectional",
+    [(0, True, False), (0, True, True), (0, False, True), (2, False, False), (2, False, True)],
+)
 def test_lengths_equal_running_each_sequence_truncated(rank, fused, bidirectional):
     torch.manual_seed(10)
-    layer = ConvLSTM(2, 3, spatial_dims=rank, num_layers=2, bidirectional=bidirectional, implementation=Implementation(torch_lstm=fused))
+    layer = ConvLSTM(
+        2,
+        3,
+        spatial_dims=rank,
+        num_layers=2,
+        bidirectional=bidirectional,
+        implementation=Implementation(torch_lstm=fused),
+    )
     x = torch.randn(3, 5, 2, *SPATIAL[rank])
     lengths = torch.tensor([2, 5, 3])
     y, (h, c) = layer(x, lengths=lengths)
@@ -205,11 +219,15 @@ def test_go_backwards_equals_running_on_the_flipped_sequence(rank):
     _close(hl[:, 1:], h1)
 
 
-@pytest.mark.parametrize("rank,bidirectional,fused", [(0, False, True), (0, True, True), (0, True, False),
-                                                      (2, False, False), (2, True, False)])
+@pytest.mark.parametrize(
+    "rank,bidirectional,fused",
+    [(0, False, True), (0, True, True), (0, True, False), (2, False, False), (2, True, False)],
+)
 def test_return_sequences_false_gives_the_last_valid_step(rank, bidirectional, fused):
     torch.manual_seed(12)
-    seq = ConvLSTM(2, 3, spatial_dims=rank, bidirectional=bidirectional, implementation=Implementation(torch_lstm=fused))
+    seq = ConvLSTM(
+        2, 3, spatial_dims=rank, bidirectional=bidirectional, implementation=Implementation(torch_lstm=fused)
+    )
     last = _twin(seq, return_sequences=False)
     last.implementation = Implementation(torch_lstm=fused)
     x = torch.randn(3, 5, 2, *SPATIAL[rank])
@@ -364,8 +382,10 @@ def test_no_two_modules_of_the_package_import_each_other():
     import convlstm_vp
 
     root = Path(convlstm_vp.__file__).parent
-    modules = {p.relative_to(root.parent).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__"): p
-               for p in root.rglob("*.py")}
+    modules = {
+        p.relative_to(root.parent).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__"): p
+        for p in root.rglob("*.py")
+    }
     edges = set()
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -379,9 +399,15 @@ def test_no_two_modules_of_the_package_import_each_other():
                     dep = full if full in modules else target
                     if dep in modules and dep != name:
                         edges.add((name, dep))
-    mutual = sorted((a, b) for a, b in edges if (b, a) in edges and a < b and not b.startswith(a + ".") and not a.startswith(b + "."))
+    mutual = sorted(
+        (a, b)
+        for a, b in edges
+        if (b, a) in edges and a < b and not b.startswith(a + ".") and not a.startswith(b + ".")
+    )
     assert not mutual, f"modules that import each other: {mutual}"
-    assert not any(a.startswith("convlstm_vp.nn") and not b.startswith("convlstm_vp.nn") for a, b in edges), "nn/ imports outside nn/"
+    assert not any(a.startswith("convlstm_vp.nn") and not b.startswith("convlstm_vp.nn") for a, b in edges), (
+        "nn/ imports outside nn/"
+    )
 
 
 @pytest.mark.parametrize("rank", [0, 1, 2, 3])

@@ -90,7 +90,11 @@ def test_patch_order_round_trip_through_the_data_path(order):
     pool = task.pool.indices  # 256 evenly spaced train digits less the validation digits
     val = task.pool.val_indices  # 10% of each class of them, held out
     assert len(pool) + len(val) == 256 and not set(pool.tolist()) & set(val.tolist())
-    assert 20 <= len(val) <= 30 and len(set(task.pool.labels.tolist())) == 10 and len(set(task.pool.val_labels.tolist())) == 10
+    assert (
+        20 <= len(val) <= 30
+        and len(set(task.pool.labels.tolist())) == 10
+        and len(set(task.pool.val_labels.tolist())) == 10
+    )
     images = torch.from_numpy(load_digits("datasets", "train", "embedded").images[pool].astype(np.float32) / 255.0)
     reassembled = unpatchify(batch, 28, order)  # (8, 1, 28, 28)
     for k in range(batch.shape[0]):
@@ -210,7 +214,10 @@ def test_scripts_run_end_to_end_on_tiny_configs(tmp_path: Path):
     procs = {
         name: subprocess.Popen(
             [sys.executable, script, "--config", str(config), "--run-dir", str(tmp_path / name)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for name, (script, config) in runs.items()
     }  # the two runs share the two cores
@@ -234,8 +241,18 @@ def test_scripts_run_end_to_end_on_tiny_configs(tmp_path: Path):
     grid = Image.open(run / "misclassified.png")
     assert grid.size[0] >= 56 and grid.size[1] >= 56
     tags = _tb_tags(run)
-    assert {"train/loss", "train/accuracy", "val/accuracy", "val/loss", "val_per_class/recall_9", "test/accuracy", "test_per_class/recall_9"} <= set(tags["scalars"])
-    assert {"val/confusion_matrix", "val/misclassified", "test/confusion_matrix", "test/misclassified"} <= set(tags["images"])
+    assert {
+        "train/loss",
+        "train/accuracy",
+        "val/accuracy",
+        "val/loss",
+        "val_per_class/recall_9",
+        "test/accuracy",
+        "test_per_class/recall_9",
+    } <= set(tags["scalars"])
+    assert {"val/confusion_matrix", "val/misclassified", "test/confusion_matrix", "test/misclassified"} <= set(
+        tags["images"]
+    )
 
     run = tmp_path / "completion"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -246,7 +263,11 @@ def test_scripts_run_end_to_end_on_tiny_configs(tmp_path: Path):
     assert picture.size == (3 * 56 + 4 * 2, 4 * (56 + 14) + 5 * 2)
     assert f"reassembled digits: {run / 'completions.png'}" in out["completion"]
     tags = _tb_tags(run)
-    assert {"val/completions", "test/completions"} <= set(tags["images"]) and {"train/loss", "val/mse", "test/mse"} <= set(tags["scalars"])
+    assert {"val/completions", "test/completions"} <= set(tags["images"]) and {
+        "train/loss",
+        "val/mse",
+        "test/mse",
+    } <= set(tags["scalars"])
 
 
 def test_subset_indices_are_evenly_spaced_and_cover_every_class():

@@ -28,8 +28,13 @@ def _script():
 def test_profiled_steps_are_the_training_loops_steps(tmp_path):
     """N profiled steps from the config's seed end with the weights fit() reaches in N steps."""
     prof = _script()
-    sets = ["train.num_threads=1", "train.steps=3", "motion_loss_weight=0.5", "model.head=dynamic_filter",
-            "model.scheduled_sampling=[1.0,0.0,2]"]
+    sets = [
+        "train.num_threads=1",
+        "train.steps=3",
+        "motion_loss_weight=0.5",
+        "model.head=dynamic_filter",
+        "model.scheduled_sampling=[1.0,0.0,2]",
+    ]
     args = argparse.Namespace(task="moving_mnist", config=TINY, overrides=sets)
     task, model, cfg, device = prof.build(args)
     stepper = prof.Stepper(task, model, cfg, device, total_steps=3)
@@ -53,9 +58,30 @@ def test_profiled_steps_are_the_training_loops_steps(tmp_path):
 def test_profile_script_reports_loop_phases_and_operators(tmp_path):
     out, trace = tmp_path / "prof.json", tmp_path / "trace"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "profile_training.py"), "--config", TINY, "--set", "train.num_threads=1",
-         "--steps", "3", "--warmup", "1", "--trace", str(trace), "--profile-steps", "2", "--top", "5", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "profile_training.py"),
+            "--config",
+            TINY,
+            "--set",
+            "train.num_threads=1",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--trace",
+            str(trace),
+            "--profile-steps",
+            "2",
+            "--top",
+            "5",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
@@ -73,25 +99,34 @@ def test_profile_script_reports_loop_phases_and_operators(tmp_path):
     assert "loop (2 reads/step)" in proc.stdout and "busiest operators" in proc.stdout
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--steps", "0"], "--steps: expected a positive number of steps, got 0"),
-    (["--warmup", "-1"], "--warmup: expected 0 or more steps, got -1"),
-    (["--set", "train.stepz=3"], "train.stepz"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--steps", "0"], "--steps: expected a positive number of steps, got 0"),
+        (["--warmup", "-1"], "--warmup: expected 0 or more steps, got -1"),
+        (["--set", "train.stepz=3"], "train.stepz"),
+    ],
+)
 def test_profile_script_rejects_bad_arguments(argv, expected):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "profile_training.py"), "--config", TINY, *argv],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert expected in proc.stderr
 
 
-@pytest.mark.parametrize("task, config", [
-    ("patch_classifier", "tiny-patch-classifier.yaml"),
-    ("patch_completion", "tiny-patch-completion.yaml"),
-    ("sensors", "deepconvlstm-tiny.yaml"),
-])
+@pytest.mark.parametrize(
+    "task, config",
+    [
+        ("patch_classifier", "tiny-patch-classifier.yaml"),
+        ("patch_completion", "tiny-patch-completion.yaml"),
+        ("sensors", "deepconvlstm-tiny.yaml"),
+    ],
+)
 def test_profiler_steps_every_task(task, config):
     prof = _script()
     args = argparse.Namespace(task=task, config=str(ROOT / "configs" / config), overrides=["train.num_threads=1"])

@@ -22,7 +22,9 @@ def test_crop_digits_finds_each_digit_where_the_generator_put_it():
     # with one digit the window holds all of the frame's ink, and nothing else
     one, c1, i1 = render_moving_mnist(pool.images, 2, 5, 1, rng=2, return_trajectories=True)
     crops1 = crop_digits(frames_to_tensor(one), torch.from_numpy(c1))
-    torch.testing.assert_close(crops1[:, 0, :, 0], torch.from_numpy(pool.images[i1[:, 0]]).float().div(255)[:, None].expand(-1, 5, -1, -1))
+    torch.testing.assert_close(
+        crops1[:, 0, :, 0], torch.from_numpy(pool.images[i1[:, 0]]).float().div(255)[:, None].expand(-1, 5, -1, -1)
+    )
     with pytest.raises(ValueError, match="corners must lie in"):
         crop_digits(frames_to_tensor(one), torch.from_numpy(c1) + 64)
     with pytest.raises(ValueError, match=r"expected frames \(N, T, 1, S, S\)"):

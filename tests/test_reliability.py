@@ -53,7 +53,12 @@ def _cmd(run_dir: Path, overrides: list[str], resume: bool = False) -> list[str]
 
 def _start(run_dir: Path, overrides: list[str], resume: bool = False) -> subprocess.Popen:
     return subprocess.Popen(
-        _cmd(run_dir, overrides, resume), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _cmd(run_dir, overrides, resume),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -238,13 +243,24 @@ def test_a_second_training_on_a_locked_run_folder_stops_before_touching_it(tmp_p
         p = _start(run, ["train.steps=2"])
         rc, out = _finish(p)
         assert rc == 2, out
-        assert f"run folder {run} is in use by another training process (PID {os.getpid()})" in out and "Traceback" not in out
+        assert (
+            f"run folder {run} is in use by another training process (PID {os.getpid()})" in out
+            and "Traceback" not in out
+        )
         assert stale.exists() and not (run / "config.yaml").exists()  # nothing touched
     # a holder killed by SIGKILL releases the lock: the next run (or --resume) proceeds
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from convlstm_vp.train.checkpoint import run_folder_lock\n"
-                               f"with run_folder_lock(Path({str(run)!r})):\n print('locked', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True, env=_env())
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from convlstm_vp.train.checkpoint import run_folder_lock\n"
+            f"with run_folder_lock(Path({str(run)!r})):\n print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(RuntimeError, match=f"PID {holder.pid}"):
         with run_folder_lock(run):
@@ -255,7 +271,9 @@ def test_a_second_training_on_a_locked_run_folder_stops_before_touching_it(tmp_p
         assert (run / ".lock").read_text().strip() == str(os.getpid())
 
 
-def test_a_full_disk_is_one_line_naming_the_file_and_the_last_checkpoint_stays(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_a_full_disk_is_one_line_naming_the_file_and_the_last_checkpoint_stays(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
     import errno
 
     from convlstm_vp.train import checkpoint
@@ -268,8 +286,10 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_last_checkpoint_stays(t
         f = real_fdopen(fd, *args, **kwargs)
         writes.append(1)
         if len(writes) > 3:  # config.yaml, last.pt at step 2, best.pt ... then the disk is full
+
             def no_space(data):
                 raise OSError(errno.ENOSPC, "No space left on device")
+
             f.write = no_space
         return f
 
@@ -413,9 +433,14 @@ def test_stale_temporaries_are_removed_and_a_mismatched_resume_names_the_file(tm
     _fit(_tiny_config("train.steps=2", "train.eval_every=2"), tmp_path)
     assert not stale.exists()
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 2
-    with pytest.raises(ConfigError, match=r"last\.pt was trained with in model\.hidden_channels: \[4\] -> \[6\], "
-                                          r"train\.schedule: 'onecycle' -> 'constant'"):
-        _fit(_tiny_config("train.steps=4", "model.hidden_channels=[6]", "train.schedule=constant"), tmp_path, resume=True)
+    with pytest.raises(
+        ConfigError,
+        match=r"last\.pt was trained with in model\.hidden_channels: \[4\] -> \[6\], "
+        r"train\.schedule: 'onecycle' -> 'constant'",
+    ):
+        _fit(
+            _tiny_config("train.steps=4", "model.hidden_channels=[6]", "train.schedule=constant"), tmp_path, resume=True
+        )
     with pytest.raises(CheckpointError, match=r"train\.steps=2.*train\.steps=4.*onecycle"):
         _fit(_tiny_config("train.steps=4"), tmp_path, resume=True)
 
@@ -485,7 +510,9 @@ def test_non_finite_weights_are_never_saved_as_a_good_checkpoint(tmp_path: Path)
     cfg = _tiny_config("train.steps=8", "train.checkpoint_every=2", "train.eval_every=1000", "train.nan_policy=skip")
     task = _injecting_task(cfg, 5, "weights")
     task.run_dir = tmp_path
-    with pytest.raises(NonFiniteLossError, match=r"weights became NaN/Inf by step 6 .*last.pt was not written.*kept at"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"weights became NaN/Inf by step 6 .*last.pt was not written.*kept at"
+    ):
         _fit(cfg, tmp_path, task=task)
     last = tmp_path / "checkpoints" / "last.pt"
     assert last.read_bytes() == task.seen["last.pt"]
@@ -499,9 +526,15 @@ def test_json_outputs_stay_valid_json_with_nan_and_inf() -> None:
 
     from convlstm_vp.train.checkpoint import json_bytes
 
-    text = json_bytes({"mse": float("nan"), "per_frame": [1.0, float("inf"), -float("inf")], "ok": 2, "nested": {"x": float("nan")}})
+    text = json_bytes(
+        {"mse": float("nan"), "per_frame": [1.0, float("inf"), -float("inf")], "ok": 2, "nested": {"x": float("nan")}}
+    )
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard constant {c}")) == {
-        "mse": None, "per_frame": [1.0, None, None], "ok": 2, "nested": {"x": None}}
+        "mse": None,
+        "per_frame": [1.0, None, None],
+        "ok": 2,
+        "nested": {"x": None},
+    }
 
 
 @pytest.mark.parametrize("kind", ["loss", "grad", "input"])
@@ -598,12 +631,19 @@ def test_precision_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypa
         assert len(messages) == 1 and "without native bfloat16" in messages[0] and "train.precision=auto" in messages[0]
 
 
-@pytest.mark.parametrize("flags, oneDNN, native", [
-    ("fpu avx2 avx512f avx512bw avx512_vnni", True, False),  # Skylake to Ice Lake: oneDNN converts, slower than fp32
-    ("fpu avx2 avx512f avx512_bf16", True, True),  # Cooper Lake, Zen 4
-    ("fpu avx2 avx512f amx_bf16 amx_tile", True, True),  # Sapphire Rapids
-    ("fpu avx2 fma", False, False),  # AVX2 only
-])
+@pytest.mark.parametrize(
+    "flags, oneDNN, native",
+    [
+        (
+            "fpu avx2 avx512f avx512bw avx512_vnni",
+            True,
+            False,
+        ),  # Skylake to Ice Lake: oneDNN converts, slower than fp32
+        ("fpu avx2 avx512f avx512_bf16", True, True),  # Cooper Lake, Zen 4
+        ("fpu avx2 avx512f amx_bf16 amx_tile", True, True),  # Sapphire Rapids
+        ("fpu avx2 fma", False, False),  # AVX2 only
+    ],
+)
 def test_native_bf16_needs_the_bf16_instructions_not_only_avx512(monkeypatch, tmp_path, flags, oneDNN, native):
     """precision auto is bf16 only where the CPU has bf16 arithmetic: oneDNN's bf16 on plain
     AVX-512 measured 2.2x slower than fp32 (the Moving MNIST training step on an Ice Lake)."""
@@ -618,7 +658,11 @@ def test_native_bf16_needs_the_bf16_instructions_not_only_avx512(monkeypatch, tm
     monkeypatch.setattr(fast, "cpu_bf16_supported", lambda: oneDNN)
     assert fast.cpu_bf16_native.__wrapped__() is native
     # where /proc/cpuinfo cannot be read, oneDNN's own check decides
-    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (_ for _ in ()).throw(OSError("no")) if f == "/proc/cpuinfo" else real_open(f, *a, **k))
+    monkeypatch.setattr(
+        builtins,
+        "open",
+        lambda f, *a, **k: (_ for _ in ()).throw(OSError("no")) if f == "/proc/cpuinfo" else real_open(f, *a, **k),
+    )
     assert fast.cpu_bf16_native.__wrapped__() is oneDNN
 
 
@@ -649,8 +693,19 @@ def test_an_empty_run_name_is_refused() -> None:
             _tiny_config(item)
 
 
-@pytest.mark.parametrize("item", ["name=", "name=null", "train.steps=null", "train.lr=null", "seed=null",
-                                  "train.deterministic=null", "train.precision=null", "train.num_threads=null"])
+@pytest.mark.parametrize(
+    "item",
+    [
+        "name=",
+        "name=null",
+        "train.steps=null",
+        "train.lr=null",
+        "seed=null",
+        "train.deterministic=null",
+        "train.precision=null",
+        "train.num_threads=null",
+    ],
+)
 def test_a_null_override_is_refused_naming_the_key(item: str) -> None:
     key = item.split("=")[0]
     with pytest.raises(ConfigError, match=rf"config key '{key}': expected .*got null"):
@@ -685,7 +740,9 @@ def test_checkpoints_with_nan_weights_or_a_config_that_is_not_a_mapping_are_refu
 
 
 # ----------------------------------------------------------------------------- outputs, statuses
-def test_an_unwritable_output_folder_is_found_before_the_checkpoint_is_read(tmp_path: Path, capsys, monkeypatch) -> None:
+def test_an_unwritable_output_folder_is_found_before_the_checkpoint_is_read(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
     import tempfile
 
     from convlstm_vp.cli import main
@@ -695,13 +752,17 @@ def test_an_unwritable_output_folder_is_found_before_the_checkpoint_is_read(tmp_
 
     monkeypatch.setattr(tempfile, "TemporaryFile", refuse)  # a read-only folder (root may write anywhere)
     missing = tmp_path / "not-read.pt"  # never opened: the output is checked first
-    for argv in (["predict", "--checkpoint", str(missing), "--input", "x.npy", "--output", str(tmp_path / "ro" / "o.gif")],
-                 ["evaluate", "--checkpoint", str(missing), "--json", str(tmp_path / "ro" / "e.json")],
-                 ["classify", "--checkpoint", str(missing), "--data", "x.npz", "--output", str(tmp_path / "ro")]):
+    for argv in (
+        ["predict", "--checkpoint", str(missing), "--input", "x.npy", "--output", str(tmp_path / "ro" / "o.gif")],
+        ["evaluate", "--checkpoint", str(missing), "--json", str(tmp_path / "ro" / "e.json")],
+        ["classify", "--checkpoint", str(missing), "--data", "x.npz", "--output", str(tmp_path / "ro")],
+    ):
         with pytest.raises(SystemExit) as info:
             main(argv)
         err = capsys.readouterr().err
-        assert info.value.code == 2 and f"cannot write into the folder {tmp_path / 'ro'} (Permission denied)" in err, err
+        assert info.value.code == 2 and f"cannot write into the folder {tmp_path / 'ro'} (Permission denied)" in err, (
+            err
+        )
         assert "not-read.pt" not in err
 
 

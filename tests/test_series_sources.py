@@ -34,9 +34,18 @@ def _series(rng: np.random.Generator, label: int, length: int) -> np.ndarray:
 
 
 def write_ts(path: Path, cases: list[np.ndarray], labels: list[str] | None) -> None:
-    lines = ["# written by the tests", f"@problemName {path.stem}", "@timeStamps false", "@missing false",
-             "@univariate false", f"@dimensions {cases[0].shape[1]}", "@equalLength false",
-             "@classLabel " + ("true " + " ".join(sorted({label.replace(' ', '_') for label in labels})) if labels else "false"), "@data"]
+    lines = [
+        "# written by the tests",
+        f"@problemName {path.stem}",
+        "@timeStamps false",
+        "@missing false",
+        "@univariate false",
+        f"@dimensions {cases[0].shape[1]}",
+        "@equalLength false",
+        "@classLabel "
+        + ("true " + " ".join(sorted({label.replace(" ", "_") for label in labels})) if labels else "false"),
+        "@data",
+    ]
     for i, case in enumerate(cases):
         dims = ":".join(",".join(f"{v:.5f}" for v in case[:, c]) for c in range(case.shape[1]))
         lines.append(dims + (f":{labels[i].replace(' ', '_')}" if labels else ""))
@@ -56,11 +65,23 @@ def ts_pair(tmp_path_factory) -> Path:
 
 
 def tiny(dataset: str, **data) -> dict:
-    cfg = merge(DEFAULTS, {"model": {"conv_filters": 8, "conv_kernel": 3, "num_conv_layers": 2, "hidden_channels": 16,
-                                     "dropout": 0.0},
-                           "data": {"dataset": dataset, **data},
-                           "train": {"steps": 30, "batch_size": 8, "lr": 0.01, "eval_every": 10, "checkpoint_every": 10,
-                                     "log_every": 10, "progress": False, "num_threads": 1}})
+    cfg = merge(
+        DEFAULTS,
+        {
+            "model": {"conv_filters": 8, "conv_kernel": 3, "num_conv_layers": 2, "hidden_channels": 16, "dropout": 0.0},
+            "data": {"dataset": dataset, **data},
+            "train": {
+                "steps": 30,
+                "batch_size": 8,
+                "lr": 0.01,
+                "eval_every": 10,
+                "checkpoint_every": 10,
+                "log_every": 10,
+                "progress": False,
+                "num_threads": 1,
+            },
+        },
+    )
     return cfg
 
 
@@ -75,8 +96,16 @@ def test_padded_batch_gives_the_logits_of_each_series_alone() -> None:
         x_junk[i, n:] = 1e3  # what lies past a series' end must not matter
     for recurrent in ("rank0", "rank1"):
         for conv_mode in ("mixed", "per_channel"):
-            model = DeepConvLSTM(3, 5, conv_filters=8, conv_kernel=3, num_conv_layers=2, hidden_channels=16,
-                                 recurrent=recurrent, conv_mode=conv_mode).eval()
+            model = DeepConvLSTM(
+                3,
+                5,
+                conv_filters=8,
+                conv_kernel=3,
+                num_conv_layers=2,
+                hidden_channels=16,
+                recurrent=recurrent,
+                conv_mode=conv_mode,
+            ).eval()
             batch = model(x_junk, lengths=torch.tensor(lengths))
             alone = torch.stack([model(x[i : i + 1, :n])[0] for i, n in enumerate(lengths)])
             torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-5)
@@ -97,10 +126,24 @@ def test_ts_pair_trains_with_variable_lengths_and_classify_reproduces_the_test(t
         assert float(x[i, int(lengths[i]) :].abs().sum()) == 0.0
 
     run = tmp_path / "run"
-    argv = ["--run-dir", str(run)] + [f"--set={k}" for k in (
-        f"data.dataset={ts_pair}", "model.conv_filters=8", "model.conv_kernel=3", "model.num_conv_layers=2",
-        "model.hidden_channels=16", "model.dropout=0.0", "train.steps=30", "train.batch_size=8", "train.lr=0.01",
-        "train.eval_every=10", "train.checkpoint_every=10", "train.progress=false", "train.num_threads=1")]
+    argv = ["--run-dir", str(run)] + [
+        f"--set={k}"
+        for k in (
+            f"data.dataset={ts_pair}",
+            "model.conv_filters=8",
+            "model.conv_kernel=3",
+            "model.num_conv_layers=2",
+            "model.hidden_channels=16",
+            "model.dropout=0.0",
+            "train.steps=30",
+            "train.batch_size=8",
+            "train.lr=0.01",
+            "train.eval_every=10",
+            "train.checkpoint_every=10",
+            "train.progress=false",
+            "train.num_threads=1",
+        )
+    ]
     metrics = run_training(argv, "test", DEFAULTS, SensorTask)
     saved = json.loads((run / "metrics.json").read_text())
     assert set(saved["per_class_recall"]) == {"left_turn", "right_turn", "stop"}  # names, not indices
@@ -128,7 +171,9 @@ def test_ts_pair_trains_with_variable_lengths_and_classify_reproduces_the_test(t
     for row in rows:
         probs = [float(row[f"p_{c}"]) for c in state["classes"]]
         assert abs(sum(probs) - 1) < 1e-4 and row["predicted"] == state["classes"][int(np.argmax(probs))]
-    assert (out / "confusion_matrix.png").is_file() and json.loads((out / "metrics.json").read_text())["evaluated_on"]["items"] == 12
+    assert (out / "confusion_matrix.png").is_file() and json.loads((out / "metrics.json").read_text())["evaluated_on"][
+        "items"
+    ] == 12
 
     # the console command; unlabelled data gives predictions and no metrics
     rng = np.random.default_rng(5)
@@ -136,17 +181,45 @@ def test_ts_pair_trains_with_variable_lengths_and_classify_reproduces_the_test(t
     for i in range(3):
         X[i] = _series(rng, i, 30)
     np.savez(tmp_path / "new.npz", X=X)
-    proc = subprocess.run([sys.executable, "-m", "convlstm_vp", "classify", "--checkpoint", str(run / "checkpoints" / "best.pt"),
-                           "--data", str(tmp_path / "new.npz"), "--output", str(tmp_path / "new")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "convlstm_vp",
+            "classify",
+            "--checkpoint",
+            str(run / "checkpoints" / "best.pt"),
+            "--data",
+            str(tmp_path / "new.npz"),
+            "--output",
+            str(tmp_path / "new"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stdout and not (tmp_path / "new" / "metrics.json").exists()
     assert len(list(csv.DictReader((tmp_path / "new" / "predictions.csv").open()))) == 3
     # a model trained on 2 channels refuses 3, naming the item
     np.savez(tmp_path / "bad.npz", X=np.zeros((2, 30, 3)))
-    proc = subprocess.run([sys.executable, "scripts/classify.py", "--checkpoint", str(run / "checkpoints" / "best.pt"),
-                           "--data", str(tmp_path / "bad.npz"), "--output", str(tmp_path / "bad")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "scripts/classify.py",
+            "--checkpoint",
+            str(run / "checkpoints" / "best.pt"),
+            "--data",
+            str(tmp_path / "bad.npz"),
+            "--output",
+            str(tmp_path / "bad"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "X#0 has 3 channels, the model was trained on 2" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -224,7 +297,9 @@ def test_csv_folder_windows_and_validation_by_whole_recordings(tmp_path: Path) -
     # the statistics pool the samples of the training recordings, each once (windows overlap)
     from convlstm_vp.data.series import read_csv_recording
 
-    samples = np.concatenate([read_csv_recording(tmp_path / "rec" / "train" / f, "activity")[1] for f in sorted(train_files)])
+    samples = np.concatenate(
+        [read_csv_recording(tmp_path / "rec" / "train" / f, "activity")[1] for f in sorted(train_files)]
+    )
     np.testing.assert_allclose(task.standardizer.mean, samples.mean(0))
     np.testing.assert_allclose(task.standardizer.std, samples.std(0))
 
@@ -244,7 +319,9 @@ def test_aeon_names_shipped_and_missing() -> None:
     lengths = {len(s) for s in jv.series}
     assert len(jv.series) == 270 and min(lengths) == 7 and max(lengths) == 26  # the original, unequal lengths
     assert jv.series[0].shape[1] == 12 and class_order(jv.labels) == tuple(str(k) for k in range(1, 10))
-    with pytest.raises(FileNotFoundError, match=r"aeon:NoSuchDataset25 is not shipped with aeon .* NoSuchDataset25_TRAIN.ts"):
+    with pytest.raises(
+        FileNotFoundError, match=r"aeon:NoSuchDataset25 is not shipped with aeon .* NoSuchDataset25_TRAIN.ts"
+    ):
         read_source("aeon:NoSuchDataset25", "train", root="/nonexistent-root-for-tests")
 
 
@@ -321,8 +398,12 @@ def test_daphnet_csv_with_both_classes_validates_on_later_windows(tmp_path: Path
     freeze = ((np.arange(n) // 50) % 3 == 2).astype(int)  # every third stretch of 50 samples freezes
     table = np.column_stack([rng.normal(size=(n, 9)) + freeze[:, None], freeze])
     path = tmp_path / "S99.csv"
-    path.write_text(",".join(list(Daphnet.CHANNELS) + ["is_anomaly"]) + "\n"
-                    + "\n".join(",".join(f"{v:g}" for v in row) for row in table) + "\n")
+    path.write_text(
+        ",".join(list(Daphnet.CHANNELS) + ["is_anomaly"])
+        + "\n"
+        + "\n".join(",".join(f"{v:g}" for v in row) for row in table)
+        + "\n"
+    )
     task = SensorTask(tiny("daphnet", root=str(path), window=40, step=20, val_fraction=0.2))
     n_train = (700 - 40) // 20 + 1  # windows of the first 70% of the stream
     k = round(0.2 * n_train)
@@ -341,7 +422,10 @@ def test_classify_an_old_checkpoint_without_task_state(ts_pair: Path, tmp_path: 
     task = SensorTask(cfg)
     torch.manual_seed(0)
     model = task.build_model()
-    save_checkpoint(tmp_path / "new.pt", {"model": model.state_dict(), "config": cfg, "step": 1, "task_state": task.checkpoint_state()})
+    save_checkpoint(
+        tmp_path / "new.pt",
+        {"model": model.state_dict(), "config": cfg, "step": 1, "task_state": task.checkpoint_state()},
+    )
     save_checkpoint(tmp_path / "old.pt", {"model": model.state_dict(), "config": cfg, "step": 1})
     test_file = str(ts_pair.with_name("Turns_TEST.ts"))
     a = classify(tmp_path / "new.pt", test_file, tmp_path / "a")
@@ -360,7 +444,10 @@ def test_classify_matches_class_names_that_differ_only_in_case(tmp_path):
 
     classes = ("badminton", "running")
     assert match_classes(np.array(["Badminton", "RUNNING", "running"]), classes, "aeon:X").tolist() == [
-        "badminton", "running", "running"]
+        "badminton",
+        "running",
+        "running",
+    ]
     with pytest.raises(ValueError, match=r"aeon:X: labels \['Walking'\] are not among the model's classes"):
         match_classes(np.array(["Walking"]), classes, "aeon:X")
     # ambiguous when the model's own classes differ only in case: exact names only

@@ -25,8 +25,13 @@ def _close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
 def _pair(num_layers: int, bidirectional: bool, proj_size: int, batch_first: bool, fused: bool, bias: bool = True):
     torch.manual_seed(num_layers * 100 + bidirectional * 10 + proj_size + batch_first)
     lstm = nn.LSTM(
-        IN, HID, num_layers=num_layers, bidirectional=bidirectional, proj_size=proj_size,
-        batch_first=batch_first, bias=bias,
+        IN,
+        HID,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        proj_size=proj_size,
+        batch_first=batch_first,
+        bias=bias,
     )
     layer = ConvLSTM.from_torch_lstm(lstm)
     layer.implementation = Implementation(torch_lstm=fused)
@@ -69,8 +74,10 @@ def test_outputs_states_and_gradients_match(num_layers, bidirectional, proj_size
     _grads_match(lstm, layer)
 
 
-@pytest.mark.parametrize("bidirectional,proj_size,batch_first,fused",
-                         list(itertools.product([False, True], [0, 2], [True, False], [True, False])))
+@pytest.mark.parametrize(
+    "bidirectional,proj_size,batch_first,fused",
+    list(itertools.product([False, True], [0, 2], [True, False], [True, False])),
+)
 def test_packed_sequence_matches(bidirectional, proj_size, batch_first, fused):
     lstm, layer = _pair(2, bidirectional, proj_size, batch_first, fused)
     lengths = torch.tensor([4, T, 2])  # unsorted on purpose
@@ -104,8 +111,9 @@ def test_packed_sorted_input_keeps_batch_order():
     _close(y2.data, y1.data, "packed output data")
 
 
-@pytest.mark.parametrize("num_layers,bidirectional,proj_size,fused",
-                         list(itertools.product([1, 2], [False, True], [0, 2], [True, False])))
+@pytest.mark.parametrize(
+    "num_layers,bidirectional,proj_size,fused", list(itertools.product([1, 2], [False, True], [0, 2], [True, False]))
+)
 def test_unbatched_input_matches(num_layers, bidirectional, proj_size, fused):
     lstm, layer = _pair(num_layers, bidirectional, proj_size, True, fused)
     x = torch.randn(T, IN)
@@ -143,7 +151,9 @@ def test_weights_are_copied_not_shared():
 def test_fused_and_step_loop_agree_with_lengths():
     torch.manual_seed(3)
     a = ConvLSTM(IN, HID, num_layers=2, spatial_dims=0, bidirectional=True, implementation="fused")
-    b = ConvLSTM(IN, HID, num_layers=2, spatial_dims=0, bidirectional=True, implementation=Implementation(torch_lstm=False))
+    b = ConvLSTM(
+        IN, HID, num_layers=2, spatial_dims=0, bidirectional=True, implementation=Implementation(torch_lstm=False)
+    )
     b.load_state_dict(a.state_dict())
     x = torch.randn(B, T, IN)
     lengths = [T, 1, 4]

@@ -23,9 +23,18 @@ REPO = Path(__file__).resolve().parents[1]
 def test_script_runs_end_to_end_on_the_tiny_config(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "scripts/train_deepconvlstm.py", "--config", "configs/deepconvlstm-tiny.yaml",
-         "--run-dir", str(run_dir)],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "scripts/train_deepconvlstm.py",
+            "--config",
+            "configs/deepconvlstm-tiny.yaml",
+            "--run-dir",
+            str(run_dir),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for key in ("accuracy=", "f1_macro=", "f1_weighted="):
@@ -83,8 +92,13 @@ def test_opportunity_paper_config_trains_on_files_in_the_uci_layout(tmp_path: Pa
         _write_recording(folder / name, rows=40, rng=rng)
     run_dir = tmp_path / "run"
     overrides = {
-        "data.root": str(tmp_path / "data"), "model.conv_filters": 4, "model.hidden_channels": 8,
-        "train.steps": 2, "train.batch_size": 16, "train.eval_every": 2, "train.checkpoint_every": 2,
+        "data.root": str(tmp_path / "data"),
+        "model.conv_filters": 4,
+        "model.hidden_channels": 8,
+        "train.steps": 2,
+        "train.batch_size": 16,
+        "train.eval_every": 2,
+        "train.checkpoint_every": 2,
         "train.progress": "false",
     }
     argv = ["--config", str(REPO / "configs/deepconvlstm-opportunity.yaml"), "--run-dir", str(run_dir)]

@@ -171,10 +171,14 @@ def _run_cli(tmp_path: Path, capsys, script_defaults, make_task, config: str, *o
         ("loss=hinge", r"config key 'loss'"),
     ],
 )
-def test_training_script_fails_fast_on_a_model_that_does_not_fit(tmp_path: Path, capsys, override: str, message: str) -> None:
+def test_training_script_fails_fast_on_a_model_that_does_not_fit(
+    tmp_path: Path, capsys, override: str, message: str
+) -> None:
     from convlstm_vp.train.tasks.frames import DEFAULTS, MovingMNISTTask
 
-    err = _run_cli(tmp_path, capsys, DEFAULTS, MovingMNISTTask, "tiny-moving-mnist.yaml", override, "train.batch_size=4")
+    err = _run_cli(
+        tmp_path, capsys, DEFAULTS, MovingMNISTTask, "tiny-moving-mnist.yaml", override, "train.batch_size=4"
+    )
     assert err.startswith("error: ") and "Traceback" not in err
     import re
 
@@ -216,9 +220,14 @@ def test_models_name_their_own_input_when_it_holds_nan():
     windows[1, 3, 2] = float("nan")
     with pytest.raises(NonFiniteInputError, match=r"DeepConvLSTM .*windows of shape \(2, 24, 6\) holds 1 NaN"):
         dcl(windows)
-    assert torch.isnan(DeepConvLSTM(6, 3, conv_filters=4, num_conv_layers=2, hidden_channels=5, check_finite=False)(windows)).any()
+    assert torch.isnan(
+        DeepConvLSTM(6, 3, conv_filters=4, num_conv_layers=2, hidden_channels=5, check_finite=False)(windows)
+    ).any()
     psc = PatchSequenceClassifier(1, [4])
     patches = torch.rand(2, 16, 1, 7, 7)
     patches[0, 5, 0, 1, 1] = float("inf")
-    with pytest.raises(NonFiniteInputError, match=r"PatchSequenceClassifier .*patch sequence x of shape \(2, 16, 1, 7, 7\) holds 0 NaN and 1 Inf"):
+    with pytest.raises(
+        NonFiniteInputError,
+        match=r"PatchSequenceClassifier .*patch sequence x of shape \(2, 16, 1, 7, 7\) holds 0 NaN and 1 Inf",
+    ):
         psc(patches)

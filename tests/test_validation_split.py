@@ -20,10 +20,21 @@ from convlstm_vp.train.tasks import frames as mm
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny-moving-mnist.yaml"
-TINY = ["train.num_threads=1", "train.precision=fp32", "train.device=cpu", "train.progress=false",
-        "model.hidden_channels=[4]", "model.input_frames=4", "model.output_frames=4", "data.val_sequences=4",
-        "data.final_eval_sequences=4", "data.eval_batch_size=4", "log.examples=1", "train.batch_size=2",
-        "data.source=embedded"]
+TINY = [
+    "train.num_threads=1",
+    "train.precision=fp32",
+    "train.device=cpu",
+    "train.progress=false",
+    "model.hidden_channels=[4]",
+    "model.input_frames=4",
+    "model.output_frames=4",
+    "data.val_sequences=4",
+    "data.final_eval_sequences=4",
+    "data.eval_batch_size=4",
+    "log.examples=1",
+    "train.batch_size=2",
+    "data.source=embedded",
+]
 
 
 def _cfg(*overrides: str) -> dict:
@@ -63,7 +74,9 @@ def test_val_fraction_is_checked_before_any_work():
 
 
 def test_renamed_config_keys_say_their_new_name():
-    with pytest.raises(ConfigError, match=r"unknown config key 'data\.eval_sequences'; it is now 'data\.val_sequences'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'data\.eval_sequences'; it is now 'data\.val_sequences'"
+    ):
         load_config(CONFIG, mm.DEFAULTS, ["data.eval_sequences=4"])
     from convlstm_vp.train.tasks.patch_classifier import DEFAULTS
 
@@ -141,7 +154,9 @@ def test_training_selects_on_validation_and_reads_the_test_split_only_in_the_fin
     assert v["best_step"] == best == load_checkpoint(tmp_path / "checkpoints" / "best.pt")["step"]
     assert saved["evaluated_on"]["checkpoint_step"] == best
     assert abs(v["metrics"]["mse"] - val_mse[best]) < 1e-3 * val_mse[best]
-    assert [e.step for e in acc.Scalars("test/mse")] == [6] and abs(acc.Scalars("test/mse")[0].value - saved["mse"]) < 1e-3 * saved["mse"]
+    assert [e.step for e in acc.Scalars("test/mse")] == [6] and abs(
+        acc.Scalars("test/mse")[0].value - saved["mse"]
+    ) < 1e-3 * saved["mse"]
     assert metrics["mse"] == saved["mse"] and saved["stopped_early"] is False and saved["step"] == 6
 
 
@@ -192,4 +207,3 @@ def test_patience_stops_after_that_many_evaluations_without_a_better_validation_
     fit(_Scripted(cfg), cfg, tmp_path / "c")
     saved = json.loads((tmp_path / "c" / "metrics.json").read_text())
     assert saved["step"] == 8 and saved["stopped_early"] is False and saved["validation"]["best_step"] == 6
-

@@ -63,7 +63,7 @@ def test_single_video_splits_keep_their_blocks_and_shapes(tmp_path: Path):
     blocks = {s: [(seg.start, seg.stop) for seg in ds.segments] for s, ds in sets.items()}
     assert blocks == {"train": [(0, 72)], "val": [(72, 80)], "test": [(80, 100)]}
     for split, ds in sets.items():
-        (start, stop), = blocks[split]
+        ((start, stop),) = blocks[split]
         for i in range(len(ds)):
             _, t = ds.clip_origin(i)
             assert start <= t and t + 8 <= stop  # no clip straddles a boundary
@@ -71,7 +71,12 @@ def test_single_video_splits_keep_their_blocks_and_shapes(tmp_path: Path):
         assert item.shape == (8, 3, 16, 16) and item.dtype == torch.float32
         assert 0 <= float(item.min()) and float(item.max()) <= 1
     assert len(sets["train"]) == 72 - 8 + 1  # stride 1 in training
-    assert [sets["test"].clip_origin(i)[1] for i in range(len(sets["test"]))] == [80, 84, 88, 92]  # stride output_frames
+    assert [sets["test"].clip_origin(i)[1] for i in range(len(sets["test"]))] == [
+        80,
+        84,
+        88,
+        92,
+    ]  # stride output_frames
     last = VideoFolder(tmp_path, "test", 4, 4, size=(16, 16), channels=3, data_format="channels_last")[0]
     assert last.shape == (8, 16, 16, 3)
     grey = VideoFolder(tmp_path, "test", 4, 4, size=(16, 16), channels=1)[0]
@@ -89,7 +94,9 @@ def test_several_files_split_by_file_and_an_unreadable_one_is_named_once(tmp_pat
     assert len([w for w in caught if "unreadable" in str(w.message)]) == 3  # one warning per dataset built
     files = {s: set(ds.files) for s, ds in sets.items()}
     assert [len(files[s]) for s in ("train", "val", "test")] == [3, 1, 1]
-    assert files["train"] | files["val"] | files["test"] == {tmp_path / n for n in ["a.mp4", "b.avi", "sub/c.mp4", "d.npy", "e.avi"]}
+    assert files["train"] | files["val"] | files["test"] == {
+        tmp_path / n for n in ["a.mp4", "b.avi", "sub/c.mp4", "d.npy", "e.avi"]
+    }
     assert not (files["train"] & files["test"]) and not (files["val"] & (files["train"] | files["test"]))
     assert all(clips_per_file(ds) == files[s] for s, ds in sets.items())
     assert sets["train"].skipped == [tmp_path / "broken.mp4"]
@@ -114,13 +121,20 @@ def test_bad_folders_and_arguments_are_clear_errors(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="video folder not found"):
         VideoFolder(tmp_path / "missing", "train")
     (tmp_path / "only.mp4").write_bytes(b"garbage")
-    with pytest.warns(RuntimeWarning, match="only.mp4"), pytest.raises(FileNotFoundError, match=rf"no readable video .* under {tmp_path}"):
+    with (
+        pytest.warns(RuntimeWarning, match="only.mp4"),
+        pytest.raises(FileNotFoundError, match=rf"no readable video .* under {tmp_path}"),
+    ):
         VideoFolder(tmp_path, "train")
     shapes_video(tmp_path / "short.avi", frames=12)
     with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="split 'test' has no clip of 20 frames"):
         VideoFolder(tmp_path, "test", 10, 10, size=(8, 8))
-    for kwargs, message in (({"split": "dev"}, "split must be one of"), ({"channels": 2}, "channels must be 1"),
-                            ({"size": (0, 8)}, "size must be"), ({"frame_step": 0}, "frame_step must be")):
+    for kwargs, message in (
+        ({"split": "dev"}, "split must be one of"),
+        ({"channels": 2}, "channels must be 1"),
+        ({"size": (0, 8)}, "size must be"),
+        ({"frame_step": 0}, "frame_step must be"),
+    ):
         with pytest.raises(ValueError, match=message):
             VideoFolder(tmp_path, **kwargs)
 
@@ -192,18 +206,40 @@ def test_colour_training_evaluate_and_predict_end_to_end(tmp_path: Path):
     videos.mkdir()
     shapes_video(videos / "cam.mp4", frames=80)
     run = tmp_path / "run"
-    sets = ["data.root=" + str(videos), "data.channels=3", "data.size=[16,16]", "model.hidden_channels=[8,8]", "model.input_frames=4",
-            "model.output_frames=4", "train.steps=4", "train.batch_size=4", "train.eval_every=2", "train.checkpoint_every=2",
-            "train.num_threads=1", "train.progress=false", "train.precision=fp32", "train.quick_eval_every=2", "log.examples=2"]
-    _run("scripts/train_moving_mnist.py", "--config", str(ROOT / "configs" / "video-folder.yaml"), "--run-dir", str(run),
-         *[a for s in sets for a in ("--set", s)])
+    sets = [
+        "data.root=" + str(videos),
+        "data.channels=3",
+        "data.size=[16,16]",
+        "model.hidden_channels=[8,8]",
+        "model.input_frames=4",
+        "model.output_frames=4",
+        "train.steps=4",
+        "train.batch_size=4",
+        "train.eval_every=2",
+        "train.checkpoint_every=2",
+        "train.num_threads=1",
+        "train.progress=false",
+        "train.precision=fp32",
+        "train.quick_eval_every=2",
+        "log.examples=2",
+    ]
+    _run(
+        "scripts/train_moving_mnist.py",
+        "--config",
+        str(ROOT / "configs" / "video-folder.yaml"),
+        "--run-dir",
+        str(run),
+        *[a for s in sets for a in ("--set", s)],
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["evaluated_on"]["split"] == "test" and "cam.mp4" in metrics["evaluated_on"]["what"]
     assert metrics["validation"]["split"] == "validation"
     ck = load_checkpoint(run / "checkpoints" / "best.pt")
     assert ck["config"]["data"]["channels"] == 3
     assert ck["model"]["head.weight"].shape[0] == 81  # dynamic filter: 9x9 kernel logits
-    assert any(v.dim() == 4 and v.shape[1] == 3 * 16 for v in ck["model"].values())  # 3 colour channels x 4x4 patches in
+    assert any(
+        v.dim() == 4 and v.shape[1] == 3 * 16 for v in ck["model"].values()
+    )  # 3 colour channels x 4x4 patches in
     assert Image.open(run / "predictions.png").mode == "RGB"
     assert Image.open(run / "predictions.gif").convert("RGB").getextrema()  # readable
     acc = EventAccumulator(str(run), size_guidance={"images": 0})
@@ -223,15 +259,25 @@ def test_colour_training_evaluate_and_predict_end_to_end(tmp_path: Path):
     shapes_video(other / "elsewhere.avi", frames=60, seed=5)
     ev2 = _run("scripts/evaluate.py", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--data", str(other))
     assert "elsewhere.avi" in ev2.stdout
-    bad = run_script("scripts/evaluate.py", "--checkpoint", str(run / "checkpoints" / "best.pt"),
-                     "--digits", "3", ok=False)
+    bad = run_script(
+        "scripts/evaluate.py", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--digits", "3", ok=False
+    )
     assert bad.returncode != 0 and "--digits apply to Moving MNIST checkpoints" in bad.stderr
 
     big = tmp_path / "big.mp4"
     shapes_video(big, frames=12, size=(90, 120))  # any size: brought to 16x16 as in training
     gif = tmp_path / "out.gif"
-    _run("scripts/predict.py", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--input", str(big),
-         "--output", str(gif), "--scale", "3")
+    _run(
+        "scripts/predict.py",
+        "--checkpoint",
+        str(run / "checkpoints" / "best.pt"),
+        "--input",
+        str(big),
+        "--output",
+        str(gif),
+        "--scale",
+        "3",
+    )
     img = Image.open(gif)
     assert img.size == (3 * (16 + 2 + 16), 3 * 16) and img.n_frames == 8
     # the left panel's first frame is the input's first frame fitted as in training, in colour
@@ -240,7 +286,15 @@ def test_colour_training_evaluate_and_predict_end_to_end(tmp_path: Path):
     assert np.abs(shown - expected).mean() < 0.03  # GIF palette rounding
     assert np.abs(shown[..., 0] - shown[..., 2]).mean() > 0.1  # not grey
     npy = tmp_path / "out.npy"
-    _run("scripts/predict.py", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--input", str(big), "--output", str(npy))
+    _run(
+        "scripts/predict.py",
+        "--checkpoint",
+        str(run / "checkpoints" / "best.pt"),
+        "--input",
+        str(big),
+        "--output",
+        str(npy),
+    )
     assert np.load(npy).shape == (4, 3, 16, 16)
 
 
@@ -251,7 +305,10 @@ def test_config_errors_name_the_key_before_any_work(tmp_path: Path):
     shapes_video(tmp_path / "cam.avi", frames=40)
     base = str(ROOT / "configs" / "video-folder.yaml")
     cases = [
-        ([f"data.root={tmp_path}", "motion_loss_weight=0.5"], "motion_loss_weight': the motion targets come from Moving MNIST's generator"),
+        (
+            [f"data.root={tmp_path}", "motion_loss_weight=0.5"],
+            "motion_loss_weight': the motion targets come from Moving MNIST's generator",
+        ),
         ([f"data.root={tmp_path}", "data.dataset=youtube"], "data.dataset': expected one of"),
         ([f"data.root={tmp_path}", "data.size=[30]"], "data.size': expected [H, W] with positive integers"),
         ([f"data.root={tmp_path}", "data.channels=2"], "data.channels': expected 1 (grey) or 3 (RGB)"),
@@ -278,7 +335,9 @@ def test_unreadable_arrays_and_gifs_are_skipped_and_listed_while_another_file_re
     np.savez(buf, frames=np.zeros((12, 8, 8), np.uint8))
     (tmp_path / "cut.npz").write_bytes(buf.getvalue()[:150])
     screen = b"GIF89a" + struct.pack("<HHBBB", 65535, 65535, 0x80, 0, 0) + bytes(6)
-    (tmp_path / "bomb.gif").write_bytes(screen + b"," + struct.pack("<HHHHB", 0, 0, 65535, 65535, 0) + b"\x02\x02\x44\x01\x00;")
+    (tmp_path / "bomb.gif").write_bytes(
+        screen + b"," + struct.pack("<HHHHB", 0, 0, 65535, 65535, 0) + b"\x02\x02\x44\x01\x00;"
+    )
     np.save(tmp_path / "loud.npy", np.full((12, 8, 8), 7.0, np.float32))
     with pytest.warns(RuntimeWarning, match=r"skipped 3 unreadable file\(s\)") as caught:
         ds = VideoFolder(tmp_path, "train", 3, 3, size=(12, 12))
@@ -292,7 +351,12 @@ def test_unreadable_arrays_and_gifs_are_skipped_and_listed_while_another_file_re
 def test_a_folder_of_only_unreadable_files_names_each(tmp_path: Path):
     (tmp_path / "a.npz").write_bytes(b"hello")
     (tmp_path / "b.npy").write_bytes(b"")
-    with pytest.warns(RuntimeWarning), pytest.raises(FileNotFoundError, match=r"unreadable: a\.npz \(not a complete \.npz.*b\.npy \(the file is empty"):
+    with (
+        pytest.warns(RuntimeWarning),
+        pytest.raises(
+            FileNotFoundError, match=r"unreadable: a\.npz \(not a complete \.npz.*b\.npy \(the file is empty"
+        ),
+    ):
         VideoFolder(tmp_path, "train", 3, 3, size=(12, 12))
 
 
@@ -302,8 +366,15 @@ def test_data_cache_dir_moves_the_frame_cache(tmp_path: Path):
 
     (tmp_path / "videos").mkdir()
     shapes_video(tmp_path / "videos" / "a.npy", frames=24)
-    cfg = load_config(ROOT / "configs" / "tiny-moving-mnist.yaml", DEFAULTS,
-                      ["data.dataset=video_folder", f"data.root={tmp_path / 'videos'}", "data.size=[16,16]",
-                       f"data.cache_dir={tmp_path / 'cache'}"])
+    cfg = load_config(
+        ROOT / "configs" / "tiny-moving-mnist.yaml",
+        DEFAULTS,
+        [
+            "data.dataset=video_folder",
+            f"data.root={tmp_path / 'videos'}",
+            "data.size=[16,16]",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
     video_folder(cfg, "train")
     assert list((tmp_path / "cache").glob("a-*.npy")) and not (tmp_path / "videos" / ".cache").exists()

@@ -31,7 +31,9 @@ def convlstm_flops(batch: int, steps: int, spatial: int, c_in: int, hidden: list
     """Forward FLOPs of a ConvLSTM stack ("same" padding, stride 1) over ``steps`` steps."""
     total, c = 0, c_in
     for h in hidden:
-        total += steps * (conv_flops(batch, spatial, c, 4 * h, kernel_elems) + conv_flops(batch, spatial, h, 4 * h, kernel_elems))
+        total += steps * (
+            conv_flops(batch, spatial, c, 4 * h, kernel_elems) + conv_flops(batch, spatial, h, 4 * h, kernel_elems)
+        )
         c = h
     return total
 
@@ -102,20 +104,28 @@ def _defaults(module: str, fallback: dict) -> dict:
         return fallback
 
 
-def _model_cases(device: torch.device, reference: Callable[[], nn.Module],
-                 project: Callable[..., Callable[[], nn.Module]], variants: bool = True) -> list[Case]:
+def _model_cases(
+    device: torch.device,
+    reference: Callable[[], nn.Module],
+    project: Callable[..., Callable[[], nn.Module]],
+    variants: bool = True,
+) -> list[Case]:
     """Reference fp32/bf16, the project in every precision (``implementation="auto"``) and with
     single paths switched: on CPU the fast paths one at a time (``variants``), on CUDA the
     eager and compiled alternatives to "graphed", the path "auto" takes there."""
-    cases = [Case("reference fp32", "reference", "fp32", reference, role="reference"),
-             Case("reference bf16", "reference", "bf16", reference)]
+    cases = [
+        Case("reference fp32", "reference", "fp32", reference, role="reference"),
+        Case("reference bf16", "reference", "bf16", reference),
+    ]
     # the floors compare the project at the training default: precision auto (bf16 where the
     # device computes it natively), implementation auto
     main = resolve_precision(device, "auto")
     auto_note = "graphed, compiles" if device.type == "cuda" else ""
     # on CUDA each project row compiles: the training default's precision only
-    for prec in ([main] if device.type == "cuda" else PRECISIONS):
-        cases.append(Case(f"project {prec}", "project", prec, project(), role="project" if prec == main else "", note=auto_note))
+    for prec in [main] if device.type == "cuda" else PRECISIONS:
+        cases.append(
+            Case(f"project {prec}", "project", prec, project(), role="project" if prec == main else "", note=auto_note)
+        )
     if device.type == "cuda":
         # every compiled row compiles the whole model once more: the large OpenSTL model
         # (variants=False) gets the eager comparison only
@@ -125,7 +135,7 @@ def _model_cases(device: torch.device, reference: Callable[[], nn.Module],
             ("bf16", "plain (eager)", "plain"),
             ("fp32", "plain (eager)", "plain"),
         ]
-        for prec, what, impl in (alternatives if variants else alternatives[2:3]):
+        for prec, what, impl in alternatives if variants else alternatives[2:3]:
             note = f"implementation={impl!r}" + (", compiles" if impl != "plain" else "")
             cases.append(Case(f"project {prec}, {what}", "project", prec, project(implementation=impl), note=note))
         return cases
@@ -145,49 +155,123 @@ def _model_cases(device: torch.device, reference: Callable[[], nn.Module],
     return cases
 
 
-def _encoder_forecaster_config(name: str, description: str, device: torch.device, hidden: list[int], k: int, p: int,
-                               tin: int, tout: int, b: int, size: int, loss: Callable, variants: bool) -> Config:
+def _encoder_forecaster_config(
+    name: str,
+    description: str,
+    device: torch.device,
+    hidden: list[int],
+    k: int,
+    p: int,
+    tin: int,
+    tout: int,
+    b: int,
+    size: int,
+    loss: Callable,
+    variants: bool,
+) -> Config:
     s = (size // p) ** 2
     flops = convlstm_flops(b, tin + tout, s, p * p, hidden, k * k) + tout * conv_flops(b, s, sum(hidden), p * p, 1)
 
     def inputs(dev: torch.device) -> tuple[Tensor, Tensor]:
         g = torch.Generator().manual_seed(1)
-        return torch.rand(b, tin, 1, size, size, generator=g).to(dev), torch.rand(b, tout, 1, size, size, generator=g).to(dev)
+        return torch.rand(b, tin, 1, size, size, generator=g).to(dev), torch.rand(
+            b, tout, 1, size, size, generator=g
+        ).to(dev)
 
     def project(**kw: Any) -> Callable[[], nn.Module]:
-        return _seeded(lambda: EncoderForecaster(1, hidden, k, patch_size=p, input_frames=tin, output_frames=tout, **kw))
+        return _seeded(
+            lambda: EncoderForecaster(1, hidden, k, patch_size=p, input_frames=tin, output_frames=tout, **kw)
+        )
 
     cases = _model_cases(device, _seeded(lambda: ReferenceEncoderForecaster(hidden, k, p, tout)), project, variants)
-    return Config(name, description, b, inputs, loss, flops, cases,
-                  {"hidden": hidden, "kernel": k, "patch": p, "frames": f"{tin}+{tout}", "batch": b,
-                   "frame": f"{p * p}x{size // p}x{size // p}"})
+    return Config(
+        name,
+        description,
+        b,
+        inputs,
+        loss,
+        flops,
+        cases,
+        {
+            "hidden": hidden,
+            "kernel": k,
+            "patch": p,
+            "frames": f"{tin}+{tout}",
+            "batch": b,
+            "frame": f"{p * p}x{size // p}x{size // p}",
+        },
+    )
 
 
 def moving_mnist_config(device: torch.device, quick: bool) -> Config:
-    d = _defaults("frames", {"model": {"hidden_channels": [64, 64, 64], "kernel_size": 3, "patch_size": 4,
-                                             "input_frames": 10, "output_frames": 10}, "train": {"batch_size": 16}})
+    d = _defaults(
+        "frames",
+        {
+            "model": {
+                "hidden_channels": [64, 64, 64],
+                "kernel_size": 3,
+                "patch_size": 4,
+                "input_frames": 10,
+                "output_frames": 10,
+            },
+            "train": {"batch_size": 16},
+        },
+    )
     m = d["model"]
     hidden, k, p = list(m["hidden_channels"]), m["kernel_size"], m["patch_size"]
     tin, tout, b, size = m["input_frames"], m["output_frames"], d["train"]["batch_size"], 64
     if quick:
         hidden, tin, tout, b, size = [8, 8], 3, 3, 2, 16
-    return _encoder_forecaster_config("moving_mnist", "Moving MNIST encoder-forecaster (default training config)", device,
-                                      hidden, k, p, tin, tout, b, size, _frame_loss, variants=True)
+    return _encoder_forecaster_config(
+        "moving_mnist",
+        "Moving MNIST encoder-forecaster (default training config)",
+        device,
+        hidden,
+        k,
+        p,
+        tin,
+        tout,
+        b,
+        size,
+        _frame_loss,
+        variants=True,
+    )
 
 
 def openstl_config(device: torch.device, quick: bool) -> Config:
     hidden, k, p, tin, tout, b, size = [128] * 4, 5, 4, 10, 10, 16, 64
     if quick:
         hidden, tin, tout, b, size = [8, 8], 2, 2, 2, 16
-    return _encoder_forecaster_config("openstl", "OpenSTL ConvLSTM-S shapes (4x128, kernel 5)", device,
-                                      hidden, k, p, tin, tout, b, size, _mse, variants=False)
+    return _encoder_forecaster_config(
+        "openstl",
+        "OpenSTL ConvLSTM-S shapes (4x128, kernel 5)",
+        device,
+        hidden,
+        k,
+        p,
+        tin,
+        tout,
+        b,
+        size,
+        _mse,
+        variants=False,
+    )
 
 
 def patch_config(device: torch.device, quick: bool) -> Config:
-    d = _defaults("patch_classifier", {"model": {"hidden_channels": [32], "kernel_size": 3, "head": "flatten"},
-                                       "train": {"batch_size": 64}})
+    d = _defaults(
+        "patch_classifier",
+        {"model": {"hidden_channels": [32], "kernel_size": 3, "head": "flatten"}, "train": {"batch_size": 64}},
+    )
     m = d["model"]
-    hidden, k, head, b, p, t = list(m["hidden_channels"]), m["kernel_size"], m.get("head", "flatten"), d["train"]["batch_size"], 7, 16
+    hidden, k, head, b, p, t = (
+        list(m["hidden_channels"]),
+        m["kernel_size"],
+        m.get("head", "flatten"),
+        d["train"]["batch_size"],
+        7,
+        16,
+    )
     if quick:
         hidden, b, t = [8], 4, 4
     flops = convlstm_flops(b, t, p * p, 1, hidden, k * k) + 2 * b * 10 * hidden[-1] * p * p
@@ -200,8 +284,16 @@ def patch_config(device: torch.device, quick: bool) -> Config:
         return _seeded(lambda: PatchSequenceClassifier(1, hidden, k, num_classes=10, patch_size=p, head=head, **kw))
 
     cases = _model_cases(device, _seeded(lambda: ReferencePatchClassifier(hidden, k, p)), project)
-    return Config("patch", "7x7 patch classifier (16 steps of 1x7x7 patches)", b, inputs, _class_loss, flops, cases,
-                  {"hidden": hidden, "kernel": k, "steps": t, "patch": f"1x{p}x{p}", "batch": b, "head": head})
+    return Config(
+        "patch",
+        "7x7 patch classifier (16 steps of 1x7x7 patches)",
+        b,
+        inputs,
+        _class_loss,
+        flops,
+        cases,
+        {"hidden": hidden, "kernel": k, "steps": t, "patch": f"1x{p}x{p}", "batch": b, "head": head},
+    )
 
 
 def deepconvlstm_config(device: torch.device, quick: bool) -> Config:
@@ -221,20 +313,35 @@ def deepconvlstm_config(device: torch.device, quick: bool) -> Config:
     def project_layer() -> nn.Module:
         return _rank0_layer(nn.LSTM(features, hidden, layers, dropout=0.5, batch_first=True))
 
-    cases = [Case("torch.nn.LSTM fp32", "torch.nn.LSTM", "fp32", _seeded(torch_lstm), role="baseline"),
-             Case("project rank-0 layer fp32", "project", "fp32", _seeded(project_layer), role="project")]
+    cases = [
+        Case("torch.nn.LSTM fp32", "torch.nn.LSTM", "fp32", _seeded(torch_lstm), role="baseline"),
+        Case("project rank-0 layer fp32", "project", "fp32", _seeded(project_layer), role="project"),
+    ]
     for prec in PRECISIONS[1:]:
         cases.append(Case(f"torch.nn.LSTM {prec}", "torch.nn.LSTM", prec, _seeded(torch_lstm)))
         cases.append(Case(f"project rank-0 layer {prec}", "project", prec, _seeded(project_layer)))
-    return Config("deepconvlstm", "DeepConvLSTM recurrence: rank-0 layer vs torch.nn.LSTM (OPPORTUNITY shapes)", b,
-                  inputs, _mse, flops, cases,
-                  {"features": features, "hidden": hidden, "layers": layers, "steps": steps, "batch": b, "dropout": 0.5})
+    return Config(
+        "deepconvlstm",
+        "DeepConvLSTM recurrence: rank-0 layer vs torch.nn.LSTM (OPPORTUNITY shapes)",
+        b,
+        inputs,
+        _mse,
+        flops,
+        cases,
+        {"features": features, "hidden": hidden, "layers": layers, "steps": steps, "batch": b, "dropout": 0.5},
+    )
 
 
 def _rank0_layer(lstm: nn.LSTM) -> nn.Module:
     """The project's rank-0 ConvLSTM with ``lstm``'s weights, dropout 0.5 between layers, last step."""
-    layer = ConvLSTM(lstm.input_size, lstm.hidden_size, num_layers=lstm.num_layers, spatial_dims=0,
-                     dropout=lstm.dropout, return_sequences=False)
+    layer = ConvLSTM(
+        lstm.input_size,
+        lstm.hidden_size,
+        num_layers=lstm.num_layers,
+        spatial_dims=0,
+        dropout=lstm.dropout,
+        return_sequences=False,
+    )
     layer.load_torch_lstm_weights(lstm)
     return FirstOutput(layer)
 
@@ -243,7 +350,11 @@ def deepconvlstm_model_config(device: torch.device, quick: bool) -> Config:
     channels, b, window = 113, 100, 24
     if quick:
         channels, b = 5, 4
-    kw = {"conv_mode": "per_channel"} if not quick else {"conv_mode": "per_channel", "conv_filters": 4, "hidden_channels": 8}
+    kw = (
+        {"conv_mode": "per_channel"}
+        if not quick
+        else {"conv_mode": "per_channel", "conv_filters": 4, "hidden_channels": 8}
+    )
     filters, hidden = kw.get("conv_filters", 64), kw.get("hidden_channels", 128)
     steps = window - 4 * 4
     conv = 0
@@ -259,8 +370,16 @@ def deepconvlstm_model_config(device: torch.device, quick: bool) -> Config:
         return torch.randn(b, window, channels, generator=g).to(dev), torch.randint(0, 18, (b,), generator=g).to(dev)
 
     cases = [Case(f"project {p}", "project", p, _seeded(lambda: DeepConvLSTM(channels, 18, **kw))) for p in PRECISIONS]
-    return Config("deepconvlstm_model", "DeepConvLSTM, whole model (per_channel, rank 0, OPPORTUNITY shapes)", b, inputs,
-                  _class_loss, flops, cases, {"channels": channels, "window": window, "batch": b, **kw})
+    return Config(
+        "deepconvlstm_model",
+        "DeepConvLSTM, whole model (per_channel, rank 0, OPPORTUNITY shapes)",
+        b,
+        inputs,
+        _class_loss,
+        flops,
+        cases,
+        {"channels": channels, "window": window, "batch": b, **kw},
+    )
 
 
 def layer_config(device: torch.device, quick: bool) -> Config:
@@ -271,19 +390,31 @@ def layer_config(device: torch.device, quick: bool) -> Config:
 
     def inputs(dev: torch.device) -> tuple[Tensor, Tensor]:
         g = torch.Generator().manual_seed(5)
-        return torch.randn(b, t, c, size, size, generator=g).to(dev), torch.randn(b, t, h, size, size, generator=g).to(dev)
+        return torch.randn(b, t, c, size, size, generator=g).to(dev), torch.randn(b, t, h, size, size, generator=g).to(
+            dev
+        )
 
     project = _seeded(lambda: FirstOutput(ConvLSTM(c, h, k)))
     reference = _seeded(lambda: ReferenceStack(c, [h], k))
-    cases = [Case("reference fp32", "reference", "fp32", reference, role="reference"),
-             Case("reference bf16", "reference", "bf16", reference)]
+    cases = [
+        Case("reference fp32", "reference", "fp32", reference, role="reference"),
+        Case("reference bf16", "reference", "bf16", reference),
+    ]
     for prec in PRECISIONS:
         cases.append(Case(f"project {prec}", "project", prec, project))
     keras_case = _keras_case(c, h, k, t, size)
     if keras_case is not None:
         cases.append(keras_case)
-    return Config("layer", "one ConvLSTM2D layer (the reference measurement shapes)", b, inputs, _mse, flops, cases,
-                  {"batch": b, "steps": t, "input": f"{c}x{size}x{size}", "hidden": h, "kernel": k})
+    return Config(
+        "layer",
+        "one ConvLSTM2D layer (the reference measurement shapes)",
+        b,
+        inputs,
+        _mse,
+        flops,
+        cases,
+        {"batch": b, "steps": t, "input": f"{c}x{size}x{size}", "hidden": h, "kernel": k},
+    )
 
 
 KERAS_STATUS: dict[str, str] = {}
@@ -305,7 +436,9 @@ def _keras_case(c: int, h: int, k: int, t: int, size: int) -> Case | None:
     class KerasLayer(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.layer = keras.layers.ConvLSTM2D(h, k, padding="same", return_sequences=True, data_format="channels_first")
+            self.layer = keras.layers.ConvLSTM2D(
+                h, k, padding="same", return_sequences=True, data_format="channels_first"
+            )
             self.layer.build((None, t, c, size, size))
 
         def forward(self, x: Tensor) -> Tensor:

@@ -133,8 +133,15 @@ def _clock(wall: float, cpu: float) -> float:
     return cpu if CLOCK["which"] == "cpu" else wall
 
 
-def run_config(cfg: Config, device: torch.device, rounds: int, inner: int, warmup: int, log: Callable[[str], None],
-               train_only: bool = False) -> None:
+def run_config(
+    cfg: Config,
+    device: torch.device,
+    rounds: int,
+    inner: int,
+    warmup: int,
+    log: Callable[[str], None],
+    train_only: bool = False,
+) -> None:
     """Time every case of ``cfg``; ``train_only`` skips the forward (eval) timings, and with them
     the compiled cases' second compilation."""
     x, y = cfg.make_inputs(device)
@@ -158,7 +165,7 @@ def run_config(cfg: Config, device: torch.device, rounds: int, inner: int, warmu
     for c in live:
         c.samples = {"fwd": [], "train": [], "fwd_cpu": [], "train_cpu": []}
     for r in range(rounds):
-        order = live[r % len(live):] + live[: r % len(live)]  # rotate the order every round
+        order = live[r % len(live) :] + live[: r % len(live)]  # rotate the order every round
         for case in order:
             if not train_only:
                 w, cpu = _timed(lambda: forward_once(case, cfg, device, x), device, inner)
@@ -179,8 +186,12 @@ def run_config(cfg: Config, device: torch.device, rounds: int, inner: int, warmu
         )
         if s["fwd"]:
             fwd = statistics.median(s["fwd"])
-            case.results.update(fwd_ms=fwd * 1e3, fwd_cpu_ms=statistics.median(s["fwd_cpu"]) * 1e3,
-                                fwd_seq_per_s=cfg.batch / fwd, fwd_gflops=cfg.flops_fwd / fwd / 1e9)
+            case.results.update(
+                fwd_ms=fwd * 1e3,
+                fwd_cpu_ms=statistics.median(s["fwd_cpu"]) * 1e3,
+                fwd_seq_per_s=cfg.batch / fwd,
+                fwd_gflops=cfg.flops_fwd / fwd / 1e9,
+            )
 
 
 # ============================================================================ memory
@@ -204,7 +215,9 @@ def _reset_hwm() -> bool:
         return False
 
 
-def measure_memory_here(case: Case, cfg: Config, device: torch.device, x: Tensor, y: Tensor, fresh: bool) -> float | None:
+def measure_memory_here(
+    case: Case, cfg: Config, device: torch.device, x: Tensor, y: Tensor, fresh: bool
+) -> float | None:
     """Peak MB of one training step of ``case`` in this process (see the module docstring)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -226,7 +239,9 @@ def measure_memory_here(case: Case, cfg: Config, device: torch.device, x: Tensor
     return None
 
 
-def measure_memory(cfgs: list[Config], device: torch.device, mode: str, args: argparse.Namespace, log: Callable[[str], None]) -> None:
+def measure_memory(
+    cfgs: list[Config], device: torch.device, mode: str, args: argparse.Namespace, log: Callable[[str], None]
+) -> None:
     for cfg in cfgs:
         for case in cfg.cases:
             if "error" in case.results or mode == "off":
@@ -238,9 +253,19 @@ def measure_memory(cfgs: list[Config], device: torch.device, mode: str, args: ar
                 x, y = cfg.make_inputs(device)
                 case.results["peak_mem_mb"] = measure_memory_here(case, cfg, device, x, y, fresh=False)
                 continue
-            cmd = [sys.executable, "-m", "convlstm_vp.bench.run", "--_memory-case", f"{cfg.name}::{case.name}",
-                   "--device", str(device)] + (["--quick"] if args.quick else []) + (
-                   ["--threads", str(args.threads)] if args.threads else [])
+            cmd = (
+                [
+                    sys.executable,
+                    "-m",
+                    "convlstm_vp.bench.run",
+                    "--_memory-case",
+                    f"{cfg.name}::{case.name}",
+                    "--device",
+                    str(device),
+                ]
+                + (["--quick"] if args.quick else [])
+                + (["--threads", str(args.threads)] if args.threads else [])
+            )
             try:
                 out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=_child_env())
                 line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1]
@@ -292,8 +317,10 @@ def measure_peak(device: torch.device, quick: bool, rounds: int, log: Callable[[
                     for _ in range(2):
                         F.conv2d(x, w, padding=k // 2)
                     inner = 20 if quick else 2
-                    times = [_clock(*_timed(lambda: F.conv2d(x, w, padding=k // 2), device, inner))
-                             for _ in range(max(rounds, 3))]
+                    times = [
+                        _clock(*_timed(lambda: F.conv2d(x, w, padding=k // 2), device, inner))
+                        for _ in range(max(rounds, 3))
+                    ]
                 rate = flops / statistics.median(times) / 1e9
                 if rate > best:
                     best, best_shape = rate, f"conv2d x=({b},{c},{s},{s}) w=({o},{c},{k},{k}) {fmt_name}"
@@ -332,24 +359,87 @@ class Floor:
 _BF16 = ("amx", "avx512_bf16")  # CPUs with native bfloat16: the training default is bf16
 _NO_BF16 = ("avx512", "avx2", "other")
 FLOORS = (
-    Floor("moving_mnist", _BF16, "Moving MNIST training step vs the reference, both bf16",
-          "project bf16", "reference bf16", "speedup", 1.5),
-    Floor("moving_mnist", _BF16, "Moving MNIST training step: share of the bf16 conv peak",
-          "project bf16", "", "peak", 0.40),
-    Floor("layer", _BF16, "one ConvLSTM2D layer's training step: share of the bf16 conv peak",
-          "project bf16", "", "peak", 0.50),
-    Floor("patch", _BF16, "patch classifier training step vs the reference, both bf16",
-          "project bf16", "reference bf16", "speedup", 1.5),
-    Floor("deepconvlstm", _BF16, "rank-0 layer training-step time vs torch.nn.LSTM, both bf16",
-          "project rank-0 layer bf16", "torch.nn.LSTM bf16", "time_ratio", 1.1),
-    Floor("moving_mnist", _NO_BF16, "Moving MNIST training step vs the reference, both fp32",
-          "project fp32", "reference fp32", "speedup", 1.1),
-    Floor("deepconvlstm", _BF16 + _NO_BF16, "rank-0 layer training-step time vs torch.nn.LSTM, both fp32",
-          "project rank-0 layer fp32", "torch.nn.LSTM fp32", "time_ratio", 1.2),
-    Floor("moving_mnist", ("cuda",), "training throughput vs the reference cell (fp32)",
-          "project", "reference fp32", "speedup", 1.2),
-    Floor("openstl", ("cuda",), "training throughput at OpenSTL's ConvLSTM-S shapes vs the reference cell (fp32)",
-          "project", "reference fp32", "speedup", 1.5),
+    Floor(
+        "moving_mnist",
+        _BF16,
+        "Moving MNIST training step vs the reference, both bf16",
+        "project bf16",
+        "reference bf16",
+        "speedup",
+        1.5,
+    ),
+    Floor(
+        "moving_mnist",
+        _BF16,
+        "Moving MNIST training step: share of the bf16 conv peak",
+        "project bf16",
+        "",
+        "peak",
+        0.40,
+    ),
+    Floor(
+        "layer",
+        _BF16,
+        "one ConvLSTM2D layer's training step: share of the bf16 conv peak",
+        "project bf16",
+        "",
+        "peak",
+        0.50,
+    ),
+    Floor(
+        "patch",
+        _BF16,
+        "patch classifier training step vs the reference, both bf16",
+        "project bf16",
+        "reference bf16",
+        "speedup",
+        1.5,
+    ),
+    Floor(
+        "deepconvlstm",
+        _BF16,
+        "rank-0 layer training-step time vs torch.nn.LSTM, both bf16",
+        "project rank-0 layer bf16",
+        "torch.nn.LSTM bf16",
+        "time_ratio",
+        1.1,
+    ),
+    Floor(
+        "moving_mnist",
+        _NO_BF16,
+        "Moving MNIST training step vs the reference, both fp32",
+        "project fp32",
+        "reference fp32",
+        "speedup",
+        1.1,
+    ),
+    Floor(
+        "deepconvlstm",
+        _BF16 + _NO_BF16,
+        "rank-0 layer training-step time vs torch.nn.LSTM, both fp32",
+        "project rank-0 layer fp32",
+        "torch.nn.LSTM fp32",
+        "time_ratio",
+        1.2,
+    ),
+    Floor(
+        "moving_mnist",
+        ("cuda",),
+        "training throughput vs the reference cell (fp32)",
+        "project",
+        "reference fp32",
+        "speedup",
+        1.2,
+    ),
+    Floor(
+        "openstl",
+        ("cuda",),
+        "training throughput at OpenSTL's ConvLSTM-S shapes vs the reference cell (fp32)",
+        "project",
+        "reference fp32",
+        "speedup",
+        1.5,
+    ),
 )
 
 
@@ -379,13 +469,18 @@ def _check_floor(f: Floor, cfg: Config, peak: dict[str, Any]) -> dict[str, Any] 
             return None
         a, b = (base, proj) if f.measure == "speedup" else (proj, base)
         measured = _paired_ratio(a, b, "train")
-        out.update(against=base.name, cpu_time_ratio=_paired_ratio(a, b, "train_cpu"),
-                   required=(">= " if f.measure == "speedup" else "<= ") + f"{f.required}x")
+        out.update(
+            against=base.name,
+            cpu_time_ratio=_paired_ratio(a, b, "train_cpu"),
+            required=(">= " if f.measure == "speedup" else "<= ") + f"{f.required}x",
+        )
         ok = measured is not None and (measured >= f.required if f.measure == "speedup" else measured <= f.required)
     return {**out, "measure": f.measure, "measured": measured, "met": ok}
 
 
-def floors(cfgs: dict[str, Config], device_type: str = "cpu", peak: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def floors(
+    cfgs: dict[str, Config], device_type: str = "cpu", peak: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """The floors of this machine's kind (:func:`machine_kind`) whose cases ran."""
     kind = machine_kind(device_type)
     out = []
@@ -416,8 +511,17 @@ def _fmt(v: Any, spec: str) -> str:
 def table(cfg: Config, peak: dict[str, Any]) -> str:
     ref = next((c for c in cfg.cases if c.role in ("reference", "baseline") and "train_ms" in c.results), None)
     same = {c.precision: c for c in cfg.cases if ref is not None and c.impl == ref.impl and "train_ms" in c.results}
-    head = ("case", "fwd ms", "fwd+bwd ms", "train seq/s", "GFLOP/s", "% peak", "peak MB", "speed-up",
-            "vs ref same prec")
+    head = (
+        "case",
+        "fwd ms",
+        "fwd+bwd ms",
+        "train seq/s",
+        "GFLOP/s",
+        "% peak",
+        "peak MB",
+        "speed-up",
+        "vs ref same prec",
+    )
     rows = []
     for c in cfg.cases:
         r = c.results
@@ -429,19 +533,33 @@ def table(cfg: Config, peak: dict[str, Any]) -> str:
         speed = _paired_ratio(ref, c, "train") if ref is not None else None
         eq = same.get(c.precision)
         speed_eq = _paired_ratio(eq, c, "train") if eq is not None else None
-        rows.append((c.name, _fmt(r.get("fwd_ms"), ".1f"), _fmt(r["train_ms"], ".1f"), _fmt(r["train_seq_per_s"], ".1f"),
-                     _fmt(r["train_gflops"], ".1f"), _fmt(frac, ".0f"), _fmt(r.get("peak_mem_mb"), ".0f"),
-                     _fmt(speed, ".2f") + ("x" if speed is not None else ""),
-                     _fmt(speed_eq, ".2f") + ("x" if speed_eq is not None else "")))
+        rows.append(
+            (
+                c.name,
+                _fmt(r.get("fwd_ms"), ".1f"),
+                _fmt(r["train_ms"], ".1f"),
+                _fmt(r["train_seq_per_s"], ".1f"),
+                _fmt(r["train_gflops"], ".1f"),
+                _fmt(frac, ".0f"),
+                _fmt(r.get("peak_mem_mb"), ".0f"),
+                _fmt(speed, ".2f") + ("x" if speed is not None else ""),
+                _fmt(speed_eq, ".2f") + ("x" if speed_eq is not None else ""),
+            )
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(str(v).ljust(w) for v, w in zip(cells, widths)) + " |"  # noqa: E731
-    out = [f"{cfg.name}: {cfg.description}; {cfg.shapes}; {cfg.flops_fwd / 1e9:.2f} GFLOP forward",
-           line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out = [
+        f"{cfg.name}: {cfg.description}; {cfg.shapes}; {cfg.flops_fwd / 1e9:.2f} GFLOP forward",
+        line(head),
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     out += [line(r) for r in rows]
     if ref is not None:
-        out.append(f"(speed-up: {ref.name} time / case time, median of per-round ratios; vs ref same prec: the same "
-                   f"against the {ref.impl} row of the case's precision; % peak: training GFLOP/s over the conv2d peak "
-                   "of the case's precision)")
+        out.append(
+            f"(speed-up: {ref.name} time / case time, median of per-round ratios; vs ref same prec: the same "
+            f"against the {ref.impl} row of the case's precision; % peak: training GFLOP/s over the conv2d peak "
+            "of the case's precision)"
+        )
     return "\n".join(out)
 
 
@@ -470,24 +588,39 @@ def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one round: a smoke test")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--configs", default=None,
-                        help=f"comma-separated subset of {','.join(BUILDERS)} (default: all but openstl on CPU)")
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help=f"comma-separated subset of {','.join(BUILDERS)} (default: all but openstl on CPU)",
+    )
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, quick 1)")
     parser.add_argument("--inner", type=int, default=None, help="calls per timing (default: by config size)")
     parser.add_argument("--memory", choices=["auto", "subprocess", "inprocess", "off"], default="auto")
-    parser.add_argument("--compile", action="store_true",
-                        help="CPU: add the compiled implementations ('compiled', 'graphed') at the default training "
-                             "precision (CUDA has them by default)")
-    parser.add_argument("--train-only", action="store_true",
-                        help="time training steps only (no forward-only timings; compiled cases compile once)")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="what the timings measure: wall-clock time, or this process's CPU time (with --threads 1 "
-                             "on a machine that other jobs share: the work, without the waits for a core)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="CPU: add the compiled implementations ('compiled', 'graphed') at the default training "
+        "precision (CUDA has them by default)",
+    )
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="time training steps only (no forward-only timings; compiled cases compile once)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="what the timings measure: wall-clock time, or this process's CPU time (with --threads 1 "
+        "on a machine that other jobs share: the work, without the waits for a core)",
+    )
     parser.add_argument("--_memory-case", dest="memory_case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -506,16 +639,22 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
     warnings.filterwarnings("ignore", message=".*LSTM with projections.*")
     rounds = args.rounds or (1 if args.quick else 5)
     warmup = 1 if args.quick else 2
-    memory = args.memory if args.memory != "auto" else ("inprocess" if args.quick or device.type == "cuda" else "subprocess")
-    names = args.configs.split(",") if args.configs else [n for n in BUILDERS if n != "openstl" or device.type == "cuda"]
+    memory = (
+        args.memory if args.memory != "auto" else ("inprocess" if args.quick or device.type == "cuda" else "subprocess")
+    )
+    names = (
+        args.configs.split(",") if args.configs else [n for n in BUILDERS if n != "openstl" or device.type == "cuda"]
+    )
     unknown = [n for n in names if n not in BUILDERS]
     if unknown:
         parser.error(f"--configs: unknown {unknown}; choose from {list(BUILDERS)}")
 
     started = time.time()
     info = machine_info(device, torch.get_num_threads())
-    log(f"benchmark on {info.get('cpu', platform.processor())} ({device}), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, rounds={rounds}")
+    log(
+        f"benchmark on {info.get('cpu', platform.processor())} ({device}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, rounds={rounds}"
+    )
     peak = measure_peak(device, args.quick, rounds, log)
     cfgs: dict[str, Config] = {}
     for name in names:
@@ -524,8 +663,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
             main = resolve_precision(device, "auto")  # the training default on this CPU
             base = next(c for c in cfg.cases if c.impl == "project" and c.precision == main)
             for impl in ("compiled", "graphed"):
-                cfg.cases.append(Case(f"project {main}, implementation {impl}", "project", main,
-                                      _with_implementation(base.build, impl), note=f"implementation={impl!r}, compiles"))
+                cfg.cases.append(
+                    Case(
+                        f"project {main}, implementation {impl}",
+                        "project",
+                        main,
+                        _with_implementation(base.build, impl),
+                        note=f"implementation={impl!r}, compiles",
+                    )
+                )
         cfgs[name] = cfg
         log(f"{name}: {len(cfg.cases)} cases")
         inner = args.inner or (1 if args.quick or cfg.flops_fwd > 2e10 else 3)
@@ -547,7 +693,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
             "seconds": time.time() - started,
             "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "flops": "conv: 2*B*prod(out)*C_out*C_in*prod(k); linear: 2*B*out*in; ConvLSTM step: input conv "
-                     "(C_in->4H) + state conv (H->4H); training step = 3x forward; gate arithmetic not counted",
+            "(C_in->4H) + state conv (H->4H); training step = 3x forward; gate arithmetic not counted",
             **KERAS_STATUS,
         },
         "peak": peak,
@@ -558,10 +704,20 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
                 "batch": cfg.batch,
                 "flops_forward": cfg.flops_fwd,
                 "cases": [
-                    {"name": c.name, "impl": c.impl, "precision": c.precision, "note": c.note, **c.results,
-                     "fwd_peak_fraction": (c.results["fwd_gflops"] / peak[c.precision]["gflops"]) if "fwd_gflops" in c.results and c.precision in peak else None,
-                     "train_peak_fraction": (c.results["train_gflops"] / peak[c.precision]["gflops"]) if "train_gflops" in c.results and c.precision in peak else None,
-                     "samples_ms": {k: [v * 1e3 for v in vs] for k, vs in c.samples.items()}}
+                    {
+                        "name": c.name,
+                        "impl": c.impl,
+                        "precision": c.precision,
+                        "note": c.note,
+                        **c.results,
+                        "fwd_peak_fraction": (c.results["fwd_gflops"] / peak[c.precision]["gflops"])
+                        if "fwd_gflops" in c.results and c.precision in peak
+                        else None,
+                        "train_peak_fraction": (c.results["train_gflops"] / peak[c.precision]["gflops"])
+                        if "train_gflops" in c.results and c.precision in peak
+                        else None,
+                        "samples_ms": {k: [v * 1e3 for v in vs] for k, vs in c.samples.items()},
+                    }
                     for c in cfg.cases
                 ],
             }
@@ -569,9 +725,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
         },
         "floors": floors(cfgs, device.type, peak),
     }
-    print(f"\nmachine: {info.get('cpu', '?')} (kind {info['kind']}), {info['cpu_count']} cores, {device}, "
-          f"clock {args.clock}, torch {torch.__version__}, "
-          f"{info['threads']} threads; load average at start {info.get('loadavg_start')}")
+    print(
+        f"\nmachine: {info.get('cpu', '?')} (kind {info['kind']}), {info['cpu_count']} cores, {device}, "
+        f"clock {args.clock}, torch {torch.__version__}, "
+        f"{info['threads']} threads; load average at start {info.get('loadavg_start')}"
+    )
     print("peak: " + ", ".join(f"{p} {v['gflops']:.1f} GFLOP/s ({v['shape']})" for p, v in peak.items()))
     if KERAS_STATUS:
         print(KERAS_STATUS["keras"])
@@ -581,8 +739,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
     print("\nfloors:")
     for f in report["floors"]:
         got = _fmt(f["measured"], ".0%") if f["measure"] == "peak" else _fmt(f["measured"], ".2f") + "x"
-        print(f"  {'MET ' if f['met'] else 'MISSED'} {f['config']}: {f['what']}: {got} "
-              f"(required {f['required']}; CPU-time ratio {_fmt(f.get('cpu_time_ratio'), '.2f')}x)")
+        print(
+            f"  {'MET ' if f['met'] else 'MISSED'} {f['config']}: {f['what']}: {got} "
+            f"(required {f['required']}; CPU-time ratio {_fmt(f.get('cpu_time_ratio'), '.2f')}x)"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))

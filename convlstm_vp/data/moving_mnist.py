@@ -126,17 +126,20 @@ def render_moving_mnist(
         ``(N, D, T, 2)`` (``(y, x)``, each in ``[0, S - h]``) and ``digit_ids`` int64 ``(N, D)``.
     """
     if digits.ndim != 3 or digits.dtype != np.uint8 or digits.shape[1] != digits.shape[2]:
-        raise ValueError(
-            f"digits must be a uint8 array of shape (M, h, h), got {digits.dtype} {digits.shape}"
-        )
+        raise ValueError(f"digits must be a uint8 array of shape (M, h, h), got {digits.dtype} {digits.shape}")
     if len(digits) == 0:
         raise ValueError("digits must contain at least one digit, got an empty pool")
     rng = _as_rng(rng)
     digit_size = digits.shape[1]
     digit_ids = rng.integers(0, len(digits), size=(num_sequences, num_digits))
     positions, _ = bouncing_trajectories(
-        num_sequences, num_frames, num_digits,
-        image_size=image_size, digit_size=digit_size, speed=speed, rng=rng,
+        num_sequences,
+        num_frames,
+        num_digits,
+        image_size=image_size,
+        digit_size=digit_size,
+        speed=speed,
+        rng=rng,
     )
     corners = np.rint(positions).astype(np.int64)
     frames = np.zeros((num_sequences, num_frames, image_size, image_size), dtype=np.uint8)
@@ -154,7 +157,9 @@ def render_moving_mnist(
     return frames
 
 
-def _touched_cells(digits: np.ndarray, corners: np.ndarray, digit_ids: np.ndarray, image_size: int, c: int) -> np.ndarray:
+def _touched_cells(
+    digits: np.ndarray, corners: np.ndarray, digit_ids: np.ndarray, image_size: int, c: int
+) -> np.ndarray:
     """``(N, D, T, S/c, S/c)`` bool: the ``c`` x ``c`` cells each placed digit's ink touches.
 
     Which cells a glyph touches depends only on its corner modulo ``c`` (its phase within a cell)
@@ -210,9 +215,13 @@ def motion_targets(
         a target, else 0 (the offset there is 0).
     """
     if corners.ndim != 4 or corners.shape[-1] != 2 or digit_ids.shape != corners.shape[:2]:
-        raise ValueError(f"motion_targets: expected corners (N, D, T, 2) and digit_ids (N, D), got {corners.shape} and {digit_ids.shape}")
+        raise ValueError(
+            f"motion_targets: expected corners (N, D, T, 2) and digit_ids (N, D), got {corners.shape} and {digit_ids.shape}"
+        )
     if not isinstance(cell_size, int) or cell_size < 1 or image_size % cell_size:
-        raise ValueError(f"motion_targets: cell_size must be a positive int dividing image_size={image_size}, got {cell_size!r}")
+        raise ValueError(
+            f"motion_targets: cell_size must be a positive int dividing image_size={image_size}, got {cell_size!r}"
+        )
     h = digits.shape[1]
     if corners.size and (corners.min() < 0 or corners.max() > image_size - h):
         raise ValueError(
@@ -267,9 +276,7 @@ def moving_mnist_batch(
     if digits is None:
         digits = load_digits(root, split, source)
     pool = digits.images if isinstance(digits, DigitSet) else digits
-    frames = render_moving_mnist(
-        pool, batch_size, num_frames, num_digits, image_size, speed=speed, rng=rng
-    )
+    frames = render_moving_mnist(pool, batch_size, num_frames, num_digits, image_size, speed=speed, rng=rng)
     return frames_to_tensor(frames, data_format)
 
 
@@ -364,8 +371,9 @@ class MovingMNIST(Dataset):
             self.length = length
             self.digits = load_digits(root, self._digit_split, source, download=download)
             # Validate the generator settings once, here rather than in a worker.
-            bouncing_trajectories(0, num_frames, num_digits, image_size=image_size,
-                                  digit_size=self.digits.images.shape[1])
+            bouncing_trajectories(
+                0, num_frames, num_digits, image_size=image_size, digit_size=self.digits.images.shape[1]
+            )
         self._batch_rng = np.random.default_rng([self.seed, _SPLIT_CODES[split], 2**31])
 
     @property
@@ -442,8 +450,13 @@ class MovingMNIST(Dataset):
         else:
             assert self.digits is not None
             frames = render_moving_mnist(
-                self.digits.images, 1, self.num_frames, self.num_digits, self.image_size,
-                speed=self.speed, rng=self._item_rng(index),
+                self.digits.images,
+                1,
+                self.num_frames,
+                self.num_digits,
+                self.image_size,
+                speed=self.speed,
+                rng=self._item_rng(index),
             )[0]
         item = frames_to_tensor(frames, self.data_format)
         return self.transform(item) if self.transform is not None else item
@@ -451,15 +464,23 @@ class MovingMNIST(Dataset):
     def _tracks(self, index: int, what: str) -> tuple[np.ndarray, np.ndarray]:
         """Corners ``(1, D, T, 2)`` and digit indices ``(1, D)`` of generated sequence ``index``."""
         if self.standard_path is not None:
-            raise ValueError(f"{what}: the standard test file {self.standard_path} has no trajectories; "
-                             "use a generated test set (standard_file=False)")
+            raise ValueError(
+                f"{what}: the standard test file {self.standard_path} has no trajectories; "
+                "use a generated test set (standard_file=False)"
+            )
         index = int(index)
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for MovingMNIST of length {self.length}")
         assert self.digits is not None
         _, corners, ids = render_moving_mnist(
-            self.digits.images, 1, self.num_frames, self.num_digits, self.image_size,
-            speed=self.speed, rng=self._item_rng(index), return_trajectories=True,
+            self.digits.images,
+            1,
+            self.num_frames,
+            self.num_digits,
+            self.image_size,
+            speed=self.speed,
+            rng=self._item_rng(index),
+            return_trajectories=True,
         )
         return corners, ids
 
@@ -480,9 +501,7 @@ class MovingMNIST(Dataset):
         offsets, weights = motion_targets(self.digits.images, corners, ids, self.image_size, cell_size)
         return offsets[0], weights[0]
 
-    def generate_batch(
-        self, batch_size: int, rng: np.random.Generator | int | None = None
-    ) -> torch.Tensor:
+    def generate_batch(self, batch_size: int, rng: np.random.Generator | int | None = None) -> torch.Tensor:
         """A fresh batch from this dataset's digit pool, ``(B, T, 1, S, S)`` (or channels_last).
 
         Uses ``rng`` when given, else a generator seeded from ``seed`` and kept by the dataset, so
@@ -491,14 +510,21 @@ class MovingMNIST(Dataset):
         if self.digits is None:
             self.digits = load_digits(self.root, self._digit_split, self.source)
         return moving_mnist_batch(
-            batch_size, digits=self.digits, num_digits=self.num_digits,
-            num_frames=self.num_frames, image_size=self.image_size, speed=self.speed,
-            rng=self._batch_rng if rng is None else rng, data_format=self.data_format,
+            batch_size,
+            digits=self.digits,
+            num_digits=self.num_digits,
+            num_frames=self.num_frames,
+            image_size=self.image_size,
+            speed=self.speed,
+            rng=self._batch_rng if rng is None else rng,
+            data_format=self.data_format,
         )
 
     def __repr__(self) -> str:
-        where = f"standard_file={self.standard_path}" if self.standard_path else (
-            f"source={self.digits.source if self.digits else self.source}"
+        where = (
+            f"standard_file={self.standard_path}"
+            if self.standard_path
+            else (f"source={self.digits.source if self.digits else self.source}")
         )
         return (
             f"{type(self).__name__}(split={self.split!r}, length={self.length}, "

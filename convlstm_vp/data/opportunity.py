@@ -55,42 +55,74 @@ def _column_layout() -> list[tuple[str, str]]:
     xyz = ("X", "Y", "Z")
     layout: list[tuple[str, str]] = [("MILLISEC", "time")]
     # 12 three-axis accelerometers on the body (columns 2-37).
-    for place in ("RKN^", "HIP", "LUA^", "RUA_", "LH", "BACK", "RKN_", "RWR", "RUA^", "LUA_",
-                  "LWR", "RH"):
+    for place in ("RKN^", "HIP", "LUA^", "RUA_", "LH", "BACK", "RKN_", "RWR", "RUA^", "LUA_", "LWR", "RH"):
         layout += [(f"Accelerometer {place} acc{a}", "body") for a in xyz]
     # 5 IMUs on back and arms, 13 columns each (columns 38-102): acc, gyro, magnetic, quaternion.
     for place in ("BACK", "RUA", "RLA", "LUA", "LLA"):
         for signal in ("acc", "gyro", "magnetic"):
             layout += [(f"InertialMeasurementUnit {place} {signal}{a}", "body") for a in xyz]
-        layout += [(f"InertialMeasurementUnit {place} Quaternion{q}", "body_quaternion")
-                   for q in range(1, 5)]
+        layout += [(f"InertialMeasurementUnit {place} Quaternion{q}", "body_quaternion") for q in range(1, 5)]
     # 2 shoe IMUs, 16 columns each (columns 103-134).
     shoe_signals = (
-        [f"Eu{a}" for a in xyz] + [f"Nav_A{a.lower()}" for a in xyz]
-        + [f"Body_A{a.lower()}" for a in xyz] + [f"AngVelBodyFrame{a}" for a in xyz]
-        + [f"AngVelNavFrame{a}" for a in xyz] + ["Compass"]
+        [f"Eu{a}" for a in xyz]
+        + [f"Nav_A{a.lower()}" for a in xyz]
+        + [f"Body_A{a.lower()}" for a in xyz]
+        + [f"AngVelBodyFrame{a}" for a in xyz]
+        + [f"AngVelNavFrame{a}" for a in xyz]
+        + ["Compass"]
     )
     for shoe in ("L-SHOE", "R-SHOE"):
         layout += [(f"InertialMeasurementUnit {shoe} {s}", "body") for s in shoe_signals]
     # 12 objects, 5 columns each (columns 135-194).
-    for obj in ("CUP", "SALAMI", "WATER", "CHEESE", "BREAD", "KNIFE1", "MILK", "SPOON", "SUGAR",
-                "KNIFE2", "PLATE", "GLASS"):
-        layout += [(f"Accelerometer {obj} {s}", "object")
-                   for s in ("accX", "accY", "accZ", "gyroX", "gyroY")]
+    for obj in (
+        "CUP",
+        "SALAMI",
+        "WATER",
+        "CHEESE",
+        "BREAD",
+        "KNIFE1",
+        "MILK",
+        "SPOON",
+        "SUGAR",
+        "KNIFE2",
+        "PLATE",
+        "GLASS",
+    ):
+        layout += [(f"Accelerometer {obj} {s}", "object") for s in ("accX", "accY", "accZ", "gyroX", "gyroY")]
     # Ambient sensors (columns 195-243).
-    for switch in ("DISHWASHER S1", "FRIDGE S3", "FRIDGE S2", "FRIDGE S1", "MIDDLEDRAWER S1",
-                   "MIDDLEDRAWER S2", "MIDDLEDRAWER S3", "LOWERDRAWER S3", "LOWERDRAWER S2",
-                   "UPPERDRAWER", "DISHWASHER S3", "LOWERDRAWER S1", "DISHWASHER S2"):
+    for switch in (
+        "DISHWASHER S1",
+        "FRIDGE S3",
+        "FRIDGE S2",
+        "FRIDGE S1",
+        "MIDDLEDRAWER S1",
+        "MIDDLEDRAWER S2",
+        "MIDDLEDRAWER S3",
+        "LOWERDRAWER S3",
+        "LOWERDRAWER S2",
+        "UPPERDRAWER",
+        "DISHWASHER S3",
+        "LOWERDRAWER S1",
+        "DISHWASHER S2",
+    ):
         layout.append((f"REED SWITCH {switch}", "ambient"))
-    for thing in ("DOOR1", "LAZYCHAIR", "DOOR2", "DISHWASHER", "UPPERDRAWER", "LOWERDRAWER",
-                  "MIDDLEDRAWER", "FRIDGE"):
+    for thing in ("DOOR1", "LAZYCHAIR", "DOOR2", "DISHWASHER", "UPPERDRAWER", "LOWERDRAWER", "MIDDLEDRAWER", "FRIDGE"):
         layout += [(f"Accelerometer {thing} acc{a}", "ambient") for a in xyz]
     for tag in range(1, 5):
         layout += [(f"LOCATION TAG{tag} {a}", "ambient") for a in xyz]
     # Label tracks (columns 244-250).
-    layout += [(name, "label") for name in (
-        "Locomotion", "HL_Activity", "LL_Left_Arm", "LL_Left_Arm_Object", "LL_Right_Arm",
-        "LL_Right_Arm_Object", "ML_Both_Arms")]
+    layout += [
+        (name, "label")
+        for name in (
+            "Locomotion",
+            "HL_Activity",
+            "LL_Left_Arm",
+            "LL_Left_Arm_Object",
+            "LL_Right_Arm",
+            "LL_Right_Arm_Object",
+            "ML_Both_Arms",
+        )
+    ]
     return layout
 
 
@@ -111,17 +143,30 @@ GESTURE_COLUMN = COLUMN_NAMES.index("ML_Both_Arms")  # 249
 #: ``(code in the file, class name)``; the class index is the position in this tuple.
 GESTURE_CLASSES: tuple[tuple[int, str], ...] = (
     (0, "Null"),
-    (406516, "Open Door 1"), (406517, "Open Door 2"),
-    (404516, "Close Door 1"), (404517, "Close Door 2"),
-    (406520, "Open Fridge"), (404520, "Close Fridge"),
-    (406505, "Open Dishwasher"), (404505, "Close Dishwasher"),
-    (406519, "Open Drawer 1"), (404519, "Close Drawer 1"),
-    (406511, "Open Drawer 2"), (404511, "Close Drawer 2"),
-    (406508, "Open Drawer 3"), (404508, "Close Drawer 3"),
-    (408512, "Clean Table"), (407521, "Drink from Cup"), (405506, "Toggle Switch"),
+    (406516, "Open Door 1"),
+    (406517, "Open Door 2"),
+    (404516, "Close Door 1"),
+    (404517, "Close Door 2"),
+    (406520, "Open Fridge"),
+    (404520, "Close Fridge"),
+    (406505, "Open Dishwasher"),
+    (404505, "Close Dishwasher"),
+    (406519, "Open Drawer 1"),
+    (404519, "Close Drawer 1"),
+    (406511, "Open Drawer 2"),
+    (404511, "Close Drawer 2"),
+    (406508, "Open Drawer 3"),
+    (404508, "Close Drawer 3"),
+    (408512, "Clean Table"),
+    (407521, "Drink from Cup"),
+    (405506, "Toggle Switch"),
 )
 LOCOMOTION_CLASSES: tuple[tuple[int, str], ...] = (
-    (0, "Null"), (1, "Stand"), (2, "Walk"), (4, "Sit"), (5, "Lie"),
+    (0, "Null"),
+    (1, "Stand"),
+    (2, "Walk"),
+    (4, "Sit"),
+    (5, "Lie"),
 )
 _TASKS: dict[str, tuple[int, tuple[tuple[int, str], ...]]] = {
     "gestures": (GESTURE_COLUMN, GESTURE_CLASSES),
@@ -131,7 +176,8 @@ _TASKS: dict[str, tuple[int, tuple[tuple[int, str], ...]]] = {
 #: The standard split of the Opportunity challenge / DeepConvLSTM: subject 4 is not used.
 OPPORTUNITY_SPLITS: dict[str, tuple[str, ...]] = {
     "train": tuple(
-        [f"S1-ADL{i}.dat" for i in range(1, 6)] + ["S1-Drill.dat"]
+        [f"S1-ADL{i}.dat" for i in range(1, 6)]
+        + ["S1-Drill.dat"]
         + [f"S{s}-{run}.dat" for s in (2, 3) for run in ("ADL1", "ADL2", "ADL3", "Drill")]
     ),
     "test": tuple(f"S{s}-ADL{i}.dat" for s in (2, 3) for i in (4, 5)),
@@ -154,15 +200,11 @@ def _map_codes(codes: np.ndarray, classes: Sequence[tuple[int, str]], source: Pa
     found = known[order][positions] == codes
     if not found.all():
         unknown = sorted(set(codes[~found].tolist()))
-        raise ValueError(
-            f"{source}: unknown label codes {unknown[:10]}; expected one of {known.tolist()}"
-        )
+        raise ValueError(f"{source}: unknown label codes {unknown[:10]}; expected one of {known.tolist()}")
     return order[positions].astype(np.int64)
 
 
-def read_opportunity_file(
-    path: str | Path, task: Task = "gestures"
-) -> tuple[np.ndarray, np.ndarray]:
+def read_opportunity_file(path: str | Path, task: Task = "gestures") -> tuple[np.ndarray, np.ndarray]:
     """Read one OPPORTUNITY ``.dat`` recording.
 
     Args:
@@ -182,7 +224,9 @@ def read_opportunity_file(
     try:
         table = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except (ValueError, UnicodeDecodeError) as exc:  # a binary or garbled file, a non-number cell
-        raise ValueError(f"{path}: not an OPPORTUNITY .dat text table of numbers ({str(exc).splitlines()[0][:160]})") from None
+        raise ValueError(
+            f"{path}: not an OPPORTUNITY .dat text table of numbers ({str(exc).splitlines()[0][:160]})"
+        ) from None
     if table.shape[1] != NUM_COLUMNS:
         raise ValueError(
             f"{path}: expected {NUM_COLUMNS} whitespace-separated columns per row "
@@ -191,23 +235,25 @@ def read_opportunity_file(
     label_column, classes = _TASKS[task]
     raw_labels = table[:, label_column]
     if np.isnan(raw_labels).any():
-        raise ValueError(
-            f"{path}: label column {label_column + 1} ({COLUMN_NAMES[label_column]}) has NaNs"
-        )
+        raise ValueError(f"{path}: label column {label_column + 1} ({COLUMN_NAMES[label_column]}) has NaNs")
     fractional = np.flatnonzero(raw_labels != np.round(raw_labels))
     if fractional.size:  # casting would turn e.g. 406516.5 into a class silently
         r = int(fractional[0])
-        raise ValueError(f"{path}: line {r + 1}: label column {label_column + 1} ({COLUMN_NAMES[label_column]}) "
-                         f"holds {float(raw_labels[r])!r}; expected an integer label code")
+        raise ValueError(
+            f"{path}: line {r + 1}: label column {label_column + 1} ({COLUMN_NAMES[label_column]}) "
+            f"holds {float(raw_labels[r])!r}; expected an integer label code"
+        )
     labels = _map_codes(raw_labels.astype(np.int64), classes, path)
     sensors = table[:, BODY_WORN_CHANNELS]
     # NaN marks a dropped sample (interpolated below); Inf or values beyond float32 are corruption
     bad = np.argwhere(np.isinf(sensors) | (np.abs(np.nan_to_num(sensors)) > np.finfo(np.float32).max))
     if bad.size:
         r, col = (int(v) for v in bad[0])
-        raise ValueError(f"{path}: line {r + 1}: sensor column {BODY_WORN_CHANNELS[col] + 1} "
-                         f"({COLUMN_NAMES[BODY_WORN_CHANNELS[col]]}) holds {float(sensors[r, col])!r}; expected a finite "
-                         "float32 value or NaN (missing)")
+        raise ValueError(
+            f"{path}: line {r + 1}: sensor column {BODY_WORN_CHANNELS[col] + 1} "
+            f"({COLUMN_NAMES[BODY_WORN_CHANNELS[col]]}) holds {float(sensors[r, col])!r}; expected a finite "
+            "float32 value or NaN (missing)"
+        )
     data = interpolate_nans(sensors).astype(np.float32)
     return data, labels
 
@@ -270,19 +316,13 @@ class Opportunity(WindowDataset):
             train_files = self._resolve(OPPORTUNITY_SPLITS["train"])
             return [read_opportunity_file(path, task)[0] for path in train_files]
 
-        self.standardizer = resolve_standardizer(
-            normalize, standardizer, fit_train, len(BODY_WORN_CHANNELS)
-        )
+        self.standardizer = resolve_standardizer(normalize, standardizer, fit_train, len(BODY_WORN_CHANNELS))
         if self.standardizer is not None:
             recordings = [(self.standardizer.transform(d), labels) for d, labels in recordings]
 
-        windows, labels = windows_from_recordings(
-            recordings, window, step, label_mode, len(BODY_WORN_CHANNELS)
-        )
+        windows, labels = windows_from_recordings(recordings, window, step, label_mode, len(BODY_WORN_CHANNELS))
         self.channel_names = tuple(COLUMN_NAMES[i] for i in BODY_WORN_CHANNELS)
-        super().__init__(
-            windows, labels, [name for _, name in _TASKS[task][1]], transform, target_transform
-        )
+        super().__init__(windows, labels, [name for _, name in _TASKS[task][1]], transform, target_transform)
 
     @property
     def dataset_dir(self) -> Path:
@@ -297,13 +337,9 @@ class Opportunity(WindowDataset):
         for path in paths:
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"OPPORTUNITY file not found: {path} (needed for split={self.split!r}). "
-                    f"{_DOWNLOAD_HINT}"
+                    f"OPPORTUNITY file not found: {path} (needed for split={self.split!r}). {_DOWNLOAD_HINT}"
                 )
         return paths
 
     def extra_repr(self) -> str:
-        return (
-            f"Root location: {self.root}\nSplit: {self.split}\nTask: {self.task}\n"
-            f"Recordings: {len(self.files)}"
-        )
+        return f"Root location: {self.root}\nSplit: {self.split}\nTask: {self.task}\nRecordings: {len(self.files)}"

@@ -25,8 +25,16 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "InputError", "MAX_ARRAY_BYTES", "MAX_IMAGE_PIXELS", "MAX_VIDEO_FRAMES", "read_npy", "read_npz",
-    "open_image", "check_video_size", "read_text", "first_line",
+    "InputError",
+    "MAX_ARRAY_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_VIDEO_FRAMES",
+    "read_npy",
+    "read_npz",
+    "open_image",
+    "check_video_size",
+    "read_text",
+    "first_line",
 ]
 
 #: bytes one array of a .npy/.npz may declare (8 GiB)
@@ -63,8 +71,7 @@ def _need_file(path: Path, what: str) -> None:
 def _check_header(path: Path, where: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """Refuse an object (pickled) dtype or a declared size above :data:`MAX_ARRAY_BYTES`."""
     if dtype.hasobject:
-        raise InputError(f"{where}: holds Python objects (pickled data), which are never loaded; "
-                         "save numbers instead")
+        raise InputError(f"{where}: holds Python objects (pickled data), which are never loaded; save numbers instead")
     size = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if size > MAX_ARRAY_BYTES:
         raise InputError(
@@ -128,8 +135,7 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
                     out[name] = _read_member(handle, where)
     except InputError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError,
-            NotImplementedError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
         problem = first_line(exc)
         raise InputError(f"{path}: a truncated or corrupted .npz file ({problem})") from None
     return out

@@ -159,9 +159,7 @@ class Standardizer:
 
     def _set(self, mean: np.ndarray, std: np.ndarray) -> None:
         if mean.ndim != 1 or mean.shape != std.shape:
-            raise ValueError(
-                f"mean and std must both be (C,), got {tuple(mean.shape)} and {tuple(std.shape)}"
-            )
+            raise ValueError(f"mean and std must both be (C,), got {tuple(mean.shape)} and {tuple(std.shape)}")
         self.mean = mean
         self.std = np.where(std < self.eps, 1.0, std)
 
@@ -197,9 +195,7 @@ class Standardizer:
             raise RuntimeError("Standardizer is not fitted; call fit(train_data) first")
         data = np.asarray(data)
         if data.shape[-1:] != self.mean.shape:
-            raise ValueError(
-                f"data must end in C={self.mean.shape[0]} channels, got shape {tuple(data.shape)}"
-            )
+            raise ValueError(f"data must end in C={self.mean.shape[0]} channels, got shape {tuple(data.shape)}")
         return ((data - self.mean) / self.std).astype(np.float32)
 
     def fit_transform(self, data: np.ndarray) -> np.ndarray:
@@ -251,9 +247,7 @@ class WindowDataset(Dataset):
         if windows.ndim != 3:
             raise ValueError(f"windows must be (W, T, C), got shape {tuple(windows.shape)}")
         if labels.shape != (windows.shape[0],):
-            raise ValueError(
-                f"labels must be (W,) = ({windows.shape[0]},), got shape {tuple(labels.shape)}"
-            )
+            raise ValueError(f"labels must be (W,) = ({windows.shape[0]},), got shape {tuple(labels.shape)}")
         if labels.numel() and (labels.min() < 0 or labels.max() >= len(classes)):
             raise ValueError(
                 f"labels must lie in [0, {len(classes)}) for {len(classes)} classes, "
@@ -328,9 +322,7 @@ def resolve_standardizer(
     if standardizer is None:
         standardizer = Standardizer().fit(fit_train())
     if standardizer.num_channels != num_channels:
-        raise ValueError(
-            f"standardizer covers {standardizer.num_channels} channels, expected {num_channels}"
-        )
+        raise ValueError(f"standardizer covers {standardizer.num_channels} channels, expected {num_channels}")
     return standardizer
 
 

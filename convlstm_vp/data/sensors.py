@@ -171,9 +171,15 @@ class Daphnet(WindowDataset):
 
     CLASSES = ("no_freeze", "freeze")
     CHANNELS = (
-        "ankle_horiz_fwd", "ankle_vert", "ankle_horiz_lateral",
-        "leg_horiz_fwd", "leg_vert", "leg_horiz_lateral",
-        "trunk_horiz_fwd", "trunk_vert", "trunk_horiz_lateral",
+        "ankle_horiz_fwd",
+        "ankle_vert",
+        "ankle_horiz_lateral",
+        "leg_horiz_fwd",
+        "leg_vert",
+        "leg_horiz_lateral",
+        "trunk_horiz_fwd",
+        "trunk_vert",
+        "trunk_horiz_lateral",
     )
     LABEL_COLUMN = "is_anomaly"
 
@@ -195,8 +201,7 @@ class Daphnet(WindowDataset):
         if not 0.0 < train_fraction < 1.0:
             raise ValueError(f"train_fraction must lie in (0, 1), got {train_fraction}")
         self.csv_path = (
-            Path(csv_path) if csv_path is not None
-            else aeon_data_dir() / "Daphnet_S06R02E0" / "S06R02E0.csv"
+            Path(csv_path) if csv_path is not None else aeon_data_dir() / "Daphnet_S06R02E0" / "S06R02E0.csv"
         )
         self.split = split
         data, labels = self._read()
@@ -204,9 +209,7 @@ class Daphnet(WindowDataset):
         #: or after it.
         self.boundary = int(round(train_fraction * len(data)))
         part = slice(0, self.boundary) if split == "train" else slice(self.boundary, None)
-        self.standardizer = resolve_standardizer(
-            normalize, standardizer, lambda: data[: self.boundary], data.shape[1]
-        )
+        self.standardizer = resolve_standardizer(normalize, standardizer, lambda: data[: self.boundary], data.shape[1])
         stream = data[part]
         if self.standardizer is not None:
             stream = self.standardizer.transform(stream)
@@ -227,12 +230,11 @@ class Daphnet(WindowDataset):
         wanted = list(self.CHANNELS) + [self.LABEL_COLUMN]
         missing = [name for name in wanted if name not in header]
         if missing:
-            raise ValueError(
-                f"{self.csv_path}: missing columns {missing}; expected a header with {wanted}"
-            )
+            raise ValueError(f"{self.csv_path}: missing columns {missing}; expected a header with {wanted}")
         try:
-            table = np.loadtxt(io.StringIO(text), delimiter=",", skiprows=1, ndmin=2,
-                               usecols=[header.index(name) for name in wanted])
+            table = np.loadtxt(
+                io.StringIO(text), delimiter=",", skiprows=1, ndmin=2, usecols=[header.index(name) for name in wanted]
+            )
         except ValueError as exc:
             raise InputError(f"{self.csv_path}: not a Daphnet table of numbers ({first_line(exc)})") from None
         labels = table[:, -1]

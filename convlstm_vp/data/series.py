@@ -36,7 +36,15 @@ from .safe_io import InputError, read_npz, read_text
 from .sensor_windows import LabelMode, WindowDataset, interpolate_nans, sliding_windows
 from .splits import stratified_split
 
-__all__ = ["LabelledSeries", "SeriesDataset", "TEST_FRACTION", "TEST_SPLIT_SEED", "class_order", "read_source", "source_kind"]
+__all__ = [
+    "LabelledSeries",
+    "SeriesDataset",
+    "TEST_FRACTION",
+    "TEST_SPLIT_SEED",
+    "class_order",
+    "read_source",
+    "source_kind",
+]
 
 #: Share of each class an ``.npz`` without ``X_test`` gives to its test split.
 TEST_FRACTION = 0.25
@@ -65,8 +73,11 @@ class LabelledSeries:
 
     def subset(self, index: np.ndarray) -> LabelledSeries:
         return LabelledSeries(
-            [self.series[i] for i in index], None if self.labels is None else self.labels[index],
-            [self.ids[i] for i in index], None if self.groups is None else self.groups[index], self.where,
+            [self.series[i] for i in index],
+            None if self.labels is None else self.labels[index],
+            [self.ids[i] for i in index],
+            None if self.groups is None else self.groups[index],
+            self.where,
             self.recordings,
         )
 
@@ -79,7 +90,9 @@ class SeriesDataset(WindowDataset):
     ``ids`` names each item. Equal lengths give an ordinary :class:`WindowDataset`.
     """
 
-    def __init__(self, series: Sequence[np.ndarray], labels: np.ndarray, classes: Sequence[str], ids: Sequence[str]) -> None:
+    def __init__(
+        self, series: Sequence[np.ndarray], labels: np.ndarray, classes: Sequence[str], ids: Sequence[str]
+    ) -> None:
         if not len(series):
             raise ValueError("SeriesDataset: no series")
         lengths = np.array([len(s) for s in series], dtype=np.int64)
@@ -95,9 +108,12 @@ class SeriesDataset(WindowDataset):
         return bool((self.lengths != self.lengths[0]).any())
 
     def subset(self, index: np.ndarray) -> SeriesDataset:
-        return SeriesDataset([self.windows[i, : int(self.lengths[i])].numpy() for i in index],
-                             self.labels[torch.from_numpy(np.asarray(index))].numpy(), self.classes,
-                             [self.ids[i] for i in index])
+        return SeriesDataset(
+            [self.windows[i, : int(self.lengths[i])].numpy() for i in index],
+            self.labels[torch.from_numpy(np.asarray(index))].numpy(),
+            self.classes,
+            [self.ids[i] for i in index],
+        )
 
 
 def class_order(names: Sequence[str]) -> tuple[str, ...]:
@@ -128,8 +144,15 @@ def source_kind(spec: str) -> str:
 
 
 def read_source(
-    spec: str, split: str, *, root: str | Path | None = None, label_column: str = "label", window: int = 24,
-    step: int = 12, label_mode: LabelMode = "last", classes: Sequence[str] | None = None,
+    spec: str,
+    split: str,
+    *,
+    root: str | Path | None = None,
+    label_column: str = "label",
+    window: int = 24,
+    step: int = 12,
+    label_mode: LabelMode = "last",
+    classes: Sequence[str] | None = None,
 ) -> LabelledSeries:
     """The ``split`` (``"train"``, ``"test"``, or ``"all"``: every item of the named file, for
     classifying new data) of source ``spec``. ``classes``: the training classes, which csv
@@ -141,7 +164,9 @@ def read_source(
         path = Path(spec)
         if split == "test":
             if "_TRAIN" not in path.name:
-                raise ValueError(f"{path}: a training .ts file must be named <Name>_TRAIN.ts (its test split is <Name>_TEST.ts)")
+                raise ValueError(
+                    f"{path}: a training .ts file must be named <Name>_TRAIN.ts (its test split is <Name>_TEST.ts)"
+                )
             path = path.with_name(path.name.replace("_TRAIN", "_TEST"))
         return read_ts(path)
     if kind == "npz":
@@ -150,7 +175,9 @@ def read_source(
     if split != "all":
         folder = folder / split
         if not folder.is_dir():
-            raise FileNotFoundError(f"{Path(spec)}: a folder of .csv recordings needs the subfolders train/ and test/; {folder} is missing")
+            raise FileNotFoundError(
+                f"{Path(spec)}: a folder of .csv recordings needs the subfolders train/ and test/; {folder} is missing"
+            )
     return read_csv_folder(folder, label_column, window, step, label_mode, classes)
 
 
@@ -180,7 +207,9 @@ def _read_aeon(name: str, split: str, root: str | Path | None) -> LabelledSeries
         ) from None
     series = [interpolate_nans(np.asarray(x, np.float64).T) for x in X]
     labels = np.asarray([str(v) for v in y])
-    return LabelledSeries(series, labels, [f"{name}_{split.upper()}#{i}" for i in range(len(series))], where=f"aeon:{name}")
+    return LabelledSeries(
+        series, labels, [f"{name}_{split.upper()}#{i}" for i in range(len(series))], where=f"aeon:{name}"
+    )
 
 
 # ------------------------------------------------------------------------------------------- .ts
@@ -212,7 +241,9 @@ def read_ts(path: str | Path) -> LabelledSeries:
             elif tag == "@data":
                 in_data = True
             elif not tag.startswith("@"):
-                raise ValueError(f"{path}, line {number}: expected a header line (@...) or @data before the cases, got {line[:60]!r}")
+                raise ValueError(
+                    f"{path}, line {number}: expected a header line (@...) or @data before the cases, got {line[:60]!r}"
+                )
             continue
         fields = line.split(":")
         if labelled:
@@ -220,7 +251,9 @@ def read_ts(path: str | Path) -> LabelledSeries:
                 raise ValueError(f"{path}, line {number}: expected dimensions separated by ':' and a class label last")
             label = fields.pop().strip()
             if declared is not None and declared and label not in declared:
-                raise ValueError(f"{path}, line {number}: class label {label!r} is not one of @classLabel {sorted(declared)}")
+                raise ValueError(
+                    f"{path}, line {number}: class label {label!r} is not one of @classLabel {sorted(declared)}"
+                )
             labels.append(label)
         dims = []
         for d, text in enumerate(fields):
@@ -228,11 +261,15 @@ def read_ts(path: str | Path) -> LabelledSeries:
                 dims.append(np.array([np.nan if v.strip() == "?" else float(v) for v in text.split(",")], np.float64))
             except ValueError:
                 bad = next(v for v in text.split(",") if v.strip() != "?" and not _is_float(v))
-                raise ValueError(f"{path}, line {number}: dimension {d + 1}: {bad.strip()[:30]!r} is not a number") from None
+                raise ValueError(
+                    f"{path}, line {number}: dimension {d + 1}: {bad.strip()[:30]!r} is not a number"
+                ) from None
         if series and len(dims) != series[0].shape[1]:
             raise ValueError(f"{path}, line {number}: {len(dims)} dimensions, the first case has {series[0].shape[1]}")
         if len({len(v) for v in dims}) > 1:
-            raise ValueError(f"{path}, line {number}: the dimensions of one case differ in length {[len(v) for v in dims]}")
+            raise ValueError(
+                f"{path}, line {number}: the dimensions of one case differ in length {[len(v) for v in dims]}"
+            )
         case = np.stack(dims, axis=1)  # (T, C)
         if not np.isfinite(case[~np.isnan(case)]).all():
             raise ValueError(f"{path}, line {number}: an infinite value")
@@ -260,14 +297,21 @@ def _label_names(y: np.ndarray, where: str) -> np.ndarray:
     raise ValueError(f"{where}: labels must be strings or integers, got dtype {y.dtype}")
 
 
-def _npz_cases(data, x_key: str, y_key: str, len_key: str, path: Path, need_y: bool) -> tuple[list[np.ndarray], np.ndarray | None]:
+def _npz_cases(
+    data, x_key: str, y_key: str, len_key: str, path: Path, need_y: bool
+) -> tuple[list[np.ndarray], np.ndarray | None]:
     X = np.asarray(data[x_key])
     if X.ndim != 3 or X.dtype.kind not in "fiu":
         raise ValueError(f"{path}: {x_key!r} must be numbers of shape (N, T, C), got {X.dtype} {X.shape}")
     if 0 in X.shape:
         raise ValueError(f"{path}: {x_key!r} holds no cases (shape {X.shape}; expected (N, T, C) with N, T, C >= 1)")
     lengths = np.full(len(X), X.shape[1]) if len_key not in data else np.asarray(data[len_key])
-    if lengths.shape != (len(X),) or lengths.dtype.kind not in "iu" or (lengths < 1).any() or (lengths > X.shape[1]).any():
+    if (
+        lengths.shape != (len(X),)
+        or lengths.dtype.kind not in "iu"
+        or (lengths < 1).any()
+        or (lengths > X.shape[1]).any()
+    ):
         raise ValueError(f"{path}: {len_key!r} must be (N,) = ({len(X)},) integers in [1, T={X.shape[1]}]")
     series = []
     for i, n in enumerate(lengths):
@@ -342,7 +386,9 @@ def read_csv_recording(path: Path, label_column: str) -> tuple[list[str], np.nda
             try:
                 v = float(text) if text else np.nan
             except ValueError:
-                raise ValueError(f"{path}, line {number}, column {header[i]!r}: {text[:30]!r} is not a number") from None
+                raise ValueError(
+                    f"{path}, line {number}, column {header[i]!r}: {text[:30]!r} is not a number"
+                ) from None
             if np.isinf(v):
                 raise ValueError(f"{path}, line {number}, column {header[i]!r}: an infinite value")
             values.append(v)
@@ -352,8 +398,9 @@ def read_csv_recording(path: Path, label_column: str) -> tuple[list[str], np.nda
     return channels, interpolate_nans(np.array(samples, np.float64)), np.asarray(labels) if has_label else None
 
 
-def read_csv_folder(folder: Path, label_column: str, window: int, step: int, label_mode: LabelMode,
-                    classes: Sequence[str] | None) -> LabelledSeries:
+def read_csv_folder(
+    folder: Path, label_column: str, window: int, step: int, label_mode: LabelMode, classes: Sequence[str] | None
+) -> LabelledSeries:
     """Every ``.csv`` recording of ``folder`` cut into windows; ``groups`` holds the recording
     index of each window. Window labels follow ``label_mode`` over the per-sample labels, indexed
     by ``classes`` (the training classes; ``None``: the classes of these recordings)."""
@@ -367,7 +414,9 @@ def read_csv_folder(folder: Path, label_column: str, window: int, step: int, lab
             raise ValueError(f"{f}, line 1: channels {channels} differ from {recordings[0][0].name}'s {first}")
     labelled = [r[3] is not None for r in recordings]
     if any(labelled) and not all(labelled):
-        raise ValueError(f"{recordings[labelled.index(False)][0]}, line 1: no {label_column!r} column (other files have one)")
+        raise ValueError(
+            f"{recordings[labelled.index(False)][0]}, line 1: no {label_column!r} column (other files have one)"
+        )
     if classes is None and all(labelled):
         classes = class_order(np.concatenate([r[3] for r in recordings]))
     series, labels, ids, groups = [], [], [], []

@@ -47,8 +47,9 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int = VAL_SPLIT_
         k = min(max(int(round(fraction * members.size)), 1), members.size - 1)
         val.append(rng.choice(members, size=k, replace=False))
     if not val:
-        raise ValueError(f"stratified_split: no class has two items to split between training and validation "
-                         f"({labels.size} items)")
+        raise ValueError(
+            f"stratified_split: no class has two items to split between training and validation ({labels.size} items)"
+        )
     val_idx = np.sort(np.concatenate(val))
     train_idx = np.setdiff1d(np.arange(labels.size), val_idx)
     return train_idx, val_idx

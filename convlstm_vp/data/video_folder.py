@@ -38,8 +38,18 @@ from torch.utils.data import Dataset
 from .safe_io import InputError, check_video_size, first_line, open_image, read_npy, read_npz
 from .splits import VAL_SPLIT_SEED
 
-__all__ = ["VideoFolder", "CacheError", "VIDEO_SUFFIXES", "ARRAY_SUFFIXES", "fit_frame", "iter_frames", "load_frames", "to_unit_range",
-           "TEST_FRACTION", "VAL_FRACTION"]
+__all__ = [
+    "VideoFolder",
+    "CacheError",
+    "VIDEO_SUFFIXES",
+    "ARRAY_SUFFIXES",
+    "fit_frame",
+    "iter_frames",
+    "load_frames",
+    "to_unit_range",
+    "TEST_FRACTION",
+    "VAL_FRACTION",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +72,12 @@ PREDICT_RANGE_HINT = "pass --input-range LO,HI to map another range to [0, 1]"
 TRAIN_RANGE_HINT = "convert the file to uint8 frames or floats in [0, 1]"
 
 
-def to_unit_range(arr: np.ndarray, path: Path | str, input_range: tuple[float, float] | None = None,
-                  range_hint: str = PREDICT_RANGE_HINT) -> np.ndarray:
+def to_unit_range(
+    arr: np.ndarray,
+    path: Path | str,
+    input_range: tuple[float, float] | None = None,
+    range_hint: str = PREDICT_RANGE_HINT,
+) -> np.ndarray:
     """Frames of any numeric dtype as float32 in [0, 1]: ``input_range`` ``(lo, hi)`` maps to [0, 1];
     without it uint8 is divided by 255 and floats must already lie in [0, 1]. NaN/Inf, values
     outside the range and other dtypes are a ValueError naming ``path``."""
@@ -83,8 +97,10 @@ def to_unit_range(arr: np.ndarray, path: Path | str, input_range: tuple[float, f
             raise InputError(f"{path}: {arr.dtype} frames have no known scale; {range_hint}")
     lo, hi = input_range
     if x.min() < lo or x.max() > hi:
-        raise InputError(f"{path}: {arr.dtype} frames must lie in [{lo:g}, {hi:g}], got values in "
-                         f"[{x.min():g}, {x.max():g}]; {range_hint}")
+        raise InputError(
+            f"{path}: {arr.dtype} frames must lie in [{lo:g}, {hi:g}], got values in "
+            f"[{x.min():g}, {x.max():g}]; {range_hint}"
+        )
     return ((x - lo) / (hi - lo)).astype(np.float32)
 
 
@@ -130,8 +146,9 @@ def _gif_frames(path: Path) -> np.ndarray:
     return np.stack(frames)
 
 
-def iter_frames(path: Path | str, input_range: tuple[float, float] | None = None,
-                range_hint: str = PREDICT_RANGE_HINT) -> Iterator[np.ndarray]:
+def iter_frames(
+    path: Path | str, input_range: tuple[float, float] | None = None, range_hint: str = PREDICT_RANGE_HINT
+) -> Iterator[np.ndarray]:
     """The frames of a video or frame array one at a time, float32 ``(h, w, c)`` in [0, 1] with c = 1
     (grey sources) or 3 (RGB), so a long high-resolution video is never held whole in memory.
     Videos and GIFs are 8-bit; arrays are scaled by :func:`to_unit_range` (an .npz is read from
@@ -151,8 +168,12 @@ def iter_frames(path: Path | str, input_range: tuple[float, float] | None = None
     cap = cv2.VideoCapture(str(path))
     count = 0
     try:
-        check_video_size(path, cap.get(cv2.CAP_PROP_FRAME_COUNT), cap.get(cv2.CAP_PROP_FRAME_WIDTH),
-                         cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        check_video_size(
+            path,
+            cap.get(cv2.CAP_PROP_FRAME_COUNT),
+            cap.get(cv2.CAP_PROP_FRAME_WIDTH),
+            cap.get(cv2.CAP_PROP_FRAME_HEIGHT),
+        )
         while True:
             ok, frame = cap.read()
             if not ok:
@@ -166,13 +187,24 @@ def iter_frames(path: Path | str, input_range: tuple[float, float] | None = None
         raise InputError(f"{path}: OpenCV read no frames (expected a video such as .mp4, .avi, .mov, .mkv or .webm)")
 
 
-def load_frames(path: Path | str, size: Sequence[int], channels: int, frame_step: int = 1,
-                input_range: tuple[float, float] | None = None, range_hint: str = PREDICT_RANGE_HINT) -> np.ndarray:
+def load_frames(
+    path: Path | str,
+    size: Sequence[int],
+    channels: int,
+    frame_step: int = 1,
+    input_range: tuple[float, float] | None = None,
+    range_hint: str = PREDICT_RANGE_HINT,
+) -> np.ndarray:
     """Every ``frame_step``-th frame of ``path`` (:func:`iter_frames`) fitted to ``size`` and
     ``channels`` by :func:`fit_frame`: float32 ``(T, H, W, channels)`` in [0, 1]. The dataset and
     ``predict`` both bring frames to the model's resolution through this function."""
-    return np.stack([fit_frame(f, size, channels) for i, f in enumerate(iter_frames(path, input_range, range_hint))
-                     if i % frame_step == 0])
+    return np.stack(
+        [
+            fit_frame(f, size, channels)
+            for i, f in enumerate(iter_frames(path, input_range, range_hint))
+            if i % frame_step == 0
+        ]
+    )
 
 
 def fit_frame(frame: np.ndarray, size: Sequence[int], channels: int) -> np.ndarray:
@@ -263,18 +295,28 @@ class VideoFolder(Dataset):
         for name, v in (("input_frames", input_frames), ("output_frames", output_frames), ("frame_step", frame_step)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"VideoFolder: {name} must be an integer >= 1, got {v!r}")
-        if clip_stride is not None and (isinstance(clip_stride, bool) or not isinstance(clip_stride, int) or clip_stride < 1):
+        if clip_stride is not None and (
+            isinstance(clip_stride, bool) or not isinstance(clip_stride, int) or clip_stride < 1
+        ):
             raise ValueError(f"VideoFolder: clip_stride must be an integer >= 1 or None, got {clip_stride!r}")
         size = tuple(size) if isinstance(size, (list, tuple)) else size
-        if not (isinstance(size, tuple) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)):
+        if not (
+            isinstance(size, tuple)
+            and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)
+        ):
             raise ValueError(f"VideoFolder: size must be (H, W) with positive integers, got {size!r}")
         if channels not in (1, 3):
             raise ValueError(f"VideoFolder: channels must be 1 (grey) or 3 (RGB), got {channels!r}")
         if data_format not in ("channels_first", "channels_last"):
-            raise ValueError(f"VideoFolder: data_format must be 'channels_first' or 'channels_last', got {data_format!r}")
+            raise ValueError(
+                f"VideoFolder: data_format must be 'channels_first' or 'channels_last', got {data_format!r}"
+            )
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"VideoFolder: video folder not found: {self.root} (put your videos there, or set data.root)")
+            raise FileNotFoundError(
+                f"VideoFolder: video folder not found: {self.root} (put your videos there, or set data.root)"
+            )
         self.split, self.size, self.channels, self.frame_step = split, size, channels, frame_step
         self.clip_frames = input_frames + output_frames
         self.clip_stride = clip_stride or (1 if split == "train" else output_frames)
@@ -294,12 +336,17 @@ class VideoFolder(Dataset):
                 self.skipped.append(path)
                 errors.append(f"{path.relative_to(self.root)} ({str(exc).split(': ', 1)[-1][:160]})")
         if errors:
-            warnings.warn(f"VideoFolder {self.root}: skipped {len(errors)} unreadable file(s): " + "; ".join(errors),
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"VideoFolder {self.root}: skipped {len(errors)} unreadable file(s): " + "; ".join(errors),
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if not arrays:
             unreadable = f"; unreadable: {'; '.join(errors)}" if errors else ""
-            raise FileNotFoundError(f"VideoFolder: no readable video or frame array under {self.root} "
-                                    f"(looked for {', '.join(VIDEO_SUFFIXES + ARRAY_SUFFIXES)}){unreadable}")
+            raise FileNotFoundError(
+                f"VideoFolder: no readable video or frame array under {self.root} "
+                f"(looked for {', '.join(VIDEO_SUFFIXES + ARRAY_SUFFIXES)}){unreadable}"
+            )
         sources = {k: [p for p in v if p in arrays] for k, v in sources.items()}
         parts = self._split_segments(sources, {p: a.shape[0] for p, a in arrays.items()}, self.clip_frames)
         self.files = sorted({path for path, _, _ in parts[split]})
@@ -307,13 +354,16 @@ class VideoFolder(Dataset):
         index = {p: i for i, p in enumerate(self.files)}
         self.segments = [_Segment(index[p], a, b) for p, a, b in parts[split]]
         self.num_frames = [sum(s.stop - s.start for s in self.segments if s.file == i) for i in range(len(self.files))]
-        self._clips = [(s.file, t) for s in self.segments
-                       for t in range(s.start, s.stop - self.clip_frames + 1, self.clip_stride)]
+        self._clips = [
+            (s.file, t) for s in self.segments for t in range(s.start, s.stop - self.clip_frames + 1, self.clip_stride)
+        ]
         if not self._clips:
             longest = max((s.stop - s.start for s in self.segments), default=0)
-            raise ValueError(f"VideoFolder {self.root}: split {split!r} has no clip of {self.clip_frames} frames "
-                             f"(its longest part holds {longest} frames after frame_step {frame_step}); use fewer "
-                             f"input_frames/output_frames, a smaller frame_step, or longer videos")
+            raise ValueError(
+                f"VideoFolder {self.root}: split {split!r} has no clip of {self.clip_frames} frames "
+                f"(its longest part holds {longest} frames after frame_step {frame_step}); use fewer "
+                f"input_frames/output_frames, a smaller frame_step, or longer videos"
+            )
 
     # ------------------------------------------------------------------ files and splits
     def _find_sources(self) -> dict[str, list[Path]]:
@@ -322,15 +372,23 @@ class VideoFolder(Dataset):
         suffixes = VIDEO_SUFFIXES + ARRAY_SUFFIXES
 
         def files_under(folder: Path) -> list[Path]:
-            return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-                          and self.cache_dir not in p.parents and ".cache" not in p.relative_to(self.root).parts)
+            return sorted(
+                p
+                for p in folder.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in suffixes
+                and self.cache_dir not in p.parents
+                and ".cache" not in p.relative_to(self.root).parts
+            )
 
         if (self.root / "train").is_dir() and (self.root / "test").is_dir():
             return {"train": files_under(self.root / "train"), "test": files_under(self.root / "test")}
         return {"all": files_under(self.root)}
 
     @staticmethod
-    def _split_segments(sources: dict[str, list[Path]], lengths: dict[Path, int], clip_frames: int) -> dict[str, list[tuple[Path, int, int]]]:
+    def _split_segments(
+        sources: dict[str, list[Path]], lengths: dict[Path, int], clip_frames: int
+    ) -> dict[str, list[tuple[Path, int, int]]]:
         """``{split: [(file, start, stop), ...]}`` by the rules of the module docstring (a
         validation block cut from a single training video holds at least ``clip_frames`` frames)."""
 
@@ -343,7 +401,9 @@ class VideoFolder(Dataset):
         def whole(files: list[Path]) -> list[tuple[Path, int, int]]:
             return [(p, 0, lengths[p]) for p in files]
 
-        def tail(path: Path, stop: int, fraction: float, least: int = 1) -> tuple[tuple[Path, int, int], tuple[Path, int, int]]:
+        def tail(
+            path: Path, stop: int, fraction: float, least: int = 1
+        ) -> tuple[tuple[Path, int, int], tuple[Path, int, int]]:
             cut = max(stop - max(int(round(fraction * stop)), least), 0)
             return (path, 0, cut), (path, cut, stop)
 
@@ -372,9 +432,18 @@ class VideoFolder(Dataset):
         """The uint8 frames ``(T, H, W, C)`` of ``path``, memory-mapped from the cache (decoded and
         written there first when no entry matches)."""
         st = path.stat()
-        key = json.dumps({"file": str(path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
-                          "size": list(self.size), "channels": self.channels, "frame_step": self.frame_step,
-                          "version": _CACHE_VERSION}, sort_keys=True)
+        key = json.dumps(
+            {
+                "file": str(path.resolve()),
+                "bytes": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "size": list(self.size),
+                "channels": self.channels,
+                "frame_step": self.frame_step,
+                "version": _CACHE_VERSION,
+            },
+            sort_keys=True,
+        )
         entry = self.cache_dir / f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npy"
         if entry.is_file():
             try:
@@ -391,8 +460,10 @@ class VideoFolder(Dataset):
         except OSError as exc:
             if tmp.parent.is_dir():
                 tmp.unlink(missing_ok=True)
-            raise CacheError(f"VideoFolder: cannot write the frame cache {entry} ({exc.strerror or exc}); make "
-                             f"{self.cache_dir} writable or set data.cache_dir (cache_dir=) to a writable folder") from None
+            raise CacheError(
+                f"VideoFolder: cannot write the frame cache {entry} ({exc.strerror or exc}); make "
+                f"{self.cache_dir} writable or set data.cache_dir (cache_dir=) to a writable folder"
+            ) from None
         logger.info("decoded %s: %d frames -> %s", path, frames.shape[0], entry)
         return np.load(entry, mmap_mode="r")
 
@@ -419,5 +490,7 @@ class VideoFolder(Dataset):
 
     def describe(self) -> str:
         """One line: the split, its clips, files and frames."""
-        return (f"{self.split} split of {self.root}: {len(self)} clips of {self.clip_frames} frames "
-                f"(stride {self.clip_stride}) from {len(self.files)} file(s), {sum(self.num_frames)} frames")
+        return (
+            f"{self.split} split of {self.root}: {len(self)} clips of {self.clip_frames} frames "
+            f"(stride {self.clip_stride}) from {len(self.files)} file(s), {sum(self.num_frames)} frames"
+        )

@@ -6,4 +6,12 @@ from .encoder_forecaster import EncoderForecaster, Forecast
 from .heads import HEADS, FrameHead, register_head
 from .patch_classifier import PatchSequenceClassifier
 
-__all__ = ["EncoderForecaster", "Forecast", "FrameHead", "HEADS", "register_head", "PatchSequenceClassifier", "DeepConvLSTM"]
+__all__ = [
+    "EncoderForecaster",
+    "Forecast",
+    "FrameHead",
+    "HEADS",
+    "register_head",
+    "PatchSequenceClassifier",
+    "DeepConvLSTM",
+]

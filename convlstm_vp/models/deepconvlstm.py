@@ -127,14 +127,26 @@ class DeepConvLSTM(nn.Module):
 
         if recurrent == "rank0":
             self.lstm = ConvLSTM(
-                features * self.columns, hidden_channels, num_layers=lstm_layers, spatial_dims=0,
-                dropout=self.dropout, return_sequences=False, check_finite=False,
+                features * self.columns,
+                hidden_channels,
+                num_layers=lstm_layers,
+                spatial_dims=0,
+                dropout=self.dropout,
+                return_sequences=False,
+                check_finite=False,
             )
             head_in = hidden_channels
         else:
             self.lstm = ConvLSTM(
-                features, hidden_channels, recurrent_kernel, num_layers=lstm_layers, spatial_dims=1,
-                padding="same", dropout=self.dropout, return_sequences=False, check_finite=False,
+                features,
+                hidden_channels,
+                recurrent_kernel,
+                num_layers=lstm_layers,
+                spatial_dims=1,
+                padding="same",
+                dropout=self.dropout,
+                return_sequences=False,
+                check_finite=False,
             )
             head_in = hidden_channels * self.columns
         self.classifier = nn.Linear(head_in, num_classes)
@@ -163,8 +175,11 @@ class DeepConvLSTM(nn.Module):
             )
         if lengths is not None:
             lengths = torch.as_tensor(lengths, dtype=torch.long).cpu()
-            if lengths.shape != (x.shape[0] if x.dim() == 3 else 1,) or bool((lengths < self.min_window).any()) \
-                    or bool((lengths > x.shape[-2]).any()):
+            if (
+                lengths.shape != (x.shape[0] if x.dim() == 3 else 1,)
+                or bool((lengths < self.min_window).any())
+                or bool((lengths > x.shape[-2]).any())
+            ):
                 raise ValueError(
                     f"DeepConvLSTM lengths: expected one length per series in [{self.min_window}, T={x.shape[-2]}], "
                     f"got {lengths.tolist()[:8]} for windows of shape {tuple(x.shape)}"

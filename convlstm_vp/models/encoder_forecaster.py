@@ -44,8 +44,16 @@ from ..nn.functional import check_finite, get_activation
 from ..nn.layout import check_data_format, describe_sequence, sequence_from_internal, sequence_to_internal
 from .heads import HEADS, RENDERS, apply_dynamic_filter, head_class, sample_displaced, unpatchify
 
-__all__ = ["EncoderForecaster", "Forecast", "HEADS", "RENDERS", "apply_dynamic_filter", "patchify",
-           "sample_displaced", "unpatchify"]
+__all__ = [
+    "EncoderForecaster",
+    "Forecast",
+    "HEADS",
+    "RENDERS",
+    "apply_dynamic_filter",
+    "patchify",
+    "sample_displaced",
+    "unpatchify",
+]
 from .streaming import FrameStream
 
 
@@ -128,13 +136,20 @@ class EncoderForecaster(nn.Module):
         hidden = list(hidden_channels)
         if not hidden or any((not isinstance(h, int)) or h <= 0 for h in hidden):
             raise ValueError(f"hidden_channels: expected a non-empty list of positive ints, got {hidden_channels!r}")
-        for what, v in (("patch_size", patch_size), ("input_frames", input_frames), ("output_frames", output_frames), ("in_channels", in_channels)):
+        for what, v in (
+            ("patch_size", patch_size),
+            ("input_frames", input_frames),
+            ("output_frames", output_frames),
+            ("in_channels", in_channels),
+        ):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{what}: expected a positive int, got {v!r}")
         head_cls = head_class(head)
         if "dropout" in cell_kwargs:
-            raise TypeError("EncoderForecaster has no between-layers dropout (the forecaster steps its cells itself); "
-                            "use input_dropout= or recurrent_dropout=")
+            raise TypeError(
+                "EncoderForecaster has no between-layers dropout (the forecaster steps its cells itself); "
+                "use input_dropout= or recurrent_dropout="
+            )
         if output_activation is None:
             output_activation = head_cls.default_activation
         self.in_channels = in_channels
@@ -149,8 +164,19 @@ class EncoderForecaster(nn.Module):
         kernels = kernel_size if isinstance(kernel_size, list) else [kernel_size] * len(hidden)
         c = in_channels * patch_size * patch_size
         # the frames are checked once here, not again by the inner layers
-        self.encoder = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="encoder", check_finite=False, return_all_layers=True, **cell_kwargs)
-        self.forecaster = ConvLSTM(c, hidden, list(kernels), spatial_dims=2, name="forecaster", check_finite=False, **cell_kwargs)
+        self.encoder = ConvLSTM(
+            c,
+            hidden,
+            list(kernels),
+            spatial_dims=2,
+            name="encoder",
+            check_finite=False,
+            return_all_layers=True,
+            **cell_kwargs,
+        )
+        self.forecaster = ConvLSTM(
+            c, hidden, list(kernels), spatial_dims=2, name="forecaster", check_finite=False, **cell_kwargs
+        )
         self.head = head_cls(sum(hidden), c, patch_size, filter_size=filter_size)
         self.filter_size = getattr(self.head, "filter_size", None)
         self._compiled_forward: CompiledForward | None = None  # implementation "graphed"
@@ -169,7 +195,9 @@ class EncoderForecaster(nn.Module):
         expected = describe_sequence(2, True, self.data_format)
         if not isinstance(x, Tensor) or x.dim() != 5:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"{what}: expected {expected} with T={frames}, C={self.in_channels} (data_format={self.data_format!r}), got {shape}")
+            raise ValueError(
+                f"{what}: expected {expected} with T={frames}, C={self.in_channels} (data_format={self.data_format!r}), got {shape}"
+            )
         x = sequence_to_internal(x, 2, True, self.data_format)
         b, t, c, h, w = x.shape
         if t != frames or c != self.in_channels or h % self.patch_size or w % self.patch_size:
@@ -188,7 +216,11 @@ class EncoderForecaster(nn.Module):
         script can fail before its work); returns the temperature as a float. ValueError: a
         temperature that is not a finite number > 0, an unknown ``render``, or for the conv head
         anything but 1 and "filter"."""
-        if isinstance(filter_temperature, bool) or not isinstance(filter_temperature, (int, float)) or not 0 < filter_temperature < float("inf"):
+        if (
+            isinstance(filter_temperature, bool)
+            or not isinstance(filter_temperature, (int, float))
+            or not 0 < filter_temperature < float("inf")
+        ):
             raise ValueError(f"filter_temperature: expected a finite number > 0, got {filter_temperature!r}")
         if render not in RENDERS:
             raise ValueError(f"render: expected one of {RENDERS}, got {render!r}")
@@ -271,12 +303,20 @@ class EncoderForecaster(nn.Module):
         temperature = self.check_rendering(filter_temperature, render)
         if offsets:
             self.head.check_offsets()
-        forcing = not (isinstance(teacher_forcing, (int, float)) and not isinstance(teacher_forcing, bool) and teacher_forcing == 0)
+        forcing = not (
+            isinstance(teacher_forcing, (int, float)) and not isinstance(teacher_forcing, bool) and teacher_forcing == 0
+        )
         if forcing:
             if isinstance(teacher_forcing, Tensor):
                 if teacher_forcing.dim() != 0:
-                    raise ValueError(f"teacher_forcing: expected a number or a 0-dim tensor, got shape {tuple(teacher_forcing.shape)}")
-            elif isinstance(teacher_forcing, bool) or not isinstance(teacher_forcing, (int, float)) or not 0 <= teacher_forcing <= 1:
+                    raise ValueError(
+                        f"teacher_forcing: expected a number or a 0-dim tensor, got shape {tuple(teacher_forcing.shape)}"
+                    )
+            elif (
+                isinstance(teacher_forcing, bool)
+                or not isinstance(teacher_forcing, (int, float))
+                or not 0 <= teacher_forcing <= 1
+            ):
                 raise ValueError(f"teacher_forcing: expected a probability in [0, 1], got {teacher_forcing!r}")
             if targets is None:
                 raise ValueError("teacher_forcing: feeding true frames needs targets (B, output_frames, C, H, W)")
@@ -291,11 +331,23 @@ class EncoderForecaster(nn.Module):
             # nothing new, and a CPU tensor would keep the graph off CUDA graphs
             teacher_forcing = torch.as_tensor(teacher_forcing, dtype=torch.float32).to(x.device, non_blocking=True)
         if self._compiled_forward is None:
-            self._compiled_forward = CompiledForward(self._forecast_core, "EncoderForecaster forward", paths.cuda_graphs)
-        return self._compiled_forward(x, true_frames, teacher_forcing if forcing else 0.0, encoder_predictions, offsets, temperature, warp)
+            self._compiled_forward = CompiledForward(
+                self._forecast_core, "EncoderForecaster forward", paths.cuda_graphs
+            )
+        return self._compiled_forward(
+            x, true_frames, teacher_forcing if forcing else 0.0, encoder_predictions, offsets, temperature, warp
+        )
 
-    def _forecast_core(self, x: Tensor, true_frames: Tensor | None, teacher_forcing: float | Tensor,
-                       encoder_predictions: bool, offsets: bool, temperature: float, warp: bool) -> Forecast:
+    def _forecast_core(
+        self,
+        x: Tensor,
+        true_frames: Tensor | None,
+        teacher_forcing: float | Tensor,
+        encoder_predictions: bool,
+        offsets: bool,
+        temperature: float,
+        warp: bool,
+    ) -> Forecast:
         """:meth:`forecast` on checked inputs: ``x`` ``(B, input_frames, C, H, W)`` and
         ``true_frames`` (None: no teacher forcing) in the internal channels-first layout."""
         p = self.patch_size
@@ -325,7 +377,9 @@ class EncoderForecaster(nn.Module):
             for layer, cell in enumerate(cells):
                 hs[layer], cs[layer] = cell.step(inp, (hs[layer], cs[layer]))
                 inp = hs[layer]
-            pred, offset, displacement = self._frame(torch.cat(hs, dim=1), source if warp else frame, temperature, warp, offsets, displacement)
+            pred, offset, displacement = self._frame(
+                torch.cat(hs, dim=1), source if warp else frame, temperature, warp, offsets, displacement
+            )
             outputs.append(pred)
             if offsets:
                 all_offsets.append(offset.unsqueeze(1))

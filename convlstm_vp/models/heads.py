@@ -65,8 +65,7 @@ class FrameHead(nn.Conv2d):
             )
         if not self.has_kernels and render != "filter":
             raise ValueError(
-                f"render: head={self.name!r} draws its frames; render={render!r} needs "
-                f"head={_kernel_heads()}"
+                f"render: head={self.name!r} draws its frames; render={render!r} needs head={_kernel_heads()}"
             )
 
     def check_offsets(self) -> None:
@@ -134,8 +133,7 @@ class ConvHead(FrameHead):
     def out_channels(cls, patch_channels: int, **options: object) -> int:
         return patch_channels
 
-    def render(self, z, previous, activation, temperature=1.0, warp=False, with_offsets=False,
-               displacement=None):
+    def render(self, z, previous, activation, temperature=1.0, warp=False, with_offsets=False, displacement=None):
         return activation(unpatchify(z.unsqueeze(1), self.patch_size).squeeze(1)), None, None
 
 
@@ -159,8 +157,7 @@ class DynamicFilterHead(FrameHead):
     def out_channels(cls, patch_channels: int, filter_size: int = 9, **options: object) -> int:
         return filter_size * filter_size
 
-    def render(self, z, previous, activation, temperature=1.0, warp=False, with_offsets=False,
-               displacement=None):
+    def render(self, z, previous, activation, temperature=1.0, warp=False, with_offsets=False, displacement=None):
         k = self.filter_size
         kernels = torch.softmax(z.float() / temperature, dim=1)
         offsets = None
@@ -256,8 +253,7 @@ def sample_displaced(frame: Tensor, displacement: Tensor) -> Tensor:
     b, c, h, w = frame.shape
     if displacement.shape != (b, 2, h, w):
         raise ValueError(
-            f"sample_displaced: expected displacement (B, 2, H, W) = {(b, 2, h, w)}, "
-            f"got {tuple(displacement.shape)}"
+            f"sample_displaced: expected displacement (B, 2, H, W) = {(b, 2, h, w)}, got {tuple(displacement.shape)}"
         )
     d = displacement.float()
     ys = torch.arange(h, device=d.device, dtype=d.dtype).view(1, h, 1)

@@ -114,7 +114,9 @@ class PatchSequenceClassifier(nn.Module):
         detail = f"with C={self.in_channels}, H=W=patch_size={self.patch_size} (data_format={self.data_format!r})"
         if not isinstance(x, Tensor) or x.dim() not in (4, 5):
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"PatchSequenceClassifier: expected {expected} or unbatched (T, ...) {detail}, got {shape}")
+            raise ValueError(
+                f"PatchSequenceClassifier: expected {expected} or unbatched (T, ...) {detail}, got {shape}"
+            )
         unbatched = x.dim() == 4
         batched = x.unsqueeze(0) if unbatched else x
         internal = sequence_to_internal(batched, 2, True, self.data_format)

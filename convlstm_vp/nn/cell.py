@@ -193,7 +193,9 @@ class ConvLSTMCell(LayerControls, nn.Module):
         self.output_activation = output_activation
         self._act = get_activation(activation, "activation")
         self._rec_act = get_activation(recurrent_activation, "recurrent_activation")
-        self._out_act = get_activation(activation if output_activation is None else output_activation, "output_activation")
+        self._out_act = get_activation(
+            activation if output_activation is None else output_activation, "output_activation"
+        )
         self.unit_forget_bias = unit_forget_bias
         self.peephole = peephole
         self.input_dropout = float(input_dropout)
@@ -236,9 +238,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
         self.recurrent_kernel_size = expand(rk, n, "recurrent_kernel_size") if n else ()
         # state-to-state: stride 1, dilation 1, "same" (the pads do not depend on the frame size)
         self._hh_pads = tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in self.recurrent_kernel_size)
-        self._hh_padding = (
-            tuple(lo for lo, _ in self._hh_pads) if all(lo == hi for lo, hi in self._hh_pads) else None
-        )
+        self._hh_padding = tuple(lo for lo, _ in self._hh_pads) if all(lo == hi for lo, hi in self._hh_pads) else None
         self._ih_pads_cache: dict[tuple[int, ...], tuple[tuple[int, int], ...]] = {}
         self._conv_fn = (None, F.conv1d, F.conv2d, F.conv3d)[n]
 
@@ -253,9 +253,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
         )
         # unfold + matrix product instead of a convolution with very few input channels
         self._matmul_ok = (
-            n > 0
-            and all(v == 1 for v in self.dilation)
-            and self.in_channels * math.prod(self.kernel_size) <= 32
+            n > 0 and all(v == 1 for v in self.dilation) and self.in_channels * math.prod(self.kernel_size) <= 32
         )
         # one convolution over [x, h]: both convolutions must see the same frame with the same pads
         self._concat_ok = n == 0 or (
@@ -349,9 +347,7 @@ class ConvLSTMCell(LayerControls, nn.Module):
             )
         return out
 
-    def initial_state(
-        self, batch: int, spatial_out: Sequence[int], device=None, dtype=None
-    ) -> State:
+    def initial_state(self, batch: int, spatial_out: Sequence[int], device=None, dtype=None) -> State:
         """Zero state ``(h, c)`` for ``batch`` sequences, internal channels-first layout."""
         h = torch.zeros(batch, self.out_channels, *spatial_out, device=device, dtype=dtype)
         c = torch.zeros(batch, self.hidden_channels, *spatial_out, device=device, dtype=dtype)

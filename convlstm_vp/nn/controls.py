@@ -93,7 +93,9 @@ def get_regularizer(spec: RegularizerArg, what: str) -> Callable[[Tensor], Tenso
     if isinstance(spec, str):
         key = spec.lower()
         if key not in _REGULARIZER_NAMES:
-            raise ValueError(f"{what}: expected one of {sorted(_REGULARIZER_NAMES)}, a dict, or a callable, got {spec!r}")
+            raise ValueError(
+                f"{what}: expected one of {sorted(_REGULARIZER_NAMES)}, a dict, or a callable, got {spec!r}"
+            )
         return _REGULARIZER_NAMES[key]()
     if isinstance(spec, Mapping):
         if not spec or set(spec) - {"l1", "l2"}:
@@ -135,8 +137,11 @@ def regularization_loss(model: nn.Module) -> Tensor:
             total = value if total is None else total + value
     if total is None:
         p = next(model.parameters(), None)
-        return torch.zeros((), device=p.device if p is not None else None,
-                           dtype=p.dtype if p is not None and p.is_floating_point() else None)
+        return torch.zeros(
+            (),
+            device=p.device if p is not None else None,
+            dtype=p.dtype if p is not None and p.is_floating_point() else None,
+        )
     return total
 
 

@@ -106,8 +106,12 @@ class Implementation:
 
 IMPLEMENTATIONS: dict[str, Implementation] = {
     "plain": Implementation(
-        fused_gates=False, native_gates=False, fused_conv=False, matmul_input=False,
-        batch_input_conv=True, skip_zero_state=False,
+        fused_gates=False,
+        native_gates=False,
+        fused_conv=False,
+        matmul_input=False,
+        batch_input_conv=True,
+        skip_zero_state=False,
     ),
     "fused": Implementation(),
     "compiled": Implementation(compile=True),
@@ -257,8 +261,13 @@ class _LSTMGates(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, gates: Tensor, other: Tensor | None, c: Tensor, use_native: bool  # type: ignore[override]
-                ) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx: Any,
+        gates: Tensor,
+        other: Tensor | None,
+        c: Tensor,
+        use_native: bool,  # type: ignore[override]
+    ) -> tuple[Tensor, Tensor]:
         ctx.dtypes = (gates.dtype, None if other is None else other.dtype, c.dtype)
         ctx.native = use_native and native.usable(gates, c, other)
         # the inputs too (references, no copies), for a differentiable backward under create_graph
@@ -275,14 +284,19 @@ class _LSTMGates(torch.autograd.Function):
         return h.to(out_dtype), c_new.to(out_dtype)
 
     @staticmethod
-    def backward(ctx: Any, dh: Tensor, dc: Tensor  # type: ignore[override]
-                 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+    def backward(
+        ctx: Any,
+        dh: Tensor,
+        dc: Tensor,  # type: ignore[override]
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         if torch.is_grad_enabled():  # create_graph=True: the gradients must be differentiable too
             return _LSTMGates._differentiable_backward(ctx, dh, dc)
         return _LSTMGates._fast_backward(ctx, dh, dc)
 
     @staticmethod
-    def _differentiable_backward(ctx: Any, dh: Tensor, dc: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+    def _differentiable_backward(
+        ctx: Any, dh: Tensor, dc: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         """The gradients as differentiable functions of the saved inputs and of ``dh``, ``dc``."""
         gates, other, c = ctx.saved_tensors[3:]
         wrt = [t for t in (gates, other, c) if t is not None and t.requires_grad]
@@ -328,8 +342,7 @@ def _gates_formula(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     return h.to(out_dtype), c_new.to(out_dtype)
 
 
-def lstm_gates(gates: Tensor, c: Tensor, use_native: bool = True, other: Tensor | None = None
-               ) -> tuple[Tensor, Tensor]:
+def lstm_gates(gates: Tensor, c: Tensor, use_native: bool = True, other: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(h_t, c_t)`` from the pre-activation gates and ``c_{t-1}`` (sigmoid/tanh LSTM).
 
     Args:
@@ -429,7 +442,9 @@ class CompiledStep:
 
     def _fail(self, reason: str) -> None:
         self.failed = reason
-        warnings.warn(f"torch.compile of {self.what} is unavailable ({reason}); running it eagerly", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"torch.compile of {self.what} is unavailable ({reason}); running it eagerly", RuntimeWarning, stacklevel=3
+        )
 
 
 class CompiledForward:
@@ -461,7 +476,9 @@ class CompiledForward:
         if self.step.failed is not None:  # ran eagerly: nothing to guard
             return out
         copy = self.cuda_graphs and any(isinstance(a, Tensor) and a.is_cuda for a in args)
-        return _map_tensors(out, lambda t: _FirstOrderOnly.apply(t, copy) if t.requires_grad else (t.clone() if copy else t))
+        return _map_tensors(
+            out, lambda t: _FirstOrderOnly.apply(t, copy) if t.requires_grad else (t.clone() if copy else t)
+        )
 
 
 def _map_tensors(out: Any, fn: Callable[[Tensor], Tensor]) -> Any:

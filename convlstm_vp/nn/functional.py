@@ -49,9 +49,7 @@ def get_activation(spec: Activation | None, what: str) -> Callable[[Tensor], Ten
         return spec
     if isinstance(spec, str) and spec.lower() in _ACTIVATIONS:
         return _ACTIVATIONS[spec.lower()]
-    raise ValueError(
-        f"{what}: expected a callable or one of {sorted(_ACTIVATIONS)}, got {spec!r}"
-    )
+    raise ValueError(f"{what}: expected a callable or one of {sorted(_ACTIVATIONS)}, got {spec!r}")
 
 
 def activation_name(spec: Activation) -> str:
@@ -88,9 +86,7 @@ def get_initializer(spec: Initializer, what: str) -> Callable[[Tensor], object]:
         return spec
     if isinstance(spec, str) and spec.lower() in _INITIALIZERS:
         return _INITIALIZERS[spec.lower()]
-    raise ValueError(
-        f"{what}: expected a callable or one of {sorted(_INITIALIZERS)}, got {spec!r}"
-    )
+    raise ValueError(f"{what}: expected a callable or one of {sorted(_INITIALIZERS)}, got {spec!r}")
 
 
 def expand(value: int | Sequence[int], n: int, what: str, minimum: int = 1) -> tuple[int, ...]:
@@ -99,8 +95,10 @@ def expand(value: int | Sequence[int], n: int, what: str, minimum: int = 1) -> t
         raise TypeError(f"{what}: expected an int or a sequence of {n} ints, got {value!r}")
     if isinstance(value, int):
         out = (value,) * n
-    elif isinstance(value, Sequence) and len(value) == n and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
+    elif (
+        isinstance(value, Sequence)
+        and len(value) == n
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
         out = tuple(value)
     else:

@@ -31,7 +31,9 @@ def _per_layer(value: Any, num_layers: int, what: str) -> list[Any]:
     """A ``list`` gives one value per layer; anything else (int, tuple, str) is shared."""
     if isinstance(value, list):
         if len(value) != num_layers:
-            raise ValueError(f"{what}: a list gives one value per layer; expected {num_layers} values, got {len(value)}")
+            raise ValueError(
+                f"{what}: a list gives one value per layer; expected {num_layers} values, got {len(value)}"
+            )
         return list(value)
     return [value] * num_layers
 
@@ -69,9 +71,7 @@ def _lstm_by_length_segments(
     start = 0
     for end in sorted(set(sorted_lens)):
         running = sum(1 for n in sorted_lens if n >= end)  # the first `running` sequences
-        seg, h, c = torch.lstm(
-            xs[:running, start:end], (h, c), weights, has_bias, 1, 0.0, train, False, True
-        )
+        seg, h, c = torch.lstm(xs[:running, start:end], (h, c), weights, has_bias, 1, 0.0, train, False, True)
         outs.append(F.pad(seg, (0, 0, 0, 0, 0, b - running)))
         finishing = sum(1 for n in sorted_lens if n == end)  # the last of the running ones
         done_h.append(h[0, running - finishing :])
@@ -552,7 +552,10 @@ class ConvLSTM(LayerControls, nn.Module):
             layer_init = init[l * self.num_directions : (l + 1) * self.num_directions]
             # only the last step of the top layer is needed: skip collecting the sequence
             last_only = (
-                l == self.num_layers - 1 and not self.return_sequences and not self.return_all_layers and lengths is None
+                l == self.num_layers - 1
+                and not self.return_sequences
+                and not self.return_all_layers
+                and lengths is None
             )
             out, h_l, c_l = self._run_layer(cells, layer_input, layer_init, lengths, last_only)
             hs += h_l
@@ -563,7 +566,9 @@ class ConvLSTM(LayerControls, nn.Module):
             layer_input = out
         return layer_outputs, hs, cs
 
-    def _format_output(self, out: Tensor, lengths: Tensor | None, unbatched: bool, packed: PackedSequence | None) -> Any:
+    def _format_output(
+        self, out: Tensor, lengths: Tensor | None, unbatched: bool, packed: PackedSequence | None
+    ) -> Any:
         n = self.spatial_dims
         if not self.return_sequences:
             if lengths is None:
@@ -616,7 +621,11 @@ class ConvLSTM(LayerControls, nn.Module):
         paths = cells[0].paths(x.device.type)
         # torch.lstm has no oneDNN primitive for bfloat16 autocast on CPUs without native
         # bfloat16: there the step loop (the same equations) runs instead
-        if paths.torch_lstm and all(c.is_plain_lstm() for c in cells) and not fast.cpu_bf16_autocast_emulated(x.device.type):
+        if (
+            paths.torch_lstm
+            and all(c.is_plain_lstm() for c in cells)
+            and not fast.cpu_bf16_autocast_emulated(x.device.type)
+        ):
             return self._run_fused(cells, x, init, lengths)
         outs, hs, cs = [], [], []
         for d, cell in enumerate(cells):
@@ -635,8 +644,10 @@ class ConvLSTM(LayerControls, nn.Module):
             # input matrix product: step frame by frame (measured faster by scripts/benchmark.py,
             # and no (B, T, 4H, ...) buffer, whose allocation page-faults on every call).
             # Elsewhere (GPU, rank 0, strided cells) one batched convolution over all steps.
-            per_step = device_type == "cpu" and cell.spatial_dims > 0 and (
-                (paths.fused_conv and cell._concat_ok) or (paths.matmul_input and cell._matmul_ok)
+            per_step = (
+                device_type == "cpu"
+                and cell.spatial_dims > 0
+                and ((paths.fused_conv and cell._concat_ok) or (paths.matmul_input and cell._matmul_ok))
             )
             return not per_step
         return paths.batch_input_conv
@@ -667,7 +678,7 @@ class ConvLSTM(LayerControls, nn.Module):
         valid = None
         if lengths is not None:
             view = (b,) + (1,) * (h.dim() - 1)
-            valid = (torch.arange(t, device=x.device).unsqueeze(1) < lengths.to(x.device).unsqueeze(0))
+            valid = torch.arange(t, device=x.device).unsqueeze(1) < lengths.to(x.device).unsqueeze(0)
             valid = valid.reshape(t, *view)
         for step in range(t):
             if step == 0 and zero_state and paths.skip_zero_state:

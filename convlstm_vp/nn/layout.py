@@ -94,7 +94,9 @@ def describe_frame(
     return "(" + ", ".join([*lead, *(["B"] if batched else []), *feat]) + ")"
 
 
-def user_frame_shape(internal: Sequence[int], spatial_dims: int, data_format: str, batched: bool = True) -> tuple[int, ...]:
+def user_frame_shape(
+    internal: Sequence[int], spatial_dims: int, data_format: str, batched: bool = True
+) -> tuple[int, ...]:
     """A frame shape ``(B, C, *spatial)`` of the internal layout written in the user's layout
     (channels last where asked; without ``B`` when the user's input is unbatched), for messages."""
     shape = list(internal)

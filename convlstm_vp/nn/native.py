@@ -171,8 +171,10 @@ def _build(cc: str) -> Path:
         for openmp in (["-fopenmp"], ["-fopenmp-simd"]):
             # compile with -ffast-math (vectorised expf) but link without it: no crtfastmath.o, so
             # loading the library does not change the process's floating-point mode
-            steps = [[cc, *base, "-ffast-math", *openmp, "-c", str(src), "-o", str(obj)],
-                     [cc, "-shared", *openmp, str(obj), "-o", str(lib), "-lm"]]
+            steps = [
+                [cc, *base, "-ffast-math", *openmp, "-c", str(src), "-o", str(obj)],
+                [cc, "-shared", *openmp, str(obj), "-o", str(lib), "-lm"],
+            ]
             try:
                 for cmd in steps:
                     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
@@ -241,16 +243,18 @@ def usable(gates: Tensor, c: Tensor, other: Tensor | None = None) -> bool:
         and gates.shape[0] == c.shape[0]
         and gates.shape[1] == 4 * c.shape[1]
         and gates.shape[2:] == c.shape[2:]
-        and (other is None or (other.dtype == gates.dtype and other.shape == gates.shape
-                               and other.device.type == "cpu"))
+        and (
+            other is None or (other.dtype == gates.dtype and other.shape == gates.shape and other.device.type == "cpu")
+        )
         and layout(gates, c, other) is not None
     ):
         return False
     if load() is None:
         if not _warned:
             _warned = True
-            warnings.warn(f"native LSTM gate kernel unavailable ({_reason}); using torch operations",
-                          RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                f"native LSTM gate kernel unavailable ({_reason}); using torch operations", RuntimeWarning, stacklevel=4
+            )
         return False
     return True
 
@@ -273,8 +277,9 @@ def _rows(c: Tensor, fmt: torch.memory_format) -> tuple[int, int]:
     return c.numel() // c.shape[1], c.shape[1]
 
 
-def forward(gates: Tensor, c: Tensor, save: bool, other: Tensor | None = None
-            ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+def forward(
+    gates: Tensor, c: Tensor, save: bool, other: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """``(h, c_new, act, tanh_c)`` (float32) for the pre-activations ``gates (+ other)``;
     ``act``/``tanh_c`` only with ``save``."""
     lib = load()
@@ -285,17 +290,28 @@ def forward(gates: Tensor, c: Tensor, save: bool, other: Tensor | None = None
     h, c_new = torch.empty_like(c, memory_format=fmt), torch.empty_like(c, memory_format=fmt)
     act = torch.empty_like(gates, dtype=torch.float32, memory_format=fmt) if save else None
     tanh_c = torch.empty_like(c, memory_format=fmt) if save else None
-    name = "lstm_forward_" + ("bf16" if gates.dtype == torch.bfloat16 else "f32") + ("_sum" if other is not None else "")
+    name = (
+        "lstm_forward_" + ("bf16" if gates.dtype == torch.bfloat16 else "f32") + ("_sum" if other is not None else "")
+    )
     getattr(lib, name)(
-        gates.data_ptr(), other.data_ptr() if other is not None else None, c.data_ptr(),
-        act.data_ptr() if save else None, c_new.data_ptr(), tanh_c.data_ptr() if save else None, h.data_ptr(),
-        batch, hs, int(save), torch.get_num_threads(),
+        gates.data_ptr(),
+        other.data_ptr() if other is not None else None,
+        c.data_ptr(),
+        act.data_ptr() if save else None,
+        c_new.data_ptr(),
+        tanh_c.data_ptr() if save else None,
+        h.data_ptr(),
+        batch,
+        hs,
+        int(save),
+        torch.get_num_threads(),
     )
     return h, c_new, act, tanh_c
 
 
-def backward(act: Tensor, c_prev: Tensor, tanh_c: Tensor, dh: Tensor, dc: Tensor, dtype: torch.dtype
-             ) -> tuple[Tensor, Tensor]:
+def backward(
+    act: Tensor, c_prev: Tensor, tanh_c: Tensor, dh: Tensor, dc: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
     """``(dgates, dc_prev)``: gate gradients in ``dtype`` (float32 or bfloat16, rounded to
     nearest even), the state gradient in float32."""
     lib = load()
@@ -307,6 +323,15 @@ def backward(act: Tensor, c_prev: Tensor, tanh_c: Tensor, dh: Tensor, dc: Tensor
     dgates = torch.empty_like(act, dtype=dtype, memory_format=fmt)
     dc_prev = torch.empty_like(c_prev, memory_format=fmt)
     fn = lib.lstm_backward_bf16 if dtype == torch.bfloat16 else lib.lstm_backward_f32
-    fn(act.data_ptr(), c_prev.data_ptr(), tanh_c.data_ptr(), dh.data_ptr(), dc.data_ptr(), dgates.data_ptr(),
-       dc_prev.data_ptr(), *_rows(c_prev, fmt), torch.get_num_threads())
+    fn(
+        act.data_ptr(),
+        c_prev.data_ptr(),
+        tanh_c.data_ptr(),
+        dh.data_ptr(),
+        dc.data_ptr(),
+        dgates.data_ptr(),
+        dc_prev.data_ptr(),
+        *_rows(c_prev, fmt),
+        torch.get_num_threads(),
+    )
     return dgates, dc_prev

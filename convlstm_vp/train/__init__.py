@@ -4,4 +4,12 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, load_config
 from .loop import NonFiniteLossError, fit
 
-__all__ = ["CheckpointError", "ConfigError", "NonFiniteLossError", "fit", "load_checkpoint", "load_config", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "NonFiniteLossError",
+    "fit",
+    "load_checkpoint",
+    "load_config",
+    "save_checkpoint",
+]

@@ -118,6 +118,7 @@ def run_folder_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
 def json_bytes(obj: Any) -> bytes:
     """``obj`` as indented JSON that every parser accepts: NaN and +/-Inf (which ``json.dumps``
     writes as the non-standard ``NaN``/``Infinity``) become ``null``."""
+
     def clean(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
             return None
@@ -173,7 +174,9 @@ def capture_rng_state() -> dict[str, Any]:
 def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -241,9 +244,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"tensors and plain data ({type(exc).__name__}: {first_line})"
         ) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path} is not a convlstm_vp checkpoint (expected a dict with format={FORMAT!r})"
-        )
+        raise CheckpointError(f"{path} is not a convlstm_vp checkpoint (expected a dict with format={FORMAT!r})")
     for key in ("model", "step", "config"):
         if key not in obj:
             raise CheckpointError(f"checkpoint {path} lacks the key {key!r}")
@@ -261,8 +262,7 @@ def check_loaded(ck: dict[str, Any], path: str | Path) -> None:
     model = ck["model"]
     if not isinstance(model, dict) or not all(isinstance(t, torch.Tensor) for t in model.values()):
         raise CheckpointError(f"checkpoint {path}: its 'model' is not a state dict of tensors")
-    bad = [name for name, t in model.items()
-           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = [name for name, t in model.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise CheckpointError(f"checkpoint {path}: the weights {', '.join(bad[:3])}{more} hold NaN/Inf values")
@@ -285,8 +285,18 @@ class Checkpointer:
     raises :class:`~convlstm_vp.train.state.NonFiniteLossError` and the last good file stays.
     """
 
-    def __init__(self, run_dir: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
-                 state: TrainingState, cfg: dict, task: Any, dist: DistInfo) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        model: torch.nn.Module,
+        optimizer: Any,
+        scheduler: Any,
+        scaler: Any,
+        state: TrainingState,
+        cfg: dict,
+        task: Any,
+        dist: DistInfo,
+    ) -> None:
         folder = Path(run_dir) / "checkpoints"
         self.last_path, self.best_path = folder / "last.pt", folder / "best.pt"
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
@@ -300,7 +310,9 @@ class Checkpointer:
         with a huge learning rate) stop the run before anything is written (DDP ranks agree: the
         weights are the same on every rank)."""
         step = self.state.step
-        bad = [n for n, t in self.model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        bad = [
+            n for n, t in self.model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
+        ]
         if bad:
             raise NonFiniteLossError(
                 f"the weights became NaN/Inf by step {step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
@@ -334,8 +346,11 @@ class Checkpointer:
         flush()
         if self.dist.rank == 0:
             name = signal.Signals(signum).name
-            print(f"{name}: saved checkpoint at step {self.state.step} to {self.last_path}; continue with --resume",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{name}: saved checkpoint at step {self.state.step} to {self.last_path}; continue with --resume",
+                file=sys.stderr,
+                flush=True,
+            )
         raise SystemExit(128 + signum)
 
     def resume(self, seed: int) -> None:

@@ -45,8 +45,11 @@ def _sensor_model(ck: dict) -> tuple[nn.Module, dict, tuple[str, ...], Standardi
     state = ck.get("task_state")
     if state is None:  # a checkpoint from before task_state: the statistics come from the training data
         train = sensors.load_splits(cfg)[0]
-        state = {"classes": list(train.classes), "in_channels": train.num_channels,
-                 "standardizer": train.standardizer.state_dict() if train.standardizer is not None else None}  # type: ignore[attr-defined]
+        state = {
+            "classes": list(train.classes),
+            "in_channels": train.num_channels,
+            "standardizer": train.standardizer.state_dict() if train.standardizer is not None else None,
+        }  # type: ignore[attr-defined]
     model = sensors.build_model(cfg, int(state["in_channels"]), len(state["classes"]))
     model.load_state_dict(ck["model"])
     standardizer = Standardizer.from_state_dict(state["standardizer"]) if state["standardizer"] else None
@@ -56,15 +59,25 @@ def _sensor_model(ck: dict) -> tuple[nn.Module, dict, tuple[str, ...], Standardi
 def _sensor_inputs(spec: str, cfg: dict, classes: tuple[str, ...], standardizer: Standardizer | None, min_length: int):
     """Windows ``(N, T, C)``, lengths ``(N,)``, ids and label names (or ``None``) of ``spec``."""
     d = cfg["data"]
-    raw = read_source(spec, "all", root=d["root"], label_column=d["label_column"], window=d["window"], step=d["step"],
-                      label_mode=d["label_mode"], classes=classes)
+    raw = read_source(
+        spec,
+        "all",
+        root=d["root"],
+        label_column=d["label_column"],
+        window=d["window"],
+        step=d["step"],
+        label_mode=d["label_mode"],
+        classes=classes,
+    )
     channels = standardizer.num_channels if standardizer is not None else raw.series[0].shape[1]
     series = []
     for name, s in zip(raw.ids, raw.series):
         if s.shape[1] != channels:
             raise ValueError(f"{raw.where}: {name} has {s.shape[1]} channels, the model was trained on {channels}")
         if len(s) < min_length:
-            raise ValueError(f"{raw.where}: {name} has {len(s)} samples, the model reads series of at least {min_length}")
+            raise ValueError(
+                f"{raw.where}: {name} has {len(s)} samples, the model reads series of at least {min_length}"
+            )
         series.append(standardizer.transform(s) if standardizer is not None else s.astype(np.float32))
     lengths = torch.tensor([len(s) for s in series], dtype=torch.long)
     windows = torch.zeros(len(series), int(lengths.max()), channels)
@@ -77,7 +90,9 @@ def _patch_inputs(spec: str, cfg: dict) -> tuple[Tensor, list[str], np.ndarray |
     """Patch sequences ``(N, T, 1, p, p)``, ids and labels (or ``None``) of a digits ``.npz``."""
     path = Path(spec)
     if path.suffix != ".npz" or not path.is_file():
-        raise FileNotFoundError(f"{spec}: a patch classifier reads an .npz file with 'X' (N, 28, 28) digits (and optionally 'y')")
+        raise FileNotFoundError(
+            f"{spec}: a patch classifier reads an .npz file with 'X' (N, 28, 28) digits (and optionally 'y')"
+        )
     data = read_npz(path)
     if "X" not in data:
         raise ValueError(f"{path}: expected an array 'X' of digits (N, 28, 28); found {sorted(data)}")
@@ -134,7 +149,9 @@ def classify(checkpoint: str | Path, spec: str, output: str | Path, batch_size: 
         patches, ids, names = _patch_inputs(spec, cfg)
         logits = patch_logits(model, patches, batch_size)
     else:
-        raise CheckpointError(f"{checkpoint}: not a DeepConvLSTM (train sensors) or patch-classifier (train patches) checkpoint")
+        raise CheckpointError(
+            f"{checkpoint}: not a DeepConvLSTM (train sensors) or patch-classifier (train patches) checkpoint"
+        )
     if names is not None:  # before anything is written
         names = match_classes(names, classes, spec)
     probs = torch.softmax(logits, 1)
@@ -145,14 +162,21 @@ def classify(checkpoint: str | Path, spec: str, output: str | Path, batch_size: 
     writer = csv.writer(buf)
     writer.writerow(["id", "predicted"] + (["label"] if names is not None else []) + [f"p_{c}" for c in classes])
     for i, name in enumerate(ids):
-        writer.writerow([name, predicted[i]] + ([names[i]] if names is not None else []) + [f"{p:.6f}" for p in probs[i].tolist()])
+        writer.writerow(
+            [name, predicted[i]] + ([names[i]] if names is not None else []) + [f"{p:.6f}" for p in probs[i].tolist()]
+        )
     atomic_write_bytes(out / "predictions.csv", buf.getvalue().encode())
     metrics = None
     if names is not None:
         lookup = {c: k for k, c in enumerate(classes)}
         labels = torch.tensor([lookup[str(v)] for v in names], dtype=torch.long)
         metrics = classification_report(logits, labels, classes, image_path=out / "confusion_matrix.png")
-        metrics["evaluated_on"] = {"data": spec, "items": len(ids), "checkpoint": str(checkpoint), "checkpoint_step": ck.get("step")}
+        metrics["evaluated_on"] = {
+            "data": spec,
+            "items": len(ids),
+            "checkpoint": str(checkpoint),
+            "checkpoint_step": ck.get("step"),
+        }
         atomic_write_bytes(out / "metrics.json", json_bytes(metrics))
     return {"items": len(ids), "predictions": out / "predictions.csv", "metrics": metrics}
 
@@ -161,7 +185,9 @@ def main(argv=None, prog: str | None = None) -> dict:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a sensors or patches training run")
     p.add_argument("--data", required=True, help="aeon:<Name>, a .ts file, an .npz or a folder of .csv recordings")
-    p.add_argument("--output", required=True, help="folder for predictions.csv (and metrics.json, confusion_matrix.png)")
+    p.add_argument(
+        "--output", required=True, help="folder for predictions.csv (and metrics.json, confusion_matrix.png)"
+    )
     args = p.parse_args(argv)
     check_output_folder(args.output, "--output")
     try:

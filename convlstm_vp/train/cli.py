@@ -49,6 +49,7 @@ def positive_float(text: str) -> float:
 
 def int_between(low: int, high: int) -> Callable[[str], int]:
     """argparse type: an integer in ``[low, high]``."""
+
     def parse(text: str) -> int:
         value = _int_at_least(text, low)
         if value > high:
@@ -109,8 +110,14 @@ def check_output_folder(path: str | Path, flag: str) -> Path:
 def train_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", help="YAML config (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.steps=100 (repeatable)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoints/last.pt")
     p.add_argument("--run-dir", help="output folder (default: runs/<name>)")
     return p
@@ -154,16 +161,23 @@ def run_training(
     if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports
         return metrics
     print(f"run folder: {run_dir}")
-    scores = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float) and k != "final_evaluation_seconds")
+    scores = ", ".join(
+        f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float) and k != "final_evaluation_seconds"
+    )
     print(f"test: {scores}")
     on = metrics.get("evaluated_on")
     if isinstance(on, dict):
-        print(f"  on: {on['what']}" + (f" ({on['checkpoint']} of step {on['checkpoint_step']})" if "checkpoint" in on else ""))
+        print(
+            f"  on: {on['what']}"
+            + (f" ({on['checkpoint']} of step {on['checkpoint_step']})" if "checkpoint" in on else "")
+        )
     val = metrics.get("validation")
     if isinstance(val, dict) and isinstance(val.get("metrics"), dict):
         score = val["metrics"].get(val["best_metric"])
-        print(f"chosen on validation: {val['best_metric']}={score:.4f} at step {val['best_step']} ({val['what']})"
-              + (f"; stopped early at step {metrics['step']} (train.patience)" if metrics.get("stopped_early") else ""))
+        print(
+            f"chosen on validation: {val['best_metric']}={score:.4f} at step {val['best_step']} ({val['what']})"
+            + (f"; stopped early at step {metrics['step']} (train.patience)" if metrics.get("stopped_early") else "")
+        )
     return metrics
 
 
@@ -171,10 +185,22 @@ def run_training(
 # ``convlstm-vp train JOB ...`` and the training scripts run these (the scripts pass their own
 # docstring as the help text). Each job: (task module, one-line summary).
 TRAIN_JOBS: dict[str, tuple[str, str]] = {
-    "frames": ("frames", "frame prediction with the ConvLSTM encoder-forecaster on Moving MNIST or your videos (data.dataset; scripts/train_moving_mnist.py)"),
-    "patches": ("patch_classifier", "MNIST digits read as sequences of 7x7 patches, classified (scripts/train_patch_classifier.py)"),
-    "patch-completion": ("patch_completion", "complete MNIST digits from their first 8 patches (scripts/complete_patches.py)"),
-    "sensors": ("sensors", "DeepConvLSTM on sensor windows or series: BasicMotions, OPPORTUNITY, aeon:<Name>, .ts, .npz, .csv (scripts/train_deepconvlstm.py)"),
+    "frames": (
+        "frames",
+        "frame prediction with the ConvLSTM encoder-forecaster on Moving MNIST or your videos (data.dataset; scripts/train_moving_mnist.py)",
+    ),
+    "patches": (
+        "patch_classifier",
+        "MNIST digits read as sequences of 7x7 patches, classified (scripts/train_patch_classifier.py)",
+    ),
+    "patch-completion": (
+        "patch_completion",
+        "complete MNIST digits from their first 8 patches (scripts/complete_patches.py)",
+    ),
+    "sensors": (
+        "sensors",
+        "DeepConvLSTM on sensor windows or series: BasicMotions, OPPORTUNITY, aeon:<Name>, .ts, .npz, .csv (scripts/train_deepconvlstm.py)",
+    ),
 }
 
 
@@ -214,8 +240,12 @@ def train_sensors(argv: Sequence[str] | None, description: str | None = None, pr
     return run_training(argv, description or TRAIN_JOBS["sensors"][1], DEFAULTS, SensorTask, prog)
 
 
-_JOB_FUNCTIONS = {"frames": train_frames, "patches": train_patches, "patch-completion": train_patch_completion,
-                  "sensors": train_sensors}
+_JOB_FUNCTIONS = {
+    "frames": train_frames,
+    "patches": train_patches,
+    "patch-completion": train_patch_completion,
+    "sensors": train_sensors,
+}
 
 
 def train_main(argv: Sequence[str] | None = None, prog: str = "convlstm-vp train") -> int:

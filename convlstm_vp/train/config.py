@@ -68,11 +68,14 @@ _CHOICES = {
     ("train", "implementation"): ("auto", "plain", "fused", "compiled", "graphed"),
 }
 _POSITIVE = {("train", k) for k in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every")} | {
-    ("data", "eval_batch_size"), ("data", "val_sequences"), ("data", "final_eval_sequences")
+    ("data", "eval_batch_size"),
+    ("data", "val_sequences"),
+    ("data", "final_eval_sequences"),
 }
-_NON_NEGATIVE = {("train", k) for k in ("lr", "weight_decay", "grad_clip", "num_threads", "warmup_fraction", "quick_eval_every", "patience")} | {
-    ("seed",), ("encoder_loss_weight",), ("l1_weight",), ("motion_loss_weight",)
-}
+_NON_NEGATIVE = {
+    ("train", k)
+    for k in ("lr", "weight_decay", "grad_clip", "num_threads", "warmup_fraction", "quick_eval_every", "patience")
+} | {("seed",), ("encoder_loss_weight",), ("l1_weight",), ("motion_loss_weight",)}
 
 
 def _is_int(v: Any) -> bool:
@@ -269,8 +272,16 @@ def config_error(
 #: when training ends, never the weights a step computes (train.steps extends a run whose schedule
 #: allows it; the loop checks onecycle). Any other difference is an error listing the keys.
 RESUME_MAY_CHANGE = (
-    "name", "train.steps", "train.log_every", "train.checkpoint_every", "train.eval_every",
-    "train.quick_eval_every", "train.patience", "train.progress", "train.num_threads", "log",
+    "name",
+    "train.steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.eval_every",
+    "train.quick_eval_every",
+    "train.patience",
+    "train.progress",
+    "train.num_threads",
+    "log",
     "data.cache_dir",
 )
 

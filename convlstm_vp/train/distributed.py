@@ -59,14 +59,18 @@ def barrier(info: DistInfo) -> None:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return (
+        model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+    )
 
 
 def shard_indices(dataset_len: int, epoch: int, seed: int, rank: int, world: int, shuffle: bool = True) -> list[int]:
     """The indices of ``rank``'s shard for ``epoch``, as ``torch.utils.data.DistributedSampler`` gives."""
     from torch.utils.data import DistributedSampler
 
-    sampler = DistributedSampler(range(dataset_len), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)  # type: ignore[arg-type]
+    sampler = DistributedSampler(
+        range(dataset_len), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+    )  # type: ignore[arg-type]
     sampler.set_epoch(epoch)
     return list(iter(sampler))
 

@@ -44,31 +44,78 @@ def main(argv=None, prog: str | None = None) -> dict:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--digits", type=positive_int, default=None, help="digits per sequence (default: as trained)")
-    p.add_argument("--sequences", type=positive_int, default=None,
-                   help="number of test sequences, the first of the set (default: the config's data.final_eval_sequences, 1000 "
-                        "unless set: the set the end of training scores, so the run's metrics.json and this agree)")
-    p.add_argument("--seed", type=int, default=None, help="test-set seed (generated test set only; default: the config's data.test_seed, 0 unless set)")
+    p.add_argument(
+        "--sequences",
+        type=positive_int,
+        default=None,
+        help="number of test sequences, the first of the set (default: the config's data.final_eval_sequences, 1000 "
+        "unless set: the set the end of training scores, so the run's metrics.json and this agree)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="test-set seed (generated test set only; default: the config's data.test_seed, 0 unless set)",
+    )
     p.add_argument("--root", default=None, help="Moving MNIST data root (default: as trained)")
-    p.add_argument("--data", default=None, metavar="DIR",
-                   help="video-folder checkpoints: score the test split of this folder of videos (default: the data.root it was trained on)")
-    p.add_argument("--standard-file", choices=["auto", "yes", "no"], default="auto",
-                   help="use datasets/moving_mnist/mnist_test_seq.npy (auto: when present and 2 digits)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None, help="default: as trained (auto: bf16 where the device computes it natively)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="default: the config's data.eval_batch_size (as in training)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="where the model runs (default auto: CUDA when available)")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR",
+        help="video-folder checkpoints: score the test split of this folder of videos (default: the data.root it was trained on)",
+    )
+    p.add_argument(
+        "--standard-file",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="use datasets/moving_mnist/mnist_test_seq.npy (auto: when present and 2 digits)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default=None,
+        help="default: as trained (auto: bf16 where the device computes it natively)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="default: the config's data.eval_batch_size (as in training)",
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the model runs (default auto: CUDA when available)",
+    )
     p.add_argument("--json", help="write {mse, mae, ssim, psnr, per_frame, baselines[, recognition][, motion]} here")
-    p.add_argument("--recognition", action="store_true",
-                   help="also report how often a digit classifier recognises each digit in the predicted frames")
-    p.add_argument("--filter-temperature", type=float, default=None,
-                   help="softmax temperature of the filter kernels; below 1 sharpens them (default: the config's "
-                        "model.eval_filter_temperature, 1 unless set)")
-    p.add_argument("--render", choices=["filter", "warp"], default="filter",
-                   help="how a dynamic-filter model renders its frames: filter each previous prediction (default, as "
-                        "trained) or warp: move a displacement field with the same kernels and sample the last input once")
-    p.add_argument("--motion", action="store_true",
-                   help="also report how far the filter kernels' mean source offsets are from the digits' true motion (dynamic filter)")
-    p.add_argument("--recognizer-epochs", type=positive_int, default=6, help="training epochs of that classifier (default 6)")
+    p.add_argument(
+        "--recognition",
+        action="store_true",
+        help="also report how often a digit classifier recognises each digit in the predicted frames",
+    )
+    p.add_argument(
+        "--filter-temperature",
+        type=float,
+        default=None,
+        help="softmax temperature of the filter kernels; below 1 sharpens them (default: the config's "
+        "model.eval_filter_temperature, 1 unless set)",
+    )
+    p.add_argument(
+        "--render",
+        choices=["filter", "warp"],
+        default="filter",
+        help="how a dynamic-filter model renders its frames: filter each previous prediction (default, as "
+        "trained) or warp: move a displacement field with the same kernels and sample the last input once",
+    )
+    p.add_argument(
+        "--motion",
+        action="store_true",
+        help="also report how far the filter kernels' mean source offsets are from the digits' true motion (dynamic filter)",
+    )
+    p.add_argument(
+        "--recognizer-epochs", type=positive_int, default=6, help="training epochs of that classifier (default 6)"
+    )
     args = p.parse_args(argv)
     if args.filter_temperature is not None and not 0 < args.filter_temperature < float("inf"):
         p.error(f"--filter-temperature: expected a finite number > 0, got {args.filter_temperature}")
@@ -77,19 +124,32 @@ def main(argv=None, prog: str | None = None) -> dict:
     try:
         device = resolve_device(args.device, what="--device")
         model, cfg = load_trained(args.checkpoint)
-        temperature = cfg["model"]["eval_filter_temperature"] if args.filter_temperature is None else args.filter_temperature
+        temperature = (
+            cfg["model"]["eval_filter_temperature"] if args.filter_temperature is None else args.filter_temperature
+        )
         model.check_rendering(temperature, args.render)
     except (CheckpointError, ValueError) as exc:
         fail(str(exc))
     model = model.to(device)
     d = cfg["data"]
     videos = d["dataset"] == "video_folder"
-    mnist_only = [flag for flag, given in (("--digits", args.digits), ("--seed", args.seed), ("--root", args.root),
-                                           ("--recognition", args.recognition), ("--motion", args.motion),
-                                           ("--standard-file", args.standard_file != "auto")) if given]
+    mnist_only = [
+        flag
+        for flag, given in (
+            ("--digits", args.digits),
+            ("--seed", args.seed),
+            ("--root", args.root),
+            ("--recognition", args.recognition),
+            ("--motion", args.motion),
+            ("--standard-file", args.standard_file != "auto"),
+        )
+        if given
+    ]
     if videos and mnist_only:
-        fail(f"{', '.join(mnist_only)} apply to Moving MNIST checkpoints; {args.checkpoint} was trained "
-                         f"on the video folder {d['root']} (use --data DIR for another folder)")
+        fail(
+            f"{', '.join(mnist_only)} apply to Moving MNIST checkpoints; {args.checkpoint} was trained "
+            f"on the video folder {d['root']} (use --data DIR for another folder)"
+        )
     if not videos and args.data:
         fail(f"--data applies to video-folder checkpoints; {args.checkpoint} was trained on Moving MNIST (use --root)")
     args.sequences = d["final_eval_sequences"] if args.sequences is None else args.sequences
@@ -100,11 +160,16 @@ def main(argv=None, prog: str | None = None) -> dict:
     standard = {"auto": None if digits == 2 else False, "yes": True, "no": False}[args.standard_file]
     root = args.root or d["root"]
     if args.motion and not model.head.has_kernels:
-        fail(f"--motion needs a head with filter kernels (model.head dynamic_filter); this checkpoint's head is "
-             f"{model.head_type}")
+        fail(
+            f"--motion needs a head with filter kernels (model.head dynamic_filter); this checkpoint's head is "
+            f"{model.head_type}"
+        )
     try:
-        seqs, evaluated_on = (test_sequences(cfg, args.data, args.sequences) if videos else
-                              test_sequences(cfg, root, args.sequences, num_digits=digits, seed=args.seed, standard_file=standard))
+        seqs, evaluated_on = (
+            test_sequences(cfg, args.data, args.sequences)
+            if videos
+            else test_sequences(cfg, root, args.sequences, num_digits=digits, seed=args.seed, standard_file=standard)
+        )
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     except OSError as exc:
@@ -115,21 +180,47 @@ def main(argv=None, prog: str | None = None) -> dict:
         if wanted and standard_path is not None:
             fail(f"{flag} needs digit trajectories; the standard file {standard_path} has none: add --standard-file no")
     # the generated test set the sequences came from, for its digit trajectories
-    generated = MovingMNIST(root, "test", num_digits=digits, num_frames=t_in + t_out, length=args.sequences, seed=args.seed,
-                            source=d["source"], standard_file=False) if args.motion or args.recognition else None
-    pred = predict(model, x, args.batch_size, args.precision or cfg["train"]["precision"], return_offsets=args.motion,
-                   filter_temperature=temperature, render=args.render)
+    generated = (
+        MovingMNIST(
+            root,
+            "test",
+            num_digits=digits,
+            num_frames=t_in + t_out,
+            length=args.sequences,
+            seed=args.seed,
+            source=d["source"],
+            standard_file=False,
+        )
+        if args.motion or args.recognition
+        else None
+    )
+    pred = predict(
+        model,
+        x,
+        args.batch_size,
+        args.precision or cfg["train"]["precision"],
+        return_offsets=args.motion,
+        filter_temperature=temperature,
+        render=args.render,
+    )
     if args.motion:
         pred, offsets = pred
     results = {}
-    guesses = {"model": pred, "zeros": torch.zeros_like(y), "copy_last": x[:, -1:].expand_as(y),
-               "mean_inputs": x.mean(1, keepdim=True).expand_as(y)}
+    guesses = {
+        "model": pred,
+        "zeros": torch.zeros_like(y),
+        "copy_last": x[:, -1:].expand_as(y),
+        "mean_inputs": x.mean(1, keepdim=True).expand_as(y),
+    }
     for name, guess in guesses.items():
         fm = FrameMetrics()
         fm.update(guess, y)
         results[name] = fm.compute()
     if any(math.isnan(results["model"][m]) for m in FrameMetrics.names):
-        fail(f"the predictions of {args.checkpoint} hold NaN values: " + ", ".join(f"{m}={results['model'][m]}" for m in FrameMetrics.names))
+        fail(
+            f"the predictions of {args.checkpoint} hold NaN values: "
+            + ", ".join(f"{m}={results['model'][m]}" for m in FrameMetrics.names)
+        )
     out = dict(results["model"])
     out["baselines"] = {k: {m: results[k][m] for m in FrameMetrics.names} for k in BASELINES}
     out["baselines_per_frame"] = {k: results[k]["per_frame"] for k in BASELINES}
@@ -143,10 +234,16 @@ def main(argv=None, prog: str | None = None) -> dict:
     out["test_set"] = evaluated_on["test_set"]
     out["evaluated_on"] = {**evaluated_on, "checkpoint": args.checkpoint}
 
-    heading = evaluated_on["what"] if videos else f"test set: {out['test_set']}, {out['sequences']} sequences, {digits} digits"
-    print(heading
-          + (f", filter temperature {temperature:g}" if temperature != 1.0 else "")
-          + (f", rendered by {args.render}" if args.render != "filter" else ""))
+    heading = (
+        evaluated_on["what"]
+        if videos
+        else f"test set: {out['test_set']}, {out['sequences']} sequences, {digits} digits"
+    )
+    print(
+        heading
+        + (f", filter temperature {temperature:g}" if temperature != 1.0 else "")
+        + (f", rendered by {args.render}" if args.render != "filter" else "")
+    )
     print(f"{'':>11} {'MSE':>9} {'MAE':>9} {'SSIM':>7} {'PSNR':>7}")
     for name in ("model",) + BASELINES:
         r = results[name]
@@ -163,24 +260,33 @@ def main(argv=None, prog: str | None = None) -> dict:
         tracks = [ds.trajectories(i) for i in range(len(ds))]
         corners = torch.stack([torch.from_numpy(c) for c, _ in tracks])[:, :, t_in : t_in + t_out]
         labels = torch.stack([torch.from_numpy(l) for _, l in tracks])
-        rec = {name: recognition_accuracy(recognizer, frames, corners, labels) for name, frames in (("model", pred), ("truth", y))}
+        rec = {
+            name: recognition_accuracy(recognizer, frames, corners, labels)
+            for name, frames in (("model", pred), ("truth", y))
+        }
         held_out = ds.digits  # the held-out test digits the sequences are drawn from
         rec["isolated_test_digits"] = digit_accuracy(recognizer, held_out.images, held_out.labels)
         out["recognition"] = rec
-        print(f"digit recognition (classifier trained on {len(pool)} {pool.source} training digits; "
-              f"{rec['isolated_test_digits']:.3f} right on the {len(held_out)} isolated test digits):")
+        print(
+            f"digit recognition (classifier trained on {len(pool)} {pool.source} training digits; "
+            f"{rec['isolated_test_digits']:.3f} right on the {len(held_out)} isolated test digits):"
+        )
         print(f"{'t':>4} {'model':>7} {'truth':>7}")
         for t in range(t_out):
             print(f"{t + 1:>4} {rec['model']['per_frame'][t]:7.3f} {rec['truth']['per_frame'][t]:7.3f}")
-        print(f"all {digits} digits right at the last frame: model {rec['model']['all_digits_last']:.3f}, truth {rec['truth']['all_digits_last']:.3f}")
+        print(
+            f"all {digits} digits right at the last frame: model {rec['model']['all_digits_last']:.3f}, truth {rec['truth']['all_digits_last']:.3f}"
+        )
     if args.motion:
         truth = [generated.motion(i, model.patch_size) for i in range(len(generated))]
         target = torch.stack([torch.from_numpy(o) for o, _ in truth])[:, t_in - 1 : t_in - 1 + t_out]
         weights = torch.stack([torch.from_numpy(w) for _, w in truth])[:, t_in - 1 : t_in - 1 + t_out]
         out["motion"] = motion_error(offsets, target, weights)
         mo = out["motion"]
-        print(f"motion: mean |kernel offset - true motion| {mo['mae_px']:.3f} px per component "
-              f"(offsets of zero: {mo['no_motion_mae_px']:.3f}), on cells one digit alone covers:")
+        print(
+            f"motion: mean |kernel offset - true motion| {mo['mae_px']:.3f} px per component "
+            f"(offsets of zero: {mo['no_motion_mae_px']:.3f}), on cells one digit alone covers:"
+        )
         print(f"{'t':>4} {'model':>7} {'zero':>7}")
         for t in range(t_out):
             print(f"{t + 1:>4} {mo['per_frame'][t]:7.3f} {mo['no_motion_per_frame'][t]:7.3f}")

@@ -73,8 +73,16 @@ from .precision import resolve_device, resolve_precision, training_precision
 from .state import NonFiniteLossError, TrainingState, plain_numbers
 from .tb import TBLogger
 
-__all__ = ["Task", "fit", "NonFiniteLossError", "build_optimizer", "build_scheduler", "resolve_device",
-           "resolve_precision", "training_precision"]
+__all__ = [
+    "Task",
+    "fit",
+    "NonFiniteLossError",
+    "build_optimizer",
+    "build_scheduler",
+    "resolve_device",
+    "resolve_precision",
+    "training_precision",
+]
 
 
 class Task(Protocol):
@@ -223,8 +231,10 @@ def fit(task: Task, cfg: dict, run_dir: str | Path, resume: bool = False) -> dic
                 if done % tc["checkpoint_every"] == 0 or done == tc["steps"] or state.stopped_early:
                     saver.save(saver.last_path)
                 if state.stopped_early:
-                    progress.write(f"step {done}: no better validation {task.best_metric} in {tc['patience']} "
-                                   f"evaluations (best at step {state.best_step}); stopping early (train.patience)")
+                    progress.write(
+                        f"step {done}: no better validation {task.best_metric} in {tc['patience']} "
+                        f"evaluations (best at step {state.best_step}); stopping early (train.patience)"
+                    )
                     break
                 saver.stop_on_signal(stop.signum, logger.flush)
             # finish: test best.pt, write metrics.json
@@ -262,8 +272,9 @@ class _Run:
     logger: TBLogger
 
 
-def _set_up(task: Task, cfg: dict, run_dir: Path, dist: DistInfo, folder_lock: contextlib.ExitStack,
-            resume: bool) -> _Run:
+def _set_up(
+    task: Task, cfg: dict, run_dir: Path, dist: DistInfo, folder_lock: contextlib.ExitStack, resume: bool
+) -> _Run:
     """Seed, build and check the model, lock the run folder, build the optimizer, schedule and
     checkpointer, resume from ``last.pt`` if asked, wrap for DDP, write ``config.yaml``."""
     tc = cfg["train"]
@@ -301,8 +312,9 @@ def _set_up(task: Task, cfg: dict, run_dir: Path, dist: DistInfo, folder_lock: c
         remove_stale_temporaries(checkpointer.last_path.parent)  # left by a run killed while saving
         atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
     logger = TBLogger(run_dir, enabled=dist.rank == 0, purge_step=state.step if resume else None)
-    return _Run(wrapped, optimizer, scheduler, scaler, autocast, use_cuda_amp, precision, device, state,
-                checkpointer, logger)
+    return _Run(
+        wrapped, optimizer, scheduler, scaler, autocast, use_cuda_amp, precision, device, state, checkpointer, logger
+    )
 
 
 class _TrainStep:
@@ -326,7 +338,9 @@ class _TrainStep:
     def __call__(self, step: int) -> tuple[Tensor | None, dict, Tensor | None]:
         """Run training step ``step``; returns (the task's loss, its logs, the regularization loss)."""
         run, dist = self.run, self.dist
-        batch = self.prefetched if self.prefetched is not None else self.task.train_batch(step, dist.rank, dist.world_size)
+        batch = (
+            self.prefetched if self.prefetched is not None else self.task.train_batch(step, dist.rank, dist.world_size)
+        )
         self.prefetched = None
         run.optimizer.zero_grad(set_to_none=True)
         problem, loss, logs, reg, total = None, None, {}, None, None
@@ -387,8 +401,9 @@ class _TrainStep:
 class _Progress:
     """The tqdm bar (``train.progress``, rank 0) and the training scalars in TensorBoard."""
 
-    def __init__(self, cfg: dict, logger: TBLogger, optimizer: torch.optim.Optimizer, dist: DistInfo,
-                 start_step: int) -> None:
+    def __init__(
+        self, cfg: dict, logger: TBLogger, optimizer: torch.optim.Optimizer, dist: DistInfo, start_step: int
+    ) -> None:
         self.tc, self.logger, self.optimizer, self.dist = cfg["train"], logger, optimizer, dist
         self.start_step, self.bar = start_step, None
         if self.tc["progress"] and dist.rank == 0:
@@ -397,7 +412,9 @@ class _Progress:
             # stdout: stderr carries the bar and the one-line errors
             print(f"threads: {openmp.describe(torch.get_num_threads())}", flush=True)
 
-            self.bar = tqdm(total=self.tc["steps"], initial=start_step, desc=cfg.get("name", "train"), dynamic_ncols=True)
+            self.bar = tqdm(
+                total=self.tc["steps"], initial=start_step, desc=cfg.get("name", "train"), dynamic_ncols=True
+            )
         self.t0 = time.time()
 
     def log_step(self, done: int, loss: Tensor | None, logs: dict, reg: Tensor | None) -> None:
@@ -492,7 +509,9 @@ def _test(task: Task, run: _Run, run_dir: Path) -> dict:
         "checkpoint_step": tested_step,
     }
     result["validation"] = {
-        **task.val_description(), "best_metric": task.best_metric, "best_step": state.best_step,
+        **task.val_description(),
+        "best_metric": task.best_metric,
+        "best_step": state.best_step,
         "metrics": state.best_metrics,
     }
     result["final_evaluation_seconds"] = round(time.time() - t1, 1)
@@ -545,4 +564,3 @@ class _deterministic:
 
     def __exit__(self, *exc: Any) -> None:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = self._old
-

@@ -76,12 +76,24 @@ def _stream(args: argparse.Namespace, model, cfg: dict, temperature: float, inpu
     """``--stream``: :func:`~convlstm_vp.train.stream_video.stream_video`, then its summary."""
     horizon = cfg["model"]["output_frames"] if args.horizon is None else args.horizon
     if horizon > cfg["model"]["output_frames"]:
-        raise ValueError(f"--horizon: the model forecasts at most output_frames="
-                         f"{cfg['model']['output_frames']} frames, got {horizon}")
+        raise ValueError(
+            f"--horizon: the model forecasts at most output_frames="
+            f"{cfg['model']['output_frames']} frames, got {horizon}"
+        )
     out = Path(args.output)
-    timings = stream_video(model, cfg, Path(args.input), out, horizon=horizon,
-                           filter_temperature=temperature, render=args.render,
-                           input_range=input_range, start=args.start, fps=args.fps, scale=args.scale)
+    timings = stream_video(
+        model,
+        cfg,
+        Path(args.input),
+        out,
+        horizon=horizon,
+        filter_temperature=temperature,
+        render=args.render,
+        input_range=input_range,
+        start=args.start,
+        fps=args.fps,
+        scale=args.scale,
+    )
     report(timings, out, horizon)
     return out
 
@@ -91,28 +103,58 @@ def main(argv=None, prog: str | None = None) -> Path:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--input", required=True, help=".npy/.npz, .gif or a video file of any frame size")
     p.add_argument("--output", required=True, help="out.gif, out.mp4, out.avi or out.npy")
-    p.add_argument("--start", type=non_negative_int, default=0, help="index of the first context frame (counted after the model's data.frame_step)")
-    p.add_argument("--input-range", default=None, metavar="LO,HI",
-                   help="map input values in [LO, HI] to [0, 1] (default: uint8 / 255; float frames must lie in [0, 1])")
-    p.add_argument("--render", choices=["filter", "warp"], default="filter",
-                   help="how a dynamic-filter model renders its frames: filter each previous prediction (default, as "
-                        "trained) or warp: move a displacement field with the same kernels and sample the last input once")
-    p.add_argument("--filter-temperature", type=float, default=None,
-                   help="softmax temperature of the filter kernels; below 1 sharpens them (default: the config's "
-                        "model.eval_filter_temperature, 1 unless set)")
-    p.add_argument("--fps", type=positive_float, default=4.0, help="frames per second of a .gif/.mp4/.avi output (default 4)")
-    p.add_argument("--scale", type=int_between(1, MAX_SCALE), default=1,
-                   help=f"enlarge every frame of the side-by-side output this many times, 1 to {MAX_SCALE} "
-                        "(nearest neighbour; default 1)")
-    p.add_argument("--stream", action="store_true",
-                   help="read the video frame by frame and forecast after every frame "
-                        "(convlstm_vp.train.stream_video); writes each frame beside its forecast "
-                        "made --horizon frames earlier (.mp4/.avi)")
-    p.add_argument("--horizon", type=positive_int, default=None,
-                   help="--stream: frames ahead (default the model's output_frames)")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads (default: torch's); 1 is fastest for one stream on a "
-                        "busy machine")
+    p.add_argument(
+        "--start",
+        type=non_negative_int,
+        default=0,
+        help="index of the first context frame (counted after the model's data.frame_step)",
+    )
+    p.add_argument(
+        "--input-range",
+        default=None,
+        metavar="LO,HI",
+        help="map input values in [LO, HI] to [0, 1] (default: uint8 / 255; float frames must lie in [0, 1])",
+    )
+    p.add_argument(
+        "--render",
+        choices=["filter", "warp"],
+        default="filter",
+        help="how a dynamic-filter model renders its frames: filter each previous prediction (default, as "
+        "trained) or warp: move a displacement field with the same kernels and sample the last input once",
+    )
+    p.add_argument(
+        "--filter-temperature",
+        type=float,
+        default=None,
+        help="softmax temperature of the filter kernels; below 1 sharpens them (default: the config's "
+        "model.eval_filter_temperature, 1 unless set)",
+    )
+    p.add_argument(
+        "--fps", type=positive_float, default=4.0, help="frames per second of a .gif/.mp4/.avi output (default 4)"
+    )
+    p.add_argument(
+        "--scale",
+        type=int_between(1, MAX_SCALE),
+        default=1,
+        help=f"enlarge every frame of the side-by-side output this many times, 1 to {MAX_SCALE} "
+        "(nearest neighbour; default 1)",
+    )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="read the video frame by frame and forecast after every frame "
+        "(convlstm_vp.train.stream_video); writes each frame beside its forecast "
+        "made --horizon frames earlier (.mp4/.avi)",
+    )
+    p.add_argument(
+        "--horizon", type=positive_int, default=None, help="--stream: frames ahead (default the model's output_frames)"
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's); 1 is fastest for one stream on a busy machine",
+    )
     args = p.parse_args(argv)
     if args.filter_temperature is not None and not 0 < args.filter_temperature < float("inf"):
         p.error(f"--filter-temperature: expected a finite number > 0, got {args.filter_temperature}")
@@ -120,15 +162,19 @@ def main(argv=None, prog: str | None = None) -> Path:
         torch.set_num_threads(args.threads)
     out = Path(args.output)
     if args.stream and out.suffix.lower() not in STREAM_SUFFIXES:
-        p.error(f"--output: --stream writes frame by frame to a file ending in "
-                f"{', '.join(STREAM_SUFFIXES)}, got {args.output!r}")
+        p.error(
+            f"--output: --stream writes frame by frame to a file ending in "
+            f"{', '.join(STREAM_SUFFIXES)}, got {args.output!r}"
+        )
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         p.error(f"--output: expected a file ending in {', '.join(OUTPUT_SUFFIXES)}, got {args.output!r}")
     check_output_file(out, "--output")
     try:
         input_range = parse_range(args.input_range)
         model, cfg = load_trained(args.checkpoint)
-        temperature = cfg["model"]["eval_filter_temperature"] if args.filter_temperature is None else args.filter_temperature
+        temperature = (
+            cfg["model"]["eval_filter_temperature"] if args.filter_temperature is None else args.filter_temperature
+        )
         model.check_rendering(temperature, args.render)
         if args.stream:
             return _stream(args, model, cfg, temperature, input_range)
@@ -140,10 +186,14 @@ def main(argv=None, prog: str | None = None) -> Path:
         fail(f"{exc.filename or args.input}: {exc.strerror or exc}")
     t_in, t_out = cfg["model"]["input_frames"], cfg["model"]["output_frames"]
     if frames.shape[0] < args.start + t_in:
-        fail(f"{args.input} has {frames.shape[0]} frames; the model needs {t_in} context frames from index {args.start}")
+        fail(
+            f"{args.input} has {frames.shape[0]} frames; the model needs {t_in} context frames from index {args.start}"
+        )
     seq = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, C, H, W) in [0, 1]
     context = seq[args.start : args.start + t_in]
-    pred = predict(model, context.unsqueeze(0), 1, cfg["train"]["precision"], filter_temperature=temperature, render=args.render)[0]
+    pred = predict(
+        model, context.unsqueeze(0), 1, cfg["train"]["precision"], filter_temperature=temperature, render=args.render
+    )[0]
     if not bool(torch.isfinite(pred).all()):
         fail(f"the prediction of {args.checkpoint} for {args.input} holds NaN/Inf values; nothing was written")
     truth = seq[args.start + t_in : args.start + t_in + t_out]
@@ -153,10 +203,16 @@ def main(argv=None, prog: str | None = None) -> Path:
         if out.suffix.lower() == ".npy":
             write_video(out, pred, args.fps)
         else:
-            write_video(out, upscale(side_by_side(torch.cat([context, truth]), torch.cat([context, pred])), args.scale), args.fps)
+            write_video(
+                out,
+                upscale(side_by_side(torch.cat([context, truth]), torch.cat([context, pred])), args.scale),
+                args.fps,
+            )
     except (OSError, ValueError) as exc:
         fail(f"{out}: {getattr(exc, 'strerror', None) or exc}")
-    print(f"wrote {out}: {t_in} context frames, {t_out} predicted frames (left: input + following frames, right: input + prediction)")
+    print(
+        f"wrote {out}: {t_in} context frames, {t_out} predicted frames (left: input + following frames, right: input + prediction)"
+    )
     return out
 
 

@@ -28,8 +28,12 @@ class DigitRecognizer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, 16, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
 
@@ -79,15 +83,23 @@ def digit_accuracy(recognizer: nn.Module, images: np.ndarray, labels: np.ndarray
 
 
 def train_digit_recognizer(
-    images: np.ndarray, labels: np.ndarray, *, epochs: int = 6, batch_size: int = 128,
-    lr: float = 2e-3, max_shift: int = 2, seed: int = 0,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epochs: int = 6,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    max_shift: int = 2,
+    seed: int = 0,
 ) -> DigitRecognizer:
     """Train :class:`DigitRecognizer` on uint8 digits ``(N, 28, 28)`` with labels ``(N,)`` in 0..9
     (seeded: the same digits give the same classifier). Returns it in eval mode."""
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.ndim != 3 or images.shape[1:] != (DIGIT, DIGIT) or images.dtype != np.uint8:
-        raise ValueError(f"train_digit_recognizer: expected uint8 digits (N, {DIGIT}, {DIGIT}), got {images.dtype} {images.shape}")
+        raise ValueError(
+            f"train_digit_recognizer: expected uint8 digits (N, {DIGIT}, {DIGIT}), got {images.dtype} {images.shape}"
+        )
     if labels.shape != (len(images),) or len(images) == 0 or labels.min() < 0 or labels.max() > 9:
         raise ValueError(f"train_digit_recognizer: expected {len(images)} labels in 0..9, got shape {labels.shape}")
     gen = torch.Generator().manual_seed(seed)
@@ -123,7 +135,9 @@ def crop_digits(frames: Tensor, corners: Tensor) -> Tensor:
     """
     n, t, c, s, _ = frames.shape
     if corners.dim() != 4 or corners.shape[0] != n or corners.shape[2] != t or corners.shape[3] != 2 or c != 1:
-        raise ValueError(f"crop_digits: expected frames (N, T, 1, S, S) and corners (N, D, T, 2), got {tuple(frames.shape)} and {tuple(corners.shape)}")
+        raise ValueError(
+            f"crop_digits: expected frames (N, T, 1, S, S) and corners (N, D, T, 2), got {tuple(frames.shape)} and {tuple(corners.shape)}"
+        )
     if int(corners.min()) < 0 or int(corners.max()) > s - DIGIT:
         raise ValueError(f"crop_digits: corners must lie in [0, {s - DIGIT}] for {s}x{s} frames")
     d = corners.shape[1]
@@ -137,7 +151,9 @@ def crop_digits(frames: Tensor, corners: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def recognition_accuracy(recognizer: nn.Module, frames: Tensor, corners: Tensor, labels: Tensor, batch_size: int = 2048) -> dict:
+def recognition_accuracy(
+    recognizer: nn.Module, frames: Tensor, corners: Tensor, labels: Tensor, batch_size: int = 2048
+) -> dict:
     """Classify each digit's window in ``frames`` ``(N, T, 1, S, S)``.
 
     Args:
@@ -149,7 +165,9 @@ def recognition_accuracy(recognizer: nn.Module, frames: Tensor, corners: Tensor,
         "all_digits_last": fraction of sequences whose D digits are all right at the last frame}``.
     """
     if labels.shape != corners.shape[:2]:
-        raise ValueError(f"recognition_accuracy: expected labels (N, D) = {tuple(corners.shape[:2])}, got {tuple(labels.shape)}")
+        raise ValueError(
+            f"recognition_accuracy: expected labels (N, D) = {tuple(corners.shape[:2])}, got {tuple(labels.shape)}"
+        )
     crops = crop_digits(frames.float(), corners)
     n, d, t = crops.shape[:3]
     flat = crops.reshape(-1, 1, DIGIT, DIGIT).clamp(0, 1)

@@ -57,7 +57,9 @@ def upscale(x: Tensor, factor: int) -> Tensor:
     return x.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
 
-def prediction_strip(inputs: Tensor, truth: Tensor, pred: Tensor, gap: int = 2, scale: int = 2, per_row: int = 10) -> Tensor:
+def prediction_strip(
+    inputs: Tensor, truth: Tensor, pred: Tensor, gap: int = 2, scale: int = 2, per_row: int = 10
+) -> Tensor:
     """One picture per sequence, legible without zooming: the inputs, then the truth, then the
     prediction, each in rows of at most ``per_row`` frames (truth and prediction of a time step one
     above the other), every frame upscaled ``scale`` times, white ``gap`` between frames and rows.
@@ -115,10 +117,14 @@ def _text(text: str) -> np.ndarray:
 
 
 def _paste(img: np.ndarray, patch: np.ndarray, top: int, left: int) -> None:
-    img[top : top + patch.shape[0], left : left + patch.shape[1]] = np.minimum(img[top : top + patch.shape[0], left : left + patch.shape[1]], patch)
+    img[top : top + patch.shape[0], left : left + patch.shape[1]] = np.minimum(
+        img[top : top + patch.shape[0], left : left + patch.shape[1]], patch
+    )
 
 
-def confusion_matrix_image(cm: Tensor | np.ndarray, class_names: Sequence[str] | None = None, cell: int = 36) -> np.ndarray:
+def confusion_matrix_image(
+    cm: Tensor | np.ndarray, class_names: Sequence[str] | None = None, cell: int = 36
+) -> np.ndarray:
     """Render a confusion matrix as an RGB uint8 image ``(H, W, 3)``: rows are the true classes
     (axis ``true``, names on the left), columns the predicted ones (axis ``predicted``, names
     written upwards above them), each cell its count, shaded by the share of its row (green on
@@ -129,7 +135,9 @@ def confusion_matrix_image(cm: Tensor | np.ndarray, class_names: Sequence[str] |
     names = [str(s) for s in class_names] if class_names is not None else [str(i) for i in range(n)]
     labels = [_text(s) for s in names]
     counts = [[_text(str(int(v))) for v in row] for row in cm]
-    cell = max([cell] + [c.shape[1] + 6 for row in counts for c in row] + [c.shape[0] + 6 for row in counts for c in row])
+    cell = max(
+        [cell] + [c.shape[1] + 6 for row in counts for c in row] + [c.shape[0] + 6 for row in counts for c in row]
+    )
     name_w = max(t.shape[1] for t in labels)
     axis_true, axis_pred = np.rot90(_text("true")).copy(), _text("predicted")
     left = axis_true.shape[1] + 6 + name_w + 6

@@ -67,7 +67,9 @@ def check_data_config(data: dict) -> None:
     if data["max_scale"] >= 1:
         raise ConfigError(f"config key 'data.max_scale': expected a value below 1, got {data['max_scale']!r}")
     if data["eval_batch_size"] < 1:
-        raise ConfigError(f"config key 'data.eval_batch_size': expected a positive value, got {data['eval_batch_size']!r}")
+        raise ConfigError(
+            f"config key 'data.eval_batch_size': expected a positive value, got {data['eval_batch_size']!r}"
+        )
 
 
 def build_model(cfg: dict) -> PatchSequenceClassifier:
@@ -154,8 +156,16 @@ class PatchClassifierTask:
         result["evaluated_on"] = describe_test_set(self.cfg["data"], int(labels.shape[0]))
         return result
 
-    def _score(self, model: nn.Module, patches: Tensor, labels: Tensor, logger: TBLogger | None, step: int,
-               split: str, run_dir: Path | None = None) -> dict:
+    def _score(
+        self,
+        model: nn.Module,
+        patches: Tensor,
+        labels: Tensor,
+        logger: TBLogger | None,
+        step: int,
+        split: str,
+        run_dir: Path | None = None,
+    ) -> dict:
         logits = predict_logits(model, patches, self.cfg["data"]["eval_batch_size"], self.cfg["train"]["precision"])
         pred = logits.argmax(1)
         cm = confusion_matrix(pred, labels, NUM_CLASSES)
@@ -167,8 +177,17 @@ class PatchClassifierTask:
                 logger.scalar(f"{split}_per_class/recall_{k}", r, step)
         return result
 
-    def _pictures(self, logger: TBLogger, step: int, split: str, cm: Tensor, patches: Tensor, labels: Tensor,
-                  pred: Tensor, run_dir: Path | None) -> None:
+    def _pictures(
+        self,
+        logger: TBLogger,
+        step: int,
+        split: str,
+        cm: Tensor,
+        patches: Tensor,
+        labels: Tensor,
+        pred: Tensor,
+        run_dir: Path | None,
+    ) -> None:
         """Confusion matrix and misclassified digits to TensorBoard under ``split/``; also as PNGs
         into ``run_dir`` when given."""
         cm_img = confusion_matrix_image(cm)
@@ -183,7 +202,6 @@ class PatchClassifierTask:
             pictures["misclassified.png"] = grid
         if run_dir is not None:
             self.image_paths = [save_png(Path(run_dir) / name, picture) for name, picture in pictures.items()]
-
 
 
 __all__ = ["DEFAULTS", "PatchClassifierTask", "build_model", "check_data_config", "predict_logits"]

@@ -121,8 +121,15 @@ class PatchCompletionTask:
         result["evaluated_on"] = describe_test_set(self.cfg["data"], int(sequences.shape[0]))
         return result
 
-    def _score(self, model: nn.Module, sequences: Tensor, logger: TBLogger | None, step: int, split: str,
-               run_dir: Path | None = None) -> dict:
+    def _score(
+        self,
+        model: nn.Module,
+        sequences: Tensor,
+        logger: TBLogger | None,
+        step: int,
+        split: str,
+        run_dir: Path | None = None,
+    ) -> dict:
         t_in = self.cfg["model"]["input_frames"]
         x, y = sequences[:, :t_in], sequences[:, t_in:]
         pred = predict(model, x, self.cfg["data"]["eval_batch_size"], self.cfg["train"]["precision"])
@@ -153,4 +160,3 @@ class PatchCompletionTask:
         tiles = rearrange(torch.stack(digits, dim=1), "n k c h w -> (n k) c h w")
         captions = ["input", "predicted", "truth"] * inputs.shape[0]
         return digit_grid(captioned_tiles(tiles, captions), cols=3)
-

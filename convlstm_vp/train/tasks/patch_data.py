@@ -19,8 +19,15 @@ from ...data import MNISTPatchSequences, load_digits, patchify
 from ...data.splits import VAL_SPLIT_SEED, stratified_split
 from ..distributed import dataset_batch_indices
 
-__all__ = ["DATA_DEFAULTS", "PatchDigitPool", "patch_sequences", "random_affine", "subset_indices", "describe_test_set",
-           "load_test_patches"]
+__all__ = [
+    "DATA_DEFAULTS",
+    "PatchDigitPool",
+    "patch_sequences",
+    "random_affine",
+    "subset_indices",
+    "describe_test_set",
+    "load_test_patches",
+]
 
 DATA_DEFAULTS: dict = {
     "root": "datasets",
@@ -103,7 +110,9 @@ class PatchDigitPool:
     def __init__(self, data: dict, seed: int) -> None:
         digits = load_digits(data["root"], "train", data["source"])
         if data["train_size"] > len(digits):
-            raise ValueError(f"config key 'data.train_size': {data['train_size']} is more than the {len(digits)} train digits")
+            raise ValueError(
+                f"config key 'data.train_size': {data['train_size']} is more than the {len(digits)} train digits"
+            )
         pool = subset_indices(len(digits), data["train_size"])  # into the train split
         fit, val = stratified_split(digits.labels[pool], data["val_fraction"], VAL_SPLIT_SEED)
         self.indices, self.val_indices = pool[fit], pool[val]
@@ -124,8 +133,11 @@ class PatchDigitPool:
 
     def val_description(self) -> dict:
         n = len(self.val_indices)
-        return {"split": "validation", "digits": n,
-                "what": f"{n} train digits held out for validation ({self.data['val_fraction']:g} of each class, seeded)"}
+        return {
+            "split": "validation",
+            "digits": n,
+            "what": f"{n} train digits held out for validation ({self.data['val_fraction']:g} of each class, seeded)",
+        }
 
     def batch(self, step: int, rank: int, world: int, batch_size: int, augment: bool = True) -> tuple[Tensor, Tensor]:
         """Batch ``step`` of ``rank``: ``(patches (B, T, 1, p, p) float32, labels (B,) int64)``."""
@@ -150,5 +162,7 @@ def load_test_patches(data: dict) -> tuple[Tensor, Tensor]:
 
 def describe_test_set(data: dict, n: int) -> dict:
     """The ``evaluated_on`` entry of a patch task's test: which test digits, how many."""
-    what = "test split, all digits" if not data["test_size"] else f"test split, {n} evenly spaced digits (data.test_size)"
+    what = (
+        "test split, all digits" if not data["test_size"] else f"test split, {n} evenly spaced digits (data.test_size)"
+    )
     return {"split": "test", "digits": n, "what": what}

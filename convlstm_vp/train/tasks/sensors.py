@@ -44,7 +44,15 @@ from ..config import TRAIN_DEFAULTS, ConfigError
 from ..metrics import classification_metrics, confusion_matrix
 from ..tb import TBLogger, confusion_matrix_image, png_bytes
 
-DATASETS = ("basicmotions", "opportunity", "daphnet", "aeon:<Name>", "<Name>_TRAIN.ts", "<file>.npz", "<folder of .csv>")
+DATASETS = (
+    "basicmotions",
+    "opportunity",
+    "daphnet",
+    "aeon:<Name>",
+    "<Name>_TRAIN.ts",
+    "<file>.npz",
+    "<folder of .csv>",
+)
 
 DEFAULTS: dict[str, Any] = {
     "name": "deepconvlstm",
@@ -93,19 +101,32 @@ def _subset(data: WindowDataset, index: np.ndarray) -> WindowDataset:
 
 def _series_dataset(raw: LabelledSeries, classes: tuple[str, ...], standardizer: Standardizer) -> SeriesDataset:
     if raw.labels is None:
-        raise ConfigError(f"config key 'data.dataset': {raw.where} holds no class labels; training and testing need them")
+        raise ConfigError(
+            f"config key 'data.dataset': {raw.where} holds no class labels; training and testing need them"
+        )
     unknown = sorted(set(raw.labels.tolist()) - set(classes))
     if unknown:
-        raise ConfigError(f"config key 'data.dataset': {raw.where}: classes {unknown[:5]} do not occur in the training split {list(classes)}")
+        raise ConfigError(
+            f"config key 'data.dataset': {raw.where}: classes {unknown[:5]} do not occur in the training split {list(classes)}"
+        )
     lookup = {c: i for i, c in enumerate(classes)}
-    return SeriesDataset([standardizer.transform(s) for s in raw.series], np.array([lookup[str(v)] for v in raw.labels]),
-                         classes, raw.ids)
+    return SeriesDataset(
+        [standardizer.transform(s) for s in raw.series],
+        np.array([lookup[str(v)] for v in raw.labels]),
+        classes,
+        raw.ids,
+    )
 
 
 def _source_splits(d: dict) -> tuple[WindowDataset, WindowDataset, WindowDataset, Standardizer]:
     """A :mod:`convlstm_vp.data.series` source: training, validation, test, the statistics."""
-    kw = {"root": d["root"], "label_column": d["label_column"], "window": d["window"], "step": d["step"],
-          "label_mode": d["label_mode"]}
+    kw = {
+        "root": d["root"],
+        "label_column": d["label_column"],
+        "window": d["window"],
+        "step": d["step"],
+        "label_mode": d["label_mode"],
+    }
     try:
         full = read_source(d["dataset"], "train", **kw)
         if full.labels is None:
@@ -121,15 +142,21 @@ def _source_splits(d: dict) -> tuple[WindowDataset, WindowDataset, WindowDataset
     else:  # windows of recordings: whole recordings
         recordings = np.unique(full.groups)
         if len(recordings) < 2:
-            raise ConfigError(f"config key 'data.dataset': {full.where} holds one training recording; validation "
-                              f"holds out whole recordings, so it needs at least two")
+            raise ConfigError(
+                f"config key 'data.dataset': {full.where} holds one training recording; validation "
+                f"holds out whole recordings, so it needs at least two"
+            )
         k = min(max(int(round(d["val_fraction"] * len(recordings))), 1), len(recordings) - 1)
         val_recordings = np.random.default_rng(VAL_SPLIT_SEED).choice(recordings, size=k, replace=False)
         held = np.flatnonzero(np.isin(full.groups, val_recordings))
         fit = np.flatnonzero(~np.isin(full.groups, val_recordings))
         standardizer = Standardizer().fit([full.recordings[g] for g in recordings if g not in val_recordings])  # type: ignore[index]
-    return (_series_dataset(full.subset(fit), classes, standardizer), _series_dataset(full.subset(held), classes, standardizer),
-            _series_dataset(test, classes, standardizer), standardizer)
+    return (
+        _series_dataset(full.subset(fit), classes, standardizer),
+        _series_dataset(full.subset(held), classes, standardizer),
+        _series_dataset(test, classes, standardizer),
+        standardizer,
+    )
 
 
 def _daphnet_splits(d: dict) -> tuple[WindowDataset, WindowDataset, WindowDataset, Standardizer]:
@@ -242,8 +269,12 @@ class SensorTask:
 
     def checkpoint_state(self) -> dict:
         """What applying the model to new data needs: class names and the z-score statistics."""
-        return {"kind": "sensors", "classes": list(self.classes), "in_channels": self.in_channels,
-                "standardizer": self.standardizer.state_dict() if self.standardizer is not None else None}
+        return {
+            "kind": "sensors",
+            "classes": list(self.classes),
+            "in_channels": self.in_channels,
+            "standardizer": self.standardizer.state_dict() if self.standardizer is not None else None,
+        }
 
     def train_batch(self, step: int, rank: int, world: int) -> tuple[Tensor, ...]:
         """Windows ``(B, T, C)`` float32 and labels ``(B,)`` int64 of global batch ``step * world + rank``
@@ -275,7 +306,9 @@ class SensorTask:
     def val_description(self) -> dict:
         d, n = self.cfg["data"], len(self.val_set)
         if d["dataset"] == "opportunity":
-            what = f"opportunity recordings {', '.join(OPPORTUNITY_VAL_FILES)} held out of the training list, {n} windows"
+            what = (
+                f"opportunity recordings {', '.join(OPPORTUNITY_VAL_FILES)} held out of the training list, {n} windows"
+            )
         elif d["dataset"] == "daphnet":
             what = f"daphnet: the last {n} windows of the training part ({d['val_fraction']:g}), none overlapping a training window"
         elif d["dataset"] != "basicmotions" and source_kind(d["dataset"]) == "csv":  # ids are "<file>@<start>"
@@ -294,10 +327,21 @@ class SensorTask:
     def test(self, model: nn.Module, logger: TBLogger | None, step: int, run_dir) -> dict:
         """Metrics on every window of the test split (confusion matrix to TensorBoard ``test/``
         and to ``confusion_matrix.png`` in ``run_dir``)."""
-        result = evaluate_windows(model, self.test_set, self.cfg["data"]["eval_batch_size"], logger, step, "test",
-                                  image_path=Path(run_dir) / "confusion_matrix.png")
+        result = evaluate_windows(
+            model,
+            self.test_set,
+            self.cfg["data"]["eval_batch_size"],
+            logger,
+            step,
+            "test",
+            image_path=Path(run_dir) / "confusion_matrix.png",
+        )
         n = len(self.test_set)
-        result["evaluated_on"] = {"split": "test", "windows": n, "what": f"{self.cfg['data']['dataset']} test split, all {n} windows"}
+        result["evaluated_on"] = {
+            "split": "test",
+            "windows": n,
+            "what": f"{self.cfg['data']['dataset']} test split, all {n} windows",
+        }
         return result
 
 
@@ -320,8 +364,15 @@ def predict_logits(model: nn.Module, windows: Tensor, lengths: Tensor | None = N
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
-def classification_report(logits: Tensor, labels: Tensor, classes: tuple[str, ...], logger: TBLogger | None = None,
-                          step: int = 0, split: str = "eval", image_path: Path | None = None) -> dict:
+def classification_report(
+    logits: Tensor,
+    labels: Tensor,
+    classes: tuple[str, ...],
+    logger: TBLogger | None = None,
+    step: int = 0,
+    split: str = "eval",
+    image_path: Path | None = None,
+) -> dict:
     """Accuracy, macro / weighted F1, mean cross-entropy and per-class recall (keyed by class
     name) of ``logits`` ``(N, K)`` against ``labels`` ``(N,)``; the confusion matrix (rows = true
     class) goes to TensorBoard as ``<split>/confusion_matrix`` (with the recalls as
@@ -347,8 +398,13 @@ def classification_report(logits: Tensor, labels: Tensor, classes: tuple[str, ..
 
 @torch.no_grad()
 def evaluate_windows(
-    model: nn.Module, dataset: WindowDataset, batch_size: int = 256, logger: TBLogger | None = None, step: int = 0,
-    split: str = "eval", image_path: Path | None = None,
+    model: nn.Module,
+    dataset: WindowDataset,
+    batch_size: int = 256,
+    logger: TBLogger | None = None,
+    step: int = 0,
+    split: str = "eval",
+    image_path: Path | None = None,
 ) -> dict:
     """:func:`classification_report` of ``model`` on every item of ``dataset``."""
     lengths = getattr(dataset, "lengths", None)

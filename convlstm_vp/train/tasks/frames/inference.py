@@ -57,8 +57,12 @@ def predict(
     try:
         with ctx:
             for i in range(0, frames.shape[0], batch_size):
-                out = model.forecast(frames[i : i + batch_size].to(device), offsets=return_offsets,
-                                     filter_temperature=filter_temperature, render=render)
+                out = model.forecast(
+                    frames[i : i + batch_size].to(device),
+                    offsets=return_offsets,
+                    filter_temperature=filter_temperature,
+                    render=render,
+                )
                 if return_offsets:
                     offsets.append(out.offsets.float().cpu())
                 outs.append(out.frames.float().clamp(0, 1).cpu())
@@ -67,14 +71,25 @@ def predict(
     return (torch.cat(outs), torch.cat(offsets)) if return_offsets else torch.cat(outs)
 
 
-def evaluate_frames(model: EncoderForecaster, sequences: Tensor, cfg: dict, logger: TBLogger | None = None, step: int = 0,
-                    return_predictions: bool = False) -> dict:
+def evaluate_frames(
+    model: EncoderForecaster,
+    sequences: Tensor,
+    cfg: dict,
+    logger: TBLogger | None = None,
+    step: int = 0,
+    return_predictions: bool = False,
+) -> dict:
     """MSE/MAE/SSIM/PSNR of ``model`` on ``sequences`` ``(N, T, C, H, W)``; logs examples if asked;
     ``return_predictions`` adds the predicted frames (key "predictions")."""
     t_in = cfg["model"]["input_frames"]
     x, y = sequences[:, :t_in], sequences[:, t_in:]
-    pred = predict(model, x, cfg["data"]["eval_batch_size"], cfg["train"]["precision"],
-                   filter_temperature=cfg["model"]["eval_filter_temperature"])
+    pred = predict(
+        model,
+        x,
+        cfg["data"]["eval_batch_size"],
+        cfg["train"]["precision"],
+        filter_temperature=cfg["model"]["eval_filter_temperature"],
+    )
     fm = FrameMetrics()
     fm.update(pred, y)
     result = fm.compute()
@@ -88,7 +103,6 @@ def evaluate_frames(model: EncoderForecaster, sequences: Tensor, cfg: dict, logg
     if return_predictions:
         result["predictions"] = pred
     return result
-
 
 
 # config keys of removed options that a checkpoint's config may still hold, with the values that
@@ -120,14 +134,19 @@ def _upgrade_config(config: dict, checkpoint: str) -> dict:
         if isinstance(section, dict) and key in section:
             value = section.pop(key)
             if neutral is not None and value != neutral:
-                raise ValueError(f"it was trained with config key {'.'.join(path)!r} = {value!r}, an option this version no longer has")
+                raise ValueError(
+                    f"it was trained with config key {'.'.join(path)!r} = {value!r}, an option this version no longer has"
+                )
     model = config.get("model", {})
     if model.get("head") == "composite":
         raise ValueError("it was trained with model.head 'composite', a head this version no longer has")
     if model.get("head") == "warp":
         model["head"] = "dynamic_filter"
-        warnings.warn(f"{checkpoint} was trained with the removed head 'warp': loaded as the dynamic filter whose "
-                      f"kernels it shares; render with render='warp' (--render warp) as it was trained", stacklevel=3)
+        warnings.warn(
+            f"{checkpoint} was trained with the removed head 'warp': loaded as the dynamic filter whose "
+            f"kernels it shares; render with render='warp' (--render warp) as it was trained",
+            stacklevel=3,
+        )
     return config
 
 

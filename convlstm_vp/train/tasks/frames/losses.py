@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 LOSSES = ("bce", "mse", "l1", "l1+mse", "bce+l1")
+
+
 def _bce(pred: Tensor, target: Tensor) -> Tensor:
     # written out rather than F.binary_cross_entropy, which raises on NaN predictions: a NaN loss
     # must reach the training loop, whose nan_policy decides (stop with a message, or skip)
@@ -42,10 +44,16 @@ def check_scheduled_sampling(spec: Any) -> None:
     with probabilities in [0, 1] and ``steps`` > 0."""
     if spec is None:
         return
-    ok = isinstance(spec, (list, tuple)) and len(spec) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec)
+    ok = (
+        isinstance(spec, (list, tuple))
+        and len(spec) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec)
+    )
     if not ok or not (0 <= spec[0] <= 1 and 0 <= spec[1] <= 1 and spec[2] > 0):
-        raise ValueError(f"config key 'model.scheduled_sampling': expected [start, end, steps] with start and end "
-                         f"probabilities in [0, 1] and steps > 0, or null; got {spec!r}")
+        raise ValueError(
+            f"config key 'model.scheduled_sampling': expected [start, end, steps] with start and end "
+            f"probabilities in [0, 1] and steps > 0, or null; got {spec!r}"
+        )
 
 
 def scheduled_sampling(spec: Sequence[float] | None, step: int) -> float:

@@ -69,8 +69,10 @@ class FrameSource:
             raise ValueError(f"config key 'data.frame_step': expected an integer >= 1, got {d['frame_step']!r}")
         # a size that model.patch_size does not divide is left to fit()'s check of batch 0, which names both
         if cfg["motion_loss_weight"] > 0 and not cls.has_motion:
-            raise ValueError("config key 'motion_loss_weight': the motion targets come from Moving MNIST's generator (the "
-                             f"digits' true motion), which data.dataset {cls.name!r} does not have; set it to 0")
+            raise ValueError(
+                "config key 'motion_loss_weight': the motion targets come from Moving MNIST's generator (the "
+                f"digits' true motion), which data.dataset {cls.name!r} does not have; set it to 0"
+            )
 
     def train_batch(self, rng: np.random.Generator, batch_size: int) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """``batch_size`` training sequences drawn with ``rng`` (with ``motion_loss_weight`` > 0
@@ -82,8 +84,9 @@ class FrameSource:
         raise NotImplementedError
 
     @classmethod
-    def test_set(cls, cfg: dict, root: str | None = None, sequences: int | None = None,
-                 **options: Any) -> tuple[Tensor, dict]:
+    def test_set(
+        cls, cfg: dict, root: str | None = None, sequences: int | None = None, **options: Any
+    ) -> tuple[Tensor, dict]:
         """The first ``sequences`` (default ``data.final_eval_sequences``) test sequences of
         ``cfg``'s data (``root`` overrides ``data.root``) and the ``evaluated_on`` entry naming
         them. A class method: ``evaluate.py`` scores a checkpoint without the training data."""
@@ -107,11 +110,16 @@ class MovingMNISTSource(FrameSource):
     def check_config(cls, cfg: dict) -> None:
         super().check_config(cfg)
         d = cfg["data"]
-        for key, value, fixed in (("size", list(d["size"]), [64, 64]), ("channels", d["channels"], 1),
-                                  ("frame_step", d["frame_step"], 1)):
+        for key, value, fixed in (
+            ("size", list(d["size"]), [64, 64]),
+            ("channels", d["channels"], 1),
+            ("frame_step", d["frame_step"], 1),
+        ):
             if value != fixed:
-                raise ValueError(f"config key 'data.{key}': Moving MNIST frames are 64x64 grey, generated frame by frame "
-                                 f"(expected {fixed}); it applies to data.dataset 'video_folder', got {value!r}")
+                raise ValueError(
+                    f"config key 'data.{key}': Moving MNIST frames are 64x64 grey, generated frame by frame "
+                    f"(expected {fixed}); it applies to data.dataset 'video_folder', got {value!r}"
+                )
 
     def train_batch(self, rng: np.random.Generator, batch_size: int) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """Generated sequences; with ``motion_loss_weight`` > 0 also the true motion of
@@ -127,16 +135,25 @@ class MovingMNISTSource(FrameSource):
 
     def validation_set(self) -> tuple[Tensor, dict]:
         d = self.cfg["data"]
-        ds = MovingMNIST(d["root"], "val", num_digits=d["num_digits"], num_frames=self.frames,
-                         length=d["val_sequences"], source=d["source"])
+        ds = MovingMNIST(
+            d["root"],
+            "val",
+            num_digits=d["num_digits"],
+            num_frames=self.frames,
+            length=d["val_sequences"],
+            source=d["source"],
+        )
         n = d["val_sequences"]
         return torch.stack([ds[i] for i in range(len(ds))]), {
-            "split": "validation", "sequences": n,
-            "what": f"{n} validation sequences generated from the train digits (MovingMNIST split 'val')"}
+            "split": "validation",
+            "sequences": n,
+            "what": f"{n} validation sequences generated from the train digits (MovingMNIST split 'val')",
+        }
 
     @classmethod
-    def test_set(cls, cfg: dict, root: str | None = None, sequences: int | None = None,
-                 **options: Any) -> tuple[Tensor, dict]:
+    def test_set(
+        cls, cfg: dict, root: str | None = None, sequences: int | None = None, **options: Any
+    ) -> tuple[Tensor, dict]:
         """``options`` override the keyword arguments of :class:`~convlstm_vp.data.MovingMNIST`
         (``num_digits``, ``seed``, ``standard_file``)."""
         d, m = cfg["data"], cfg["model"]
@@ -149,8 +166,12 @@ class MovingMNISTSource(FrameSource):
             raise ValueError(f"test sequences have {seqs.shape[1]} frames; the model needs {frames}")
         seqs = seqs[:, :frames]
         test_set = str(ds.standard_path) if ds.standard_path else f"generated (seed {kw['seed']}, test digits)"
-        return seqs, {"split": "test", "test_set": test_set, "sequences": int(seqs.shape[0]),
-                      "what": f"test set {test_set}, first {int(seqs.shape[0])} sequences"}
+        return seqs, {
+            "split": "test",
+            "test_set": test_set,
+            "sequences": int(seqs.shape[0]),
+            "what": f"test set {test_set}, first {int(seqs.shape[0])} sequences",
+        }
 
 
 @register_source("video_folder")
@@ -170,12 +191,16 @@ class VideoFolderSource(FrameSource):
         ds = video_folder(self.cfg, "val")
         seqs = ds.clips(range(min(len(ds), d["val_sequences"])))
         n = int(seqs.shape[0])
-        return seqs, {"split": "validation", "sequences": n,
-                      "what": f"{n} clips of the validation split of {d['root']} (carved from the training videos)"}
+        return seqs, {
+            "split": "validation",
+            "sequences": n,
+            "what": f"{n} clips of the validation split of {d['root']} (carved from the training videos)",
+        }
 
     @classmethod
-    def test_set(cls, cfg: dict, root: str | None = None, sequences: int | None = None,
-                 **options: Any) -> tuple[Tensor, dict]:
+    def test_set(
+        cls, cfg: dict, root: str | None = None, sequences: int | None = None, **options: Any
+    ) -> tuple[Tensor, dict]:
         n = cfg["data"]["final_eval_sequences"] if sequences is None else sequences
         ds = video_folder(cfg, "test", root)
         seqs = ds.clips(range(min(n, len(ds))))
@@ -189,8 +214,16 @@ def video_folder(cfg: dict, split: str, root: str | None = None) -> VideoFolder:
     """The ``split`` of the video folder ``root`` (default ``data.root``) with ``cfg``'s clip
     length, frame size, channels and frame step."""
     d, m = cfg["data"], cfg["model"]
-    return VideoFolder(root or d["root"], split, m["input_frames"], m["output_frames"], size=tuple(d["size"]),
-                       channels=d["channels"], frame_step=d["frame_step"], cache_dir=d["cache_dir"])
+    return VideoFolder(
+        root or d["root"],
+        split,
+        m["input_frames"],
+        m["output_frames"],
+        size=tuple(d["size"]),
+        channels=d["channels"],
+        frame_step=d["frame_step"],
+        cache_dir=d["cache_dir"],
+    )
 
 
 def check_frame_data(cfg: dict) -> None:
@@ -198,8 +231,9 @@ def check_frame_data(cfg: dict) -> None:
     source_class(cfg).check_config(cfg)
 
 
-def test_sequences(cfg: dict, root: str | None = None, sequences: int | None = None,
-                   **options: Any) -> tuple[Tensor, dict]:
+def test_sequences(
+    cfg: dict, root: str | None = None, sequences: int | None = None, **options: Any
+) -> tuple[Tensor, dict]:
     """The test sequences ``(N, T, C, H, W)`` of ``cfg``'s data and the ``evaluated_on`` entry
     naming them (:meth:`FrameSource.test_set` of ``data.dataset``'s source). The end of training
     and ``evaluate.py`` share it, so they score the same set."""

@@ -86,7 +86,7 @@ class FramePredictionTask:
             offsets, weights = motion
             predicted = out.offsets
             # the predicted offsets cover the last predicted.shape[1] frames
-            offsets, weights = offsets[:, -predicted.shape[1]:], weights[:, -predicted.shape[1]:]
+            offsets, weights = offsets[:, -predicted.shape[1] :], weights[:, -predicted.shape[1] :]
             motion_loss = offset_l1(predicted, offsets, weights)
             loss = loss + self.cfg["motion_loss_weight"] * motion_loss
             logs["motion_loss"] = motion_loss.detach()
@@ -106,8 +106,13 @@ class FramePredictionTask:
         (val_quick/)."""
         seqs = self.val_set()[: self.cfg["data"]["quick_eval_sequences"]]
         t_in, m = self.cfg["model"]["input_frames"], self.cfg["model"]
-        pred = predict(model, seqs[:, :t_in], self.cfg["data"]["eval_batch_size"], self.cfg["train"]["precision"],
-                       filter_temperature=m["eval_filter_temperature"])
+        pred = predict(
+            model,
+            seqs[:, :t_in],
+            self.cfg["data"]["eval_batch_size"],
+            self.cfg["train"]["precision"],
+            filter_temperature=m["eval_filter_temperature"],
+        )
         return {"mse": float(frame_mse(pred, seqs[:, t_in:]).mean())}
 
     @torch.no_grad()
@@ -124,13 +129,13 @@ class FramePredictionTask:
         shown = range(min(self.cfg["log"]["examples"], seqs.shape[0]))
         x, y = seqs[:, :t_in], seqs[:, t_in:]
         picture = stack_rows([prediction_strip(x[i], y[i], pred[i]) for i in shown], gap=8)
-        video = stack_rows([upscale(side_by_side(torch.cat([x[i], y[i]]), torch.cat([x[i], pred[i]])), 2) for i in shown], gap=8)
+        video = stack_rows(
+            [upscale(side_by_side(torch.cat([x[i], y[i]]), torch.cat([x[i], pred[i]])), 2) for i in shown], gap=8
+        )
         atomic_write_bytes(run_dir / "predictions.png", png_bytes(picture))
         atomic_write_bytes(run_dir / "predictions.gif", gif_bytes(video, self.cfg["log"]["fps"]))
         result["evaluated_on"] = evaluated_on
         return result
-
-
 
 
 def _forecast(model: nn.Module, frames: Tensor, targets: Tensor, **kwargs: Any) -> Forecast:
@@ -158,13 +163,17 @@ def check_frame_config(cfg: dict) -> None:
         raise ValueError(f"config key 'loss': expected one of {LOSSES}, got {cfg['loss']!r}")
     head = head_class(cfg["model"]["head"])
     if cfg["motion_loss_weight"] > 0 and not head.has_kernels:
-        raise ValueError(f"config key 'motion_loss_weight': needs a model.head with filter kernels "
-                         f"(head {head.name!r} has none whose motion it could train); got head {head.name!r}")
+        raise ValueError(
+            f"config key 'motion_loss_weight': needs a model.head with filter kernels "
+            f"(head {head.name!r} has none whose motion it could train); got head {head.name!r}"
+        )
     check_scheduled_sampling(cfg["model"]["scheduled_sampling"])
     t = cfg["model"]["eval_filter_temperature"]
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
         raise ValueError(f"config key 'model.eval_filter_temperature': expected a finite number > 0, got {t!r}")
     if t != 1.0 and not head.has_kernels:
-        raise ValueError(f"config key 'model.eval_filter_temperature': the {head.name} head has no filter "
-                         f"kernels to sharpen; got {t!r}")
+        raise ValueError(
+            f"config key 'model.eval_filter_temperature': the {head.name} head has no filter "
+            f"kernels to sharpen; got {t!r}"
+        )
     source_class(cfg).check_config(cfg)
