@@ -40,7 +40,8 @@ from convlstm_vp.train.tasks.frames.sources import test_sequences
 BASELINES = ("zeros", "copy_last", "mean_inputs")
 
 
-def main(argv=None, prog: str | None = None) -> dict:
+def _parser(prog: str | None) -> argparse.ArgumentParser:
+    """The command line of ``evaluate``."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--digits", type=positive_int, default=None, help="digits per sequence (default: as trained)")
@@ -116,23 +117,11 @@ def main(argv=None, prog: str | None = None) -> dict:
     p.add_argument(
         "--recognizer-epochs", type=positive_int, default=6, help="training epochs of that classifier (default 6)"
     )
-    args = p.parse_args(argv)
-    if args.filter_temperature is not None and not 0 < args.filter_temperature < float("inf"):
-        p.error(f"--filter-temperature: expected a finite number > 0, got {args.filter_temperature}")
-    if args.json:  # before the evaluation: a --json that cannot be written is an error now, not after minutes
-        check_output_file(args.json, "--json")
-    try:
-        device = resolve_device(args.device, what="--device")
-        model, cfg = load_trained(args.checkpoint)
-        temperature = (
-            cfg["model"]["eval_filter_temperature"] if args.filter_temperature is None else args.filter_temperature
-        )
-        model.check_rendering(temperature, args.render)
-    except (CheckpointError, ValueError) as exc:
-        fail(str(exc))
-    model = model.to(device)
-    d = cfg["data"]
-    videos = d["dataset"] == "video_folder"
+    return p
+
+
+def _check_source_flags(args: argparse.Namespace, d: dict, videos: bool) -> None:
+    """Flags of one data source given with a checkpoint of the other: an error naming them."""
     mnist_only = [
         flag
         for flag, given in (
@@ -152,6 +141,110 @@ def main(argv=None, prog: str | None = None) -> dict:
         )
     if not videos and args.data:
         fail(f"--data applies to video-folder checkpoints; {args.checkpoint} was trained on Moving MNIST (use --root)")
+
+
+def _score(pred, x, y, checkpoint: str) -> dict:
+    """Metrics of the model's predictions ``pred`` and of the baselines against the truth ``y``
+    (inputs ``x``), by name; predictions that hold NaN are an error."""
+    results = {}
+    guesses = {
+        "model": pred,
+        "zeros": torch.zeros_like(y),
+        "copy_last": x[:, -1:].expand_as(y),
+        "mean_inputs": x.mean(1, keepdim=True).expand_as(y),
+    }
+    for name, guess in guesses.items():
+        fm = FrameMetrics()
+        fm.update(guess, y)
+        results[name] = fm.compute()
+    if any(math.isnan(results["model"][m]) for m in FrameMetrics.names):
+        fail(
+            f"the predictions of {checkpoint} hold NaN values: "
+            + ", ".join(f"{m}={results['model'][m]}" for m in FrameMetrics.names)
+        )
+    return results
+
+
+def _print_scores(heading: str, temperature: float, render: str, results: dict, pf: dict, t_out: int) -> None:
+    """The scores of the model and the baselines, then the model's per-frame curve."""
+    print(
+        heading
+        + (f", filter temperature {temperature:g}" if temperature != 1.0 else "")
+        + (f", rendered by {render}" if render != "filter" else "")
+    )
+    print(f"{'':>11} {'MSE':>9} {'MAE':>9} {'SSIM':>7} {'PSNR':>7}")
+    for name in ("model",) + BASELINES:
+        r = results[name]
+        print(f"{name:>11} {r['mse']:9.2f} {r['mae']:9.2f} {r['ssim']:7.4f} {r['psnr']:7.2f}")
+    print("per frame (model):")
+    print(f"{'t':>4} {'MSE':>9} {'MAE':>9} {'SSIM':>7} {'PSNR':>7}")
+    for t in range(t_out):
+        print(f"{t + 1:>4} {pf['mse'][t]:9.2f} {pf['mae'][t]:9.2f} {pf['ssim'][t]:7.4f} {pf['psnr'][t]:7.2f}")
+
+
+def _recognition(ds, pred, y, root: str, source: str, epochs: int, t_in: int, t_out: int, digits: int) -> dict:
+    """How often a digit classifier trained on the training digits reads each digit in the predicted
+    and in the true frames of the generated test set ``ds`` (printed, and returned)."""
+    pool = load_digits(root, "train", source)
+    recognizer = train_digit_recognizer(pool.images, pool.labels, epochs=epochs)
+    tracks = [ds.trajectories(i) for i in range(len(ds))]
+    corners = torch.stack([torch.from_numpy(c) for c, _ in tracks])[:, :, t_in : t_in + t_out]
+    labels = torch.stack([torch.from_numpy(l) for _, l in tracks])
+    rec = {
+        name: recognition_accuracy(recognizer, frames, corners, labels)
+        for name, frames in (("model", pred), ("truth", y))
+    }
+    held_out = ds.digits  # the held-out test digits the sequences are drawn from
+    rec["isolated_test_digits"] = digit_accuracy(recognizer, held_out.images, held_out.labels)
+    print(
+        f"digit recognition (classifier trained on {len(pool)} {pool.source} training digits; "
+        f"{rec['isolated_test_digits']:.3f} right on the {len(held_out)} isolated test digits):"
+    )
+    print(f"{'t':>4} {'model':>7} {'truth':>7}")
+    for t in range(t_out):
+        print(f"{t + 1:>4} {rec['model']['per_frame'][t]:7.3f} {rec['truth']['per_frame'][t]:7.3f}")
+    print(
+        f"all {digits} digits right at the last frame: model {rec['model']['all_digits_last']:.3f}, truth {rec['truth']['all_digits_last']:.3f}"
+    )
+    return rec
+
+
+def _motion(generated, patch_size: int, offsets, t_in: int, t_out: int) -> dict:
+    """How far the filter kernels' mean source offsets are from the digits' true motion (printed, and returned)."""
+    truth = [generated.motion(i, patch_size) for i in range(len(generated))]
+    target = torch.stack([torch.from_numpy(o) for o, _ in truth])[:, t_in - 1 : t_in - 1 + t_out]
+    weights = torch.stack([torch.from_numpy(w) for _, w in truth])[:, t_in - 1 : t_in - 1 + t_out]
+    mo = motion_error(offsets, target, weights)
+    print(
+        f"motion: mean |kernel offset - true motion| {mo['mae_px']:.3f} px per component "
+        f"(offsets of zero: {mo['no_motion_mae_px']:.3f}), on cells one digit alone covers:"
+    )
+    print(f"{'t':>4} {'model':>7} {'zero':>7}")
+    for t in range(t_out):
+        print(f"{t + 1:>4} {mo['per_frame'][t]:7.3f} {mo['no_motion_per_frame'][t]:7.3f}")
+    return mo
+
+
+def main(argv=None, prog: str | None = None) -> dict:
+    p = _parser(prog)
+    args = p.parse_args(argv)
+    if args.filter_temperature is not None and not 0 < args.filter_temperature < float("inf"):
+        p.error(f"--filter-temperature: expected a finite number > 0, got {args.filter_temperature}")
+    if args.json:  # before the evaluation: a --json that cannot be written is an error now, not after minutes
+        check_output_file(args.json, "--json")
+    try:
+        device = resolve_device(args.device, what="--device")
+        model, cfg = load_trained(args.checkpoint)
+        temperature = (
+            cfg["model"]["eval_filter_temperature"] if args.filter_temperature is None else args.filter_temperature
+        )
+        model.check_rendering(temperature, args.render)
+    except (CheckpointError, ValueError) as exc:
+        fail(str(exc))
+    model = model.to(device)
+    d = cfg["data"]
+    videos = d["dataset"] == "video_folder"
+    _check_source_flags(args, d, videos)
     args.sequences = d["final_eval_sequences"] if args.sequences is None else args.sequences
     args.seed = d["test_seed"] if args.seed is None else args.seed
     args.batch_size = args.batch_size or d["eval_batch_size"]
@@ -205,22 +298,7 @@ def main(argv=None, prog: str | None = None) -> dict:
     )
     if args.motion:
         pred, offsets = pred
-    results = {}
-    guesses = {
-        "model": pred,
-        "zeros": torch.zeros_like(y),
-        "copy_last": x[:, -1:].expand_as(y),
-        "mean_inputs": x.mean(1, keepdim=True).expand_as(y),
-    }
-    for name, guess in guesses.items():
-        fm = FrameMetrics()
-        fm.update(guess, y)
-        results[name] = fm.compute()
-    if any(math.isnan(results["model"][m]) for m in FrameMetrics.names):
-        fail(
-            f"the predictions of {args.checkpoint} hold NaN values: "
-            + ", ".join(f"{m}={results['model'][m]}" for m in FrameMetrics.names)
-        )
+    results = _score(pred, x, y, args.checkpoint)
     out = dict(results["model"])
     out["baselines"] = {k: {m: results[k][m] for m in FrameMetrics.names} for k in BASELINES}
     out["baselines_per_frame"] = {k: results[k]["per_frame"] for k in BASELINES}
@@ -239,57 +317,13 @@ def main(argv=None, prog: str | None = None) -> dict:
         if videos
         else f"test set: {out['test_set']}, {out['sequences']} sequences, {digits} digits"
     )
-    print(
-        heading
-        + (f", filter temperature {temperature:g}" if temperature != 1.0 else "")
-        + (f", rendered by {args.render}" if args.render != "filter" else "")
-    )
-    print(f"{'':>11} {'MSE':>9} {'MAE':>9} {'SSIM':>7} {'PSNR':>7}")
-    for name in ("model",) + BASELINES:
-        r = results[name]
-        print(f"{name:>11} {r['mse']:9.2f} {r['mae']:9.2f} {r['ssim']:7.4f} {r['psnr']:7.2f}")
-    print("per frame (model):")
-    print(f"{'t':>4} {'MSE':>9} {'MAE':>9} {'SSIM':>7} {'PSNR':>7}")
-    pf = out["per_frame"]
-    for t in range(t_out):
-        print(f"{t + 1:>4} {pf['mse'][t]:9.2f} {pf['mae'][t]:9.2f} {pf['ssim'][t]:7.4f} {pf['psnr'][t]:7.2f}")
+    _print_scores(heading, temperature, args.render, results, out["per_frame"], t_out)
     if args.recognition:
-        ds = generated
-        pool = load_digits(root, "train", d["source"])
-        recognizer = train_digit_recognizer(pool.images, pool.labels, epochs=args.recognizer_epochs)
-        tracks = [ds.trajectories(i) for i in range(len(ds))]
-        corners = torch.stack([torch.from_numpy(c) for c, _ in tracks])[:, :, t_in : t_in + t_out]
-        labels = torch.stack([torch.from_numpy(l) for _, l in tracks])
-        rec = {
-            name: recognition_accuracy(recognizer, frames, corners, labels)
-            for name, frames in (("model", pred), ("truth", y))
-        }
-        held_out = ds.digits  # the held-out test digits the sequences are drawn from
-        rec["isolated_test_digits"] = digit_accuracy(recognizer, held_out.images, held_out.labels)
-        out["recognition"] = rec
-        print(
-            f"digit recognition (classifier trained on {len(pool)} {pool.source} training digits; "
-            f"{rec['isolated_test_digits']:.3f} right on the {len(held_out)} isolated test digits):"
-        )
-        print(f"{'t':>4} {'model':>7} {'truth':>7}")
-        for t in range(t_out):
-            print(f"{t + 1:>4} {rec['model']['per_frame'][t]:7.3f} {rec['truth']['per_frame'][t]:7.3f}")
-        print(
-            f"all {digits} digits right at the last frame: model {rec['model']['all_digits_last']:.3f}, truth {rec['truth']['all_digits_last']:.3f}"
+        out["recognition"] = _recognition(
+            generated, pred, y, root, d["source"], args.recognizer_epochs, t_in, t_out, digits
         )
     if args.motion:
-        truth = [generated.motion(i, model.patch_size) for i in range(len(generated))]
-        target = torch.stack([torch.from_numpy(o) for o, _ in truth])[:, t_in - 1 : t_in - 1 + t_out]
-        weights = torch.stack([torch.from_numpy(w) for _, w in truth])[:, t_in - 1 : t_in - 1 + t_out]
-        out["motion"] = motion_error(offsets, target, weights)
-        mo = out["motion"]
-        print(
-            f"motion: mean |kernel offset - true motion| {mo['mae_px']:.3f} px per component "
-            f"(offsets of zero: {mo['no_motion_mae_px']:.3f}), on cells one digit alone covers:"
-        )
-        print(f"{'t':>4} {'model':>7} {'zero':>7}")
-        for t in range(t_out):
-            print(f"{t + 1:>4} {mo['per_frame'][t]:7.3f} {mo['no_motion_per_frame'][t]:7.3f}")
+        out["motion"] = _motion(generated, model.patch_size, offsets, t_in, t_out)
     if args.json:
         atomic_write_bytes(Path(args.json), json_bytes(out))
     return out
