@@ -587,7 +587,8 @@ def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
     return info
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, Any]:
+def _parser(prog: str | None) -> argparse.ArgumentParser:
+    """The command line of the benchmark."""
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -622,6 +623,81 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
         "on a machine that other jobs share: the work, without the waits for a core)",
     )
     parser.add_argument("--_memory-case", dest="memory_case", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def _report(args, info: dict, rounds: int, memory: str, started: float, peak: dict, cfgs: dict) -> dict[str, Any]:
+    """The JSON report: the machine and command, the peaks, every case's results, the floors."""
+    report = {
+        "meta": {
+            **info,
+            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+            "quick": args.quick,
+            "rounds": rounds,
+            "clock": args.clock,
+            "memory_method": memory,
+            "seconds": time.time() - started,
+            "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "flops": "conv: 2*B*prod(out)*C_out*C_in*prod(k); linear: 2*B*out*in; ConvLSTM step: input conv "
+            "(C_in->4H) + state conv (H->4H); training step = 3x forward; gate arithmetic not counted",
+            **KERAS_STATUS,
+        },
+        "peak": peak,
+        "configs": {
+            name: {
+                "description": cfg.description,
+                "shapes": cfg.shapes,
+                "batch": cfg.batch,
+                "flops_forward": cfg.flops_fwd,
+                "cases": [
+                    {
+                        "name": c.name,
+                        "impl": c.impl,
+                        "precision": c.precision,
+                        "note": c.note,
+                        **c.results,
+                        "fwd_peak_fraction": (c.results["fwd_gflops"] / peak[c.precision]["gflops"])
+                        if "fwd_gflops" in c.results and c.precision in peak
+                        else None,
+                        "train_peak_fraction": (c.results["train_gflops"] / peak[c.precision]["gflops"])
+                        if "train_gflops" in c.results and c.precision in peak
+                        else None,
+                        "samples_ms": {k: [v * 1e3 for v in vs] for k, vs in c.samples.items()},
+                    }
+                    for c in cfg.cases
+                ],
+            }
+            for name, cfg in cfgs.items()
+        },
+        "floors": floors(cfgs, torch.device(args.device).type, peak),
+    }
+    return report
+
+
+def _print_summary(report: dict, info: dict, peak: dict, cfgs: dict, clock: str, device: torch.device) -> None:
+    """The machine, the peaks, one table per configuration and the floors, on stdout."""
+    print(
+        f"\nmachine: {info.get('cpu', '?')} (kind {info['kind']}), {info['cpu_count']} cores, {device}, "
+        f"clock {clock}, torch {torch.__version__}, "
+        f"{info['threads']} threads; load average at start {info.get('loadavg_start')}"
+    )
+    print("peak: " + ", ".join(f"{p} {v['gflops']:.1f} GFLOP/s ({v['shape']})" for p, v in peak.items()))
+    if KERAS_STATUS:
+        print(KERAS_STATUS["keras"])
+    for cfg in cfgs.values():
+        print()
+        print(table(cfg, peak))
+    print("\nfloors:")
+    for f in report["floors"]:
+        got = _fmt(f["measured"], ".0%") if f["measure"] == "peak" else _fmt(f["measured"], ".2f") + "x"
+        print(
+            f"  {'MET ' if f['met'] else 'MISSED'} {f['config']}: {f['what']}: {got} "
+            f"(required {f['required']}; CPU-time ratio {_fmt(f.get('cpu_time_ratio'), '.2f')}x)"
+        )
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, Any]:
+    parser = _parser(prog)
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -682,67 +758,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
             c.model = None  # free the models before the next configuration
     if memory == "subprocess":
         measure_memory(list(cfgs.values()), device, memory, args, log)
-    report = {
-        "meta": {
-            **info,
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-            "quick": args.quick,
-            "rounds": rounds,
-            "clock": args.clock,
-            "memory_method": memory,
-            "seconds": time.time() - started,
-            "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "flops": "conv: 2*B*prod(out)*C_out*C_in*prod(k); linear: 2*B*out*in; ConvLSTM step: input conv "
-            "(C_in->4H) + state conv (H->4H); training step = 3x forward; gate arithmetic not counted",
-            **KERAS_STATUS,
-        },
-        "peak": peak,
-        "configs": {
-            name: {
-                "description": cfg.description,
-                "shapes": cfg.shapes,
-                "batch": cfg.batch,
-                "flops_forward": cfg.flops_fwd,
-                "cases": [
-                    {
-                        "name": c.name,
-                        "impl": c.impl,
-                        "precision": c.precision,
-                        "note": c.note,
-                        **c.results,
-                        "fwd_peak_fraction": (c.results["fwd_gflops"] / peak[c.precision]["gflops"])
-                        if "fwd_gflops" in c.results and c.precision in peak
-                        else None,
-                        "train_peak_fraction": (c.results["train_gflops"] / peak[c.precision]["gflops"])
-                        if "train_gflops" in c.results and c.precision in peak
-                        else None,
-                        "samples_ms": {k: [v * 1e3 for v in vs] for k, vs in c.samples.items()},
-                    }
-                    for c in cfg.cases
-                ],
-            }
-            for name, cfg in cfgs.items()
-        },
-        "floors": floors(cfgs, device.type, peak),
-    }
-    print(
-        f"\nmachine: {info.get('cpu', '?')} (kind {info['kind']}), {info['cpu_count']} cores, {device}, "
-        f"clock {args.clock}, torch {torch.__version__}, "
-        f"{info['threads']} threads; load average at start {info.get('loadavg_start')}"
-    )
-    print("peak: " + ", ".join(f"{p} {v['gflops']:.1f} GFLOP/s ({v['shape']})" for p, v in peak.items()))
-    if KERAS_STATUS:
-        print(KERAS_STATUS["keras"])
-    for cfg in cfgs.values():
-        print()
-        print(table(cfg, peak))
-    print("\nfloors:")
-    for f in report["floors"]:
-        got = _fmt(f["measured"], ".0%") if f["measure"] == "peak" else _fmt(f["measured"], ".2f") + "x"
-        print(
-            f"  {'MET ' if f['met'] else 'MISSED'} {f['config']}: {f['what']}: {got} "
-            f"(required {f['required']}; CPU-time ratio {_fmt(f.get('cpu_time_ratio'), '.2f')}x)"
-        )
+    report = _report(args, info, rounds, memory, started, peak, cfgs)
+    _print_summary(report, info, peak, cfgs, args.clock, device)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
