@@ -47,6 +47,31 @@ def positive_float(text: str) -> float:
     return value
 
 
+def add_render_arguments(p: argparse.ArgumentParser) -> None:
+    """``--render`` and ``--filter-temperature``: how a frame model's predictions are rendered
+    (``evaluate`` and ``predict``); :func:`check_render_arguments` checks them once parsed."""
+    p.add_argument(
+        "--render",
+        choices=["filter", "warp"],
+        default="filter",
+        help="how a dynamic-filter model renders its frames: filter each previous prediction (default, as "
+        "trained) or warp: move a displacement field with the same kernels and sample the last input once",
+    )
+    p.add_argument(
+        "--filter-temperature",
+        type=float,
+        default=None,
+        help="softmax temperature of the filter kernels; below 1 sharpens them (default: the config's "
+        "model.eval_filter_temperature, 1 unless set)",
+    )
+
+
+def check_render_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A usage error unless ``--filter-temperature`` is unset or a finite number > 0."""
+    if args.filter_temperature is not None and not 0 < args.filter_temperature < float("inf"):
+        p.error(f"--filter-temperature: expected a finite number > 0, got {args.filter_temperature}")
+
+
 def int_between(low: int, high: int) -> Callable[[str], int]:
     """argparse type: an integer in ``[low, high]``."""
 

@@ -29,7 +29,7 @@ import torch
 
 from convlstm_vp.data import MovingMNIST, load_digits
 from convlstm_vp.train.checkpoint import CheckpointError, atomic_write_bytes, json_bytes
-from convlstm_vp.train.cli import check_output_file, fail, positive_int
+from convlstm_vp.train.cli import add_render_arguments, check_output_file, check_render_arguments, fail, positive_int
 from convlstm_vp.train.metrics import FrameMetrics
 from convlstm_vp.train.precision import resolve_device
 from convlstm_vp.train.recognition import digit_accuracy, recognition_accuracy, train_digit_recognizer
@@ -95,20 +95,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
         action="store_true",
         help="also report how often a digit classifier recognises each digit in the predicted frames",
     )
-    p.add_argument(
-        "--filter-temperature",
-        type=float,
-        default=None,
-        help="softmax temperature of the filter kernels; below 1 sharpens them (default: the config's "
-        "model.eval_filter_temperature, 1 unless set)",
-    )
-    p.add_argument(
-        "--render",
-        choices=["filter", "warp"],
-        default="filter",
-        help="how a dynamic-filter model renders its frames: filter each previous prediction (default, as "
-        "trained) or warp: move a displacement field with the same kernels and sample the last input once",
-    )
+    add_render_arguments(p)
     p.add_argument(
         "--motion",
         action="store_true",
@@ -228,8 +215,7 @@ def _motion(generated, patch_size: int, offsets, t_in: int, t_out: int) -> dict:
 def main(argv=None, prog: str | None = None) -> dict:
     p = _parser(prog)
     args = p.parse_args(argv)
-    if args.filter_temperature is not None and not 0 < args.filter_temperature < float("inf"):
-        p.error(f"--filter-temperature: expected a finite number > 0, got {args.filter_temperature}")
+    check_render_arguments(p, args)
     if args.json:  # before the evaluation: a --json that cannot be written is an error now, not after minutes
         check_output_file(args.json, "--json")
     try:

@@ -27,7 +27,16 @@ import torch
 
 from convlstm_vp.data.video_folder import load_frames
 from convlstm_vp.train.checkpoint import CheckpointError
-from convlstm_vp.train.cli import check_output_file, fail, int_between, non_negative_int, positive_float, positive_int
+from convlstm_vp.train.cli import (
+    add_render_arguments,
+    check_output_file,
+    check_render_arguments,
+    fail,
+    int_between,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from convlstm_vp.train.stream_video import STREAM_SUFFIXES, report, stream_video
 from convlstm_vp.train.tasks.frames.inference import load_trained, predict
 from convlstm_vp.train.tb import gif_bytes, side_by_side, upscale
@@ -115,20 +124,7 @@ def main(argv=None, prog: str | None = None) -> Path:
         metavar="LO,HI",
         help="map input values in [LO, HI] to [0, 1] (default: uint8 / 255; float frames must lie in [0, 1])",
     )
-    p.add_argument(
-        "--render",
-        choices=["filter", "warp"],
-        default="filter",
-        help="how a dynamic-filter model renders its frames: filter each previous prediction (default, as "
-        "trained) or warp: move a displacement field with the same kernels and sample the last input once",
-    )
-    p.add_argument(
-        "--filter-temperature",
-        type=float,
-        default=None,
-        help="softmax temperature of the filter kernels; below 1 sharpens them (default: the config's "
-        "model.eval_filter_temperature, 1 unless set)",
-    )
+    add_render_arguments(p)
     p.add_argument(
         "--fps", type=positive_float, default=4.0, help="frames per second of a .gif/.mp4/.avi output (default 4)"
     )
@@ -156,8 +152,7 @@ def main(argv=None, prog: str | None = None) -> Path:
         help="torch CPU threads (default: torch's); 1 is fastest for one stream on a busy machine",
     )
     args = p.parse_args(argv)
-    if args.filter_temperature is not None and not 0 < args.filter_temperature < float("inf"):
-        p.error(f"--filter-temperature: expected a finite number > 0, got {args.filter_temperature}")
+    check_render_arguments(p, args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = Path(args.output)
